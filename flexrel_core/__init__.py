@@ -1,0 +1,24 @@
+"""FlexRel: pruning by a blend of weight magnitude and LRP relevance (Chiasserini et al., 2025)."""
+
+from .layers import prunable_count, prunable_layers
+from .masks import apply_masks, from_torch_prune, get_masks, load_state, mask_gradients, prune, sparsity, to_torch_prune
+from .relevance import lrp_backward, parameter_relevance
+from .scores import magnitude, normalize_scores, pruning_scores
+
+__all__ = [
+    "apply_masks",
+    "from_torch_prune",
+    "get_masks",
+    "load_state",
+    "lrp_backward",
+    "magnitude",
+    "mask_gradients",
+    "normalize_scores",
+    "parameter_relevance",
+    "prunable_count",
+    "prunable_layers",
+    "prune",
+    "pruning_scores",
+    "sparsity",
+    "to_torch_prune",
+]

@@ -1,0 +1,201 @@
+"""Datasets and their train / validation / inference / test splits.
+
+The embedded default is scikit-learn's handwritten digits (8x8, shipped inside scikit-learn, works
+offline). MNIST, Fashion-MNIST and CIFAR-10 load through torchvision (downloading into ``root``
+when ``download=True``), and ``imagefolder`` reads an ImageNet-format folder (one sub-folder per
+class), e.g. ImageNet's validation set.
+
+FlexRel computes relevance on *inference* data, which may differ from the training data. The
+``inference`` split (unlabelled use: relevance) and the ``test`` split (accuracy of the deployed
+model) share the deployment distribution, which ``shift_classes`` / ``shift_weights`` can move
+away from the training distribution.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Subset, TensorDataset
+
+DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10", "imagefolder")
+_STATS = {
+    "mnist": ((0.1307,), (0.3081,)),
+    "fashion-mnist": ((0.2860,), (0.3530,)),
+    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    "imagefolder": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+}
+
+
+@dataclass
+class DataSplits:
+    """The four splits of a dataset and what a model needs to know about it."""
+
+    name: str
+    train: Dataset
+    val: Dataset
+    inference: Dataset
+    test: Dataset
+    num_classes: int
+    input_shape: tuple[int, int, int]
+
+
+def labels_of(ds: Dataset) -> np.ndarray:
+    """Class label of every sample, without loading images where the dataset keeps them apart."""
+    if isinstance(ds, TensorDataset):
+        return ds.tensors[1].numpy()
+    if isinstance(ds, Subset):
+        return labels_of(ds.dataset)[np.asarray(ds.indices)]
+    for attr in ("targets", "labels"):
+        if hasattr(ds, attr):
+            return np.asarray(getattr(ds, attr))
+    return np.array([int(ds[i][1]) for i in range(len(ds))])
+
+
+def tensors(ds: Dataset, limit: int | None = None, batch_size: int = 512) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stack (the first ``limit`` samples of) a split into ``(x, y)`` tensors."""
+    if isinstance(ds, TensorDataset):
+        x, y = ds.tensors
+        return (x, y) if limit is None else (x[:limit], y[:limit])
+    n = len(ds) if limit is None else min(limit, len(ds))
+    loader = torch.utils.data.DataLoader(Subset(ds, range(n)), batch_size=batch_size)
+    xs, ys = zip(*loader, strict=True)
+    return torch.cat(xs), torch.cat(ys)
+
+
+def _split(labels: np.ndarray, fractions: Sequence[float], seed: int) -> list[np.ndarray]:
+    """Stratified random split of indices into len(fractions) parts."""
+    from sklearn.model_selection import train_test_split
+
+    idx, parts, left = np.arange(len(labels)), [], 1.0
+    for f in fractions[:-1]:
+        idx, part = train_test_split(idx, test_size=f / left, stratify=labels[idx], random_state=seed)
+        parts.append(np.sort(part))
+        left -= f
+    return parts + [np.sort(idx)]
+
+
+def shift_indices(
+    labels: np.ndarray,
+    classes: Sequence[int] | None = None,
+    weights: Sequence[float] | None = None,
+    seed: int = 0,
+) -> np.ndarray:
+    """Indices of a class-shifted subset: only ``classes``, and/or each class c subsampled to a
+    fraction weights[c] / max(weights) of its samples (deterministic for a seed)."""
+    keep = np.ones(len(labels), dtype=bool)
+    if classes is not None:
+        if len(classes) == 0:
+            raise ValueError("shift_classes must name at least one class")
+        keep &= np.isin(labels, list(classes))
+    if weights is not None:
+        w = np.asarray(weights, dtype=float)
+        if w.ndim != 1 or len(w) <= labels.max() or (w < 0).any() or w.max() <= 0:
+            raise ValueError(
+                f"shift_weights must give one non-negative weight per class ({labels.max() + 1}), got {list(weights)}"
+            )
+        rng = np.random.default_rng(seed)
+        for c in np.unique(labels):
+            members = np.flatnonzero(keep & (labels == c))
+            drop = len(members) - int(round(len(members) * w[c] / w.max()))
+            keep[rng.choice(members, size=drop, replace=False)] = False
+    if not keep.any():
+        raise ValueError("the inference shift leaves no samples")
+    return np.flatnonzero(keep)
+
+
+def _digits(seed: int) -> tuple[Dataset, ...]:
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    x = torch.tensor(bunch.images / 16.0, dtype=torch.float32)[:, None]
+    y = torch.tensor(bunch.target, dtype=torch.long)
+    parts = _split(bunch.target, (0.6, 0.1, 0.15, 0.15), seed)
+    mean, std = x[parts[0]].mean(), x[parts[0]].std()
+    x = (x - mean) / std
+    return tuple(TensorDataset(x[p], y[p]) for p in parts)
+
+
+def _torchvision(name: str, root: Path, download: bool, seed: int, limit: int | None) -> tuple[Dataset, ...]:
+    from torchvision import datasets, transforms
+
+    cls = {"mnist": datasets.MNIST, "fashion-mnist": datasets.FashionMNIST, "cifar10": datasets.CIFAR10}[name]
+    tf = transforms.Compose([transforms.ToTensor(), transforms.Normalize(*_STATS[name])])
+    try:
+        train_full = cls(str(root), train=True, transform=tf, download=download)
+        test_full = cls(str(root), train=False, transform=tf, download=download)
+    except RuntimeError as err:
+        raise FileNotFoundError(f"{name} not found under {root} ({err}); pass download=True to fetch it there") from err
+    train_full, test_full = (_limit(d, limit, seed) for d in (train_full, test_full))
+    tr, va = _split(labels_of(train_full), (0.9, 0.1), seed)
+    inf, te = _split(labels_of(test_full), (0.5, 0.5), seed)
+    return Subset(train_full, tr), Subset(train_full, va), Subset(test_full, inf), Subset(test_full, te)
+
+
+def _limit(ds: Dataset, limit: int | None, seed: int) -> Dataset:
+    if limit is None or limit >= len(ds):
+        return ds
+    return Subset(ds, np.sort(np.random.default_rng(seed).choice(len(ds), size=limit, replace=False)))
+
+
+def _imagefolder(root: Path, image_size: int, seed: int, limit: int | None) -> tuple[Dataset, ...]:
+    from torchvision import datasets, transforms
+
+    tf = transforms.Compose(
+        [
+            transforms.Resize(int(round(image_size * 256 / 224))),
+            transforms.CenterCrop(image_size),
+            transforms.ToTensor(),
+            transforms.Normalize(*_STATS["imagefolder"]),
+        ]
+    )
+    full = _limit(datasets.ImageFolder(str(root), transform=tf), limit, seed)
+    parts = _split(labels_of(full), (0.6, 0.1, 0.15, 0.15), seed)
+    return tuple(Subset(full, p) for p in parts)
+
+
+def load_dataset(
+    name: str = "digits",
+    root: str | Path | None = None,
+    *,
+    seed: int = 0,
+    download: bool = False,
+    image_size: int = 224,
+    limit: int | None = None,
+    shift_classes: Sequence[int] | None = None,
+    shift_weights: Sequence[float] | None = None,
+) -> DataSplits:
+    """Load ``name`` (one of ``DATASETS``) as train / val / inference / test splits.
+
+    ``root``: the folder torchvision datasets live in (or download into, with ``download=True``);
+    for ``"imagefolder"`` the class-per-folder image directory itself. ``limit`` caps the samples
+    used (per official split) for quick runs. ``shift_classes`` / ``shift_weights`` shift the
+    inference and test distribution (see ``shift_indices``). Splits are stratified and seeded.
+    """
+    if name not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; expected one of {DATASETS}")
+    if name == "digits":
+        parts = _digits(seed)
+    else:
+        if root is None:
+            raise ValueError(f"dataset {name!r} needs root= (the folder it is stored in or downloaded into)")
+        root = Path(root)
+        if name == "imagefolder":
+            if not root.is_dir():
+                raise FileNotFoundError(
+                    f"image folder {root} does not exist; expected a folder with one sub-folder per class"
+                )
+            parts = _imagefolder(root, image_size, seed, limit)
+        else:
+            parts = _torchvision(name, root, download, seed, limit)
+    train, val, inference, test = parts
+    if shift_classes is not None or shift_weights is not None:
+        inference, test = (
+            Subset(d, shift_indices(labels_of(d), shift_classes, shift_weights, seed)) for d in (inference, test)
+        )
+    x0, _ = train[0]
+    num_classes = int(max(labels_of(train).max(), labels_of(test).max())) + 1
+    return DataSplits(name, train, val, inference, test, num_classes, tuple(x0.shape))

@@ -1,0 +1,76 @@
+"""Which layers FlexRel prunes, and refusal of the ones it cannot handle.
+
+FlexRel (Chiasserini et al., 2025) scores the weights of fully connected and convolutional layers;
+biases and normalisation layers are never pruned (DESIGN.md, "The method").
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+PRUNABLE_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv2d)
+# Layers with parameters that are left dense. BatchNorm is merged into the preceding layer by a
+# zennit canonizer before LRP, so it never needs a rule of its own.
+DENSE_TYPES: tuple[type[nn.Module], ...] = (nn.BatchNorm1d, nn.BatchNorm2d)
+
+
+def prunable_layers(model: nn.Module) -> dict[str, nn.Module]:
+    """Map ``"<module>.weight"`` (as in ``model.named_parameters()``) to each prunable module.
+
+    Raises ``ValueError`` for a model without ``nn.Linear``/``nn.Conv2d`` layers, for a leaf module
+    with parameters of a type FlexRel does not handle (e.g. ``nn.Conv1d``, ``nn.LSTM``), and for a
+    model still carrying ``torch.nn.utils.prune`` reparametrisations.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"expected a torch.nn.Module, got {type(model).__name__}")
+    layers: dict[str, nn.Module] = {}
+    for name, module in model.named_modules():
+        if isinstance(module, PRUNABLE_TYPES):
+            if hasattr(module, "weight_orig"):
+                raise ValueError(
+                    f"layer {name!r} carries a torch.nn.utils.prune reparametrisation (weight_orig * "
+                    "weight_mask), on which LRP rules act on a stale tensor; convert it first with "
+                    "flexrel_core.from_torch_prune(model)"
+                )
+            if isinstance(module, nn.Conv2d) and module.padding_mode != "zeros":
+                raise ValueError(
+                    f"layer {name!r} uses padding_mode={module.padding_mode!r}; FlexRel's conv-as-FC "
+                    "relevance supports padding_mode='zeros' only"
+                )
+            layers[f"{name}.weight" if name else "weight"] = module
+        elif isinstance(module, DENSE_TYPES):
+            continue
+        elif any(True for _ in module.parameters(recurse=False)):
+            raise ValueError(
+                f"unsupported layer type {type(module).__name__} at {name!r}: FlexRel prunes "
+                "nn.Linear and nn.Conv2d weights and leaves BatchNorm dense; other layers with "
+                "parameters are not supported"
+            )
+    if not layers:
+        raise ValueError(f"{type(model).__name__} has no prunable layers: expected at least one nn.Linear or nn.Conv2d")
+    return layers
+
+
+def prunable_count(model: nn.Module) -> int:
+    """Number N of prunable weights (the base of every pruning factor)."""
+    return sum(m.weight.numel() for m in prunable_layers(model).values())
+
+
+def check_score_dict(model: nn.Module, scores: dict[str, torch.Tensor], what: str = "scores") -> None:
+    """Refuse a score dict whose keys or shapes do not match the model's prunable weights."""
+    layers = prunable_layers(model)
+    if not isinstance(scores, dict):
+        raise TypeError(f"{what} must be a dict {{parameter name: tensor}}, got {type(scores).__name__}")
+    missing = sorted(set(layers) - set(scores))
+    extra = sorted(set(scores) - set(layers))
+    if missing or extra:
+        raise ValueError(
+            f"{what} keys must be the prunable weights {sorted(layers)}; missing {missing}, unexpected {extra}"
+        )
+    for name, module in layers.items():
+        s = scores[name]
+        if tuple(s.shape) != tuple(module.weight.shape):
+            raise ValueError(f"{what}[{name!r}] has shape {tuple(s.shape)}, expected {tuple(module.weight.shape)}")
+        if not torch.isfinite(s).all():
+            raise ValueError(f"{what}[{name!r}] contains NaN or infinite values")

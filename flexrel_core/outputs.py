@@ -1,0 +1,52 @@
+"""Saving what a notebook produces: figures as files (PNG + SVG), CSV tables, report sections.
+
+Widget and inline output is invisible outside a live kernel, so every figure is also a file.
+All writes are atomic (``cache.atomic_write``).
+"""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pandas as pd
+
+from .cache import atomic_write, write_text
+from .paths import REPO_ROOT
+
+
+def save_figure(fig, folder: str | Path, name: str, formats: tuple[str, ...] = ("png", "svg")) -> list[Path]:
+    """Write ``fig`` as ``<folder>/<name>.<fmt>`` for each format; returns the paths."""
+    paths = []
+    for fmt in formats:
+        paths.append(
+            atomic_write(
+                Path(folder) / f"{name}.{fmt}",
+                lambda tmp, fmt=fmt: fig.savefig(tmp, format=fmt, dpi=150, bbox_inches="tight"),
+            )
+        )
+    return paths
+
+
+def save_table(df: pd.DataFrame, folder: str | Path, name: str) -> Path:
+    """Write ``df`` as ``<folder>/<name>.csv`` (no index)."""
+    return atomic_write(Path(folder) / f"{name}.csv", lambda tmp: df.to_csv(tmp, index=False))
+
+
+def write_report_section(folder: str | Path, name: str, markdown: str) -> Path:
+    """One notebook's part of ``REPORT.md``: ``<folder>/report/<name>.md`` (assembled by ``report.py``)."""
+    return write_text(Path(folder) / "report" / f"{name}.md", markdown.strip() + "\n")
+
+
+def git_commit() -> str:
+    """The commit the code runs at (``+dirty`` when the tree has changes), or ``unknown``."""
+    try:
+        sha = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT, capture_output=True, text=True
+        ).stdout.strip()
+        return sha + ("+dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"

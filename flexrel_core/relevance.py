@@ -1,0 +1,242 @@
+"""Parameter relevance: FlexRel's one equation, on top of zennit's Layer-wise Relevance Propagation.
+
+For a fully connected layer with input activations ``a`` (n x K) and outputs ``b`` (n x J),
+
+    rel(w_kj) = sum_{i=1..n} [ rel(a_ik) + rel(b_ij) ]           (FlexRel, Sec. "Relevance")
+
+and a Conv2d is treated as the FC layer of its unfolded (Toeplitz) form, where ``w[j,c,u,v]``
+stands for one connection per output position p whose tap falls inside the input:
+
+    rel(w[j,c,u,v]) = sum_i sum_p [ rel(a_i[c, p*s + (u,v)*d - pad]) + rel(b_i[j, p]) ].
+
+LRP relevances can be negative; ``aggregate`` says how per-sample values are made non-negative
+before the sum over samples (default ``"abs"``: sum of absolute values). Because the aggregation
+is applied per activation, each layer only needs ``A = sum_i phi(rel(a_i))`` and
+``B = sum_i phi(rel(b_i))``: we reduce over samples inside the backward pass (tensor hooks) and
+unfold the reduced maps once, so the cost stays that of one LRP pass and memory does not grow
+with batch x positions x patch (DESIGN.md item 4).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from zennit.canonizers import SequentialMergeBatchNorm
+from zennit.composites import COMPOSITES, Composite
+
+from .layers import prunable_layers
+
+AGGREGATES: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "abs": torch.abs,  # sum_i |rel|: magnitude of relevance, sign-agnostic (default)
+    "positive": lambda t: t.clamp(min=0),  # sum_i max(rel, 0): only evidence *for* the class
+    "signed": lambda t: t,  # sum_i rel: raw LRP values, may cancel and go negative
+}
+
+
+def make_composite(composite: str | Composite) -> Composite:
+    """A zennit composite from its registered name (e.g. ``"epsilon_plus_flat"``) or as given.
+
+    Named composites get zennit's ``SequentialMergeBatchNorm`` canonizer, so BatchNorm that
+    follows a Linear/Conv2d is merged into it for the duration of the LRP pass.
+    """
+    if isinstance(composite, Composite):
+        return composite
+    if composite not in COMPOSITES:
+        raise ValueError(f"unknown composite {composite!r}; expected one of zennit's {sorted(COMPOSITES)}")
+    return COMPOSITES[composite](canonizers=[SequentialMergeBatchNorm()])
+
+
+def check_inputs(model: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
+    """Refuse empty or misshapen inputs with a message that names the expected shape."""
+    if not isinstance(inputs, torch.Tensor):
+        raise TypeError(f"inputs must be a torch.Tensor of samples, got {type(inputs).__name__}")
+    if inputs.ndim < 2 or inputs.shape[0] == 0:
+        raise ValueError(f"inputs must be a non-empty batch (n, ...) of samples, got shape {tuple(inputs.shape)}")
+    first = next(iter(prunable_layers(model).values()))
+    if isinstance(first, nn.Conv2d) and (inputs.ndim != 4 or inputs.shape[1] != first.in_channels):
+        raise ValueError(
+            f"inputs of shape {tuple(inputs.shape)} do not fit the model: its first layer is a Conv2d "
+            f"expecting (n, {first.in_channels}, H, W)"
+        )
+    return inputs
+
+
+def _check_targets(targets: torch.Tensor | None, n: int, classes: int) -> torch.Tensor | None:
+    if targets is None:
+        return None
+    targets = torch.as_tensor(targets).long().flatten()
+    if targets.numel() != n:
+        raise ValueError(f"targets must give one class per sample ({n}), got {targets.numel()}")
+    if targets.min() < 0 or targets.max() >= classes:
+        raise ValueError(
+            f"targets must be class indices in [0, {classes}), got range [{targets.min()}, {targets.max()}]"
+        )
+    return targets
+
+
+def lrp_backward(
+    model: nn.Module,
+    inputs: torch.Tensor,
+    targets: torch.Tensor | None = None,
+    *,
+    composite: str | Composite = "epsilon_plus_flat",
+    layer_hooks: Callable[[str, nn.Module, torch.Tensor, torch.Tensor], None] | None = None,
+) -> torch.Tensor:
+    """One LRP pass with zennit; returns the relevance of ``inputs``.
+
+    LRP starts from the logit of the target class (default: the predicted class, since inference
+    data comes without labels): the initial relevance is ``one_hot(target) * logits``.
+    ``layer_hooks(name, module, a, b)`` is called during the forward for every prunable layer with
+    its *original* input ``a`` (captured by a pre-hook that runs before zennit wraps it) and its
+    output ``b``; tensor hooks registered on them then receive rel(a) and rel(b) in the backward.
+    The model comes back as it came: same parameters, mode, ``.grad`` and no hooks left.
+    """
+    inputs = check_inputs(model, inputs)
+    layers = prunable_layers(model)
+    was_training = model.training
+    handles = []
+    if layer_hooks is not None:
+        captured: dict[str, torch.Tensor] = {}
+        for name, module in layers.items():
+
+            def pre(mod, args, name=name):
+                captured[name] = args[0]
+
+            def post(mod, args, out, name=name):
+                layer_hooks(name, mod, captured.pop(name), out)
+
+            handles.append(module.register_forward_pre_hook(pre, prepend=True))
+            handles.append(module.register_forward_hook(post))
+    x = inputs.detach().clone().requires_grad_(True)
+    try:
+        model.eval()
+        with make_composite(composite).context(model) as modified:
+            try:
+                logits = modified(x)
+            except RuntimeError as err:
+                raise ValueError(f"inputs of shape {tuple(inputs.shape)} do not fit the model: {err}") from err
+            t = _check_targets(targets, x.shape[0], logits.shape[1])
+            t = logits.argmax(1) if t is None else t.to(logits.device)
+            start = torch.zeros_like(logits).scatter_(1, t[:, None], 1.0) * logits.detach()
+            (rel_x,) = torch.autograd.grad(logits, x, grad_outputs=start)
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    return rel_x
+
+
+def _same_padding(k: int, d: int) -> tuple[int, int]:
+    total = d * (k - 1)
+    return total // 2, total - total // 2
+
+
+def _pads(conv: nn.Conv2d) -> tuple[int, int, int, int]:
+    """(left, right, top, bottom) zero padding of a Conv2d, for F.pad."""
+    if conv.padding == "valid":
+        return 0, 0, 0, 0
+    if conv.padding == "same":
+        (t, b), (left, r) = (_same_padding(k, d) for k, d in zip(conv.kernel_size, conv.dilation, strict=True))
+        return left, r, t, b
+    ph, pw = conv.padding
+    return pw, pw, ph, ph
+
+
+def conv_weight_relevance(conv: nn.Conv2d, a_sum: torch.Tensor, b_sum: torch.Tensor) -> torch.Tensor:
+    """Parameter relevance of a Conv2d from sample-summed relevance maps (conv-as-FC, DESIGN item 4).
+
+    ``a_sum`` (C, H, W) and ``b_sum`` (J, H', W') are sum_i phi(rel(a_i)) and sum_i phi(rel(b_i)).
+    Input term: for each tap, the unfolded input relevance summed over output positions (taps in
+    the padding reach no input and add nothing). Output term: for each tap (u, v), b_sum summed over
+    the output positions where that tap reaches a real input. Honours stride, padding, dilation, groups.
+    """
+    kh, kw = conv.kernel_size
+    c, j, g = conv.in_channels, conv.out_channels, conv.groups
+    left, right, top, bottom = _pads(conv)
+    geometry = dict(kernel_size=(kh, kw), dilation=conv.dilation, stride=conv.stride)
+    a_pad = F.pad(a_sum[None], (left, right, top, bottom))
+    a_term = F.unfold(a_pad, **geometry)[0].sum(-1).view(g, 1, c // g, kh, kw)
+    a_term = a_term.expand(g, j // g, c // g, kh, kw).reshape(j, c // g, kh, kw)
+    ones = F.pad(
+        torch.ones((1, 1) + tuple(a_sum.shape[1:]), dtype=a_sum.dtype, device=a_sum.device), (left, right, top, bottom)
+    )
+    valid = F.unfold(ones, **geometry)[0]  # (kh*kw, P): 1 where tap (u, v) at position p reaches an input
+    if valid.shape[1] != b_sum[0].numel():
+        raise RuntimeError(
+            f"output map {tuple(b_sum.shape)} does not match the conv geometry ({valid.shape[1]} positions)"
+        )
+    b_term = b_sum.reshape(j, -1) @ valid.T  # (J, kh*kw)
+    return a_term + b_term.view(j, 1, kh, kw)
+
+
+def linear_weight_relevance(a_sum: torch.Tensor, b_sum: torch.Tensor) -> torch.Tensor:
+    """rel(w_jk) = A_k + B_j for a Linear weight of shape (J, K) (the paper's equation, summed over samples)."""
+    return b_sum[:, None] + a_sum[None, :]
+
+
+def parameter_relevance(
+    model: nn.Module,
+    inputs: torch.Tensor,
+    targets: torch.Tensor | None = None,
+    *,
+    composite: str | Composite = "epsilon_plus_flat",
+    aggregate: str = "abs",
+    batch_size: int | None = None,
+) -> dict[str, torch.Tensor]:
+    """rel(w) for every prunable weight: ``{"<module>.weight": tensor shaped like the weight}``.
+
+    Implements rel(w_kj) = sum_i [rel(a_ik) + rel(b_ij)] (FlexRel's equation) for Linear weights
+    and its unfolded conv-as-FC form for Conv2d weights, with activation relevances from one zennit
+    LRP pass per batch (``composite``, default ``EpsilonPlusFlat``) started from the predicted
+    class's logit (or ``targets``). ``aggregate`` (``"abs"``, ``"positive"`` or ``"signed"``)
+    is applied to each per-sample relevance before summing over samples. ``batch_size`` splits the
+    inputs to bound memory; the result is the same sum. Values are float64.
+    """
+    if aggregate not in AGGREGATES:
+        raise ValueError(f"unknown aggregate {aggregate!r}; expected one of {sorted(AGGREGATES)}")
+    inputs = check_inputs(model, inputs)
+    phi = AGGREGATES[aggregate]
+    layers = prunable_layers(model)
+    sums: dict[tuple[str, str], torch.Tensor] = {}
+
+    def accumulate(key: tuple[str, str]) -> Callable[[torch.Tensor], None]:
+        linear = isinstance(layers[key[0]], nn.Linear)
+
+        def hook(grad: torch.Tensor) -> None:
+            per_sample = phi(grad.detach())
+            # Linear: sum over every leading dim (samples, tokens); Conv2d: over samples only.
+            reduced = (per_sample.reshape(-1, grad.shape[-1]) if linear else per_sample).sum(0).double()
+            sums[key] = sums[key] + reduced if key in sums else reduced
+
+        return hook
+
+    def register(name: str, module: nn.Module, a: torch.Tensor, b: torch.Tensor) -> None:
+        for tensor, side in ((a, "a"), (b, "b")):
+            if tensor.requires_grad:
+                tensor.register_hook(accumulate((name, side)))
+
+    for chunk, target in _batches(inputs, targets, batch_size):
+        lrp_backward(model, chunk, target, composite=composite, layer_hooks=register)
+
+    relevance = {}
+    for name, module in layers.items():
+        a_sum, b_sum = sums[(name, "a")], sums[(name, "b")]
+        if isinstance(module, nn.Conv2d):
+            relevance[name] = conv_weight_relevance(module, a_sum, b_sum)
+        else:
+            relevance[name] = linear_weight_relevance(a_sum, b_sum)
+    return relevance
+
+
+def _batches(inputs: torch.Tensor, targets: torch.Tensor | None, batch_size: int | None):
+    if batch_size is None:
+        yield inputs, targets
+        return
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size}")
+    for start in range(0, inputs.shape[0], batch_size):
+        stop = start + batch_size
+        yield inputs[start:stop], None if targets is None else torch.as_tensor(targets)[start:stop]

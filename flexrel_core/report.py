@@ -1,0 +1,52 @@
+"""Assemble ``results/<profile>/REPORT.md`` from the sections the notebooks wrote.
+
+Each notebook writes ``results/<profile>/report/<notebook>.md`` (``outputs.write_report_section``)
+with its numbers and its plain-words verdict on the paper's claim; this module puts them in paper
+order under a header naming the profile, its parameters and the commit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .cache import write_text
+from .outputs import git_commit
+from .paths import REPO_ROOT, profile_dir, results_dir
+
+ORDER = ("fig1", "fig2", "fig3", "fig4", "table1", "explore")
+
+
+def assemble(profile: str, results_root: str | Path = REPO_ROOT / "results") -> Path:
+    """Write REPORT.md from the available sections; returns its path."""
+    folder = results_dir(profile, results_root)
+    sections = sorted(
+        (folder / "report").glob("*.md"), key=lambda p: (ORDER.index(p.stem) if p.stem in ORDER else len(ORDER), p.stem)
+    )
+    header = [
+        f"# FlexRel workbook report — profile `{profile}`",
+        "",
+        "Produced by `make reproduce PROFILE=" + profile + "` at commit `" + git_commit() + "`.",
+        "Every number below was computed by that run; figures and CSVs sit beside this file.",
+        "Paper: Chiasserini, Malandrino, Molner, Zhao, *Combining Relevance and Magnitude for",
+        "Resource-Aware DNN Pruning* (arXiv 2405.13088).",
+        "",
+    ]
+    body = [p.read_text().strip() + "\n" for p in sections] or ["_No notebook has written a section yet._\n"]
+    config = ["## Configuration", ""]
+    for path in sorted(profile_dir(profile).glob("*.yaml")):
+        config += [f"`{path.relative_to(REPO_ROOT)}`:", "", "```yaml", path.read_text().strip(), "```", ""]
+    return write_text(folder / "REPORT.md", "\n".join(header) + "\n" + "\n".join(body) + "\n" + "\n".join(config))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--profile", default="default")
+    args = parser.parse_args(argv)
+    print(assemble(args.profile))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,109 @@
+"""Training, fine-tuning with fixed masks, and evaluation, with explicit seeds and devices.
+
+Fine-tuning a pruned model (DESIGN.md item 8) keeps its masks fixed: gradients of pruned weights
+are zeroed before every optimiser step and the masks are re-applied after it, so pruned weights
+stay exactly zero whatever the optimiser does with its state (momentum, Adam moments, weight decay).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from .masks import apply_masks, mask_gradients
+from .progress import progress
+
+OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
+    "adam": torch.optim.Adam,
+    "adamw": torch.optim.AdamW,
+    "sgd": lambda params, lr, weight_decay: torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay),
+}
+
+
+def select_device(device: str | torch.device = "auto") -> torch.device:
+    """``"auto"``: CUDA when present, else CPU; anything else as given."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    """Seed Python, NumPy and torch; return a torch generator for data shuffling."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+def train(
+    model: nn.Module,
+    dataset: Dataset,
+    *,
+    epochs: int,
+    lr: float = 1e-3,
+    batch_size: int = 64,
+    weight_decay: float = 0.0,
+    optimizer: str = "adam",
+    seed: int = 0,
+    device: str | torch.device = "auto",
+    desc: str = "train",
+) -> list[float]:
+    """Train ``model`` in place with cross-entropy; returns the mean loss of each epoch.
+
+    Pruned layers (FlexRel masks on the model) keep their pruned weights exactly zero throughout.
+    """
+    if optimizer not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {optimizer!r}; expected one of {sorted(OPTIMIZERS)}")
+    if epochs < 0:
+        raise ValueError(f"epochs must be >= 0, got {epochs}")
+    dev = select_device(device)
+    generator = seed_everything(seed)
+    model.to(dev).train()
+    opt = OPTIMIZERS[optimizer](model.parameters(), lr=lr, weight_decay=weight_decay)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, generator=generator)
+    losses = []
+    for _ in progress(range(epochs), desc=desc, leave=False):
+        total, count = 0.0, 0
+        for x, y in loader:
+            x, y = x.to(dev), y.to(dev)
+            opt.zero_grad(set_to_none=True)
+            loss = nn.functional.cross_entropy(model(x), y)
+            loss.backward()
+            mask_gradients(model)
+            opt.step()
+            apply_masks(model)
+            total, count = total + loss.item() * len(y), count + len(y)
+        losses.append(total / max(count, 1))
+    model.eval()
+    return losses
+
+
+@torch.no_grad()
+def predict(
+    model: nn.Module, dataset: Dataset, *, batch_size: int = 512, device: str | torch.device = "auto"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Predicted and true labels of every sample of ``dataset``."""
+    dev = select_device(device)
+    was_training = model.training
+    model.to(dev).eval()
+    preds, labels = [], []
+    for x, y in DataLoader(dataset, batch_size=batch_size):
+        preds.append(model(x.to(dev)).argmax(1).cpu())
+        labels.append(y)
+    model.train(was_training)
+    return torch.cat(preds), torch.cat(labels)
+
+
+def evaluate(
+    model: nn.Module, dataset: Dataset, *, batch_size: int = 512, device: str | torch.device = "auto"
+) -> float:
+    """Top-1 accuracy of ``model`` on ``dataset``, in [0, 1]."""
+    if len(dataset) == 0:
+        raise ValueError("cannot evaluate on an empty dataset")
+    preds, labels = predict(model, dataset, batch_size=batch_size, device=device)
+    return float((preds == labels).float().mean())
