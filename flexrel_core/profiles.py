@@ -1,8 +1,8 @@
 """Parameter profiles shared by the Makefile and the tests: ``profiles/<profile>/``.
 
 A profile folder holds ``common.yaml`` (parameters every notebook gets when it declares them) and
-one ``<notebook>.yaml`` per notebook (its own parameters, overriding ``common``). Only the names a notebook's ``parameters``
-cell declares are passed to it; a name that no notebook declares is refused (papermill itself
+one ``<notebook>.yaml`` per notebook (its own parameters, overriding ``common``). Only the names
+a notebook's ``parameters`` cell declares are passed to it; a name that no notebook declares is refused (papermill itself
 would only warn).
 """
 
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import yaml
 
-from .paths import profile_dir
+from .paths import check_profile, profile_dir
 
 
 def read_profile(profile: str) -> dict:
@@ -36,7 +36,7 @@ def notebook_parameters(notebook: str | Path) -> dict:
 
 def parameters_for(profile: str, notebook: str | Path) -> dict:
     """The parameters ``notebook`` runs with under ``profile``, validated against its parameters cell."""
-    data = read_profile(profile)
+    data = read_profile(check_profile(profile))
     name = Path(notebook).stem
     declared = notebook_parameters(notebook)
     own = data.get(name) or {}

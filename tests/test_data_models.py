@@ -1,0 +1,139 @@
+"""Datasets (embedded digits, torchvision formats written by the test itself), models, training."""
+
+from __future__ import annotations
+
+import pickle
+import struct
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from flexrel_core import parameter_relevance, prunable_layers
+from flexrel_core.data import labels_of, load_dataset, shift_indices, tensors
+from flexrel_core.models import build_model
+from flexrel_core.training import evaluate, select_device, train
+
+
+def test_digits_splits_are_disjoint_stratified_and_seeded():
+    d = load_dataset("digits", seed=0)
+    sizes = [len(s) for s in (d.train, d.val, d.inference, d.test)]
+    assert sum(sizes) == 1797 and sizes[0] > sizes[1]
+    assert d.input_shape == (1, 8, 8) and d.num_classes == 10
+    xs = [tensors(s)[0].flatten(1) for s in (d.train, d.val, d.inference, d.test)]
+    rows = torch.cat(xs)
+    assert torch.unique(rows, dim=0).shape[0] >= rows.shape[0] - 30  # digits has a few exact duplicates
+    for split in (d.val, d.test):
+        assert set(np.unique(labels_of(split))) == set(range(10))
+    again = load_dataset("digits", seed=0)
+    assert torch.equal(tensors(again.test)[0], tensors(d.test)[0])
+    assert not torch.equal(tensors(load_dataset("digits", seed=1).test)[0], tensors(d.test)[0])
+
+
+def test_inference_shift_by_classes_and_weights():
+    d = load_dataset("digits", shift_classes=[0, 1, 2])
+    assert set(np.unique(labels_of(d.inference))) == {0, 1, 2}
+    assert set(np.unique(labels_of(d.test))) == {0, 1, 2}
+    assert set(np.unique(labels_of(d.train))) == set(range(10))  # training data untouched
+    labels = np.repeat(np.arange(3), 100)
+    kept = labels[shift_indices(labels, weights=[1.0, 0.5, 0.0], seed=0)]
+    assert np.bincount(kept, minlength=3).tolist() == [100, 50, 0]
+    with pytest.raises(ValueError, match="one non-negative weight per class"):
+        shift_indices(labels, weights=[1.0, -1.0, 1.0])
+
+
+def write_idx(path, array: np.ndarray) -> None:
+    dtype_code = 0x08
+    header = struct.pack(">HBB", 0, dtype_code, array.ndim) + struct.pack(">" + "I" * array.ndim, *array.shape)
+    path.write_bytes(header + array.astype(np.uint8).tobytes())
+
+
+@pytest.mark.parametrize("name,folder", [("mnist", "MNIST"), ("fashion-mnist", "FashionMNIST")])
+def test_torchvision_idx_format_loads_offline(tmp_path, name, folder):
+    raw = tmp_path / folder / "raw"
+    raw.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for prefix, n in (("train", 200), ("t10k", 100)):
+        write_idx(raw / f"{prefix}-images-idx3-ubyte", rng.integers(0, 255, (n, 28, 28)))
+        write_idx(raw / f"{prefix}-labels-idx1-ubyte", np.arange(n) % 10)
+    d = load_dataset(name, tmp_path)
+    assert (len(d.train) + len(d.val), len(d.inference) + len(d.test)) == (200, 100)
+    assert d.input_shape == (1, 28, 28) and d.num_classes == 10
+    x, y = tensors(d.train)
+    assert x.shape[1:] == (1, 28, 28) and y.max() < 10
+
+
+def test_cifar10_format_loads_offline(tmp_path, monkeypatch):
+    import os
+
+    from torchvision.datasets import cifar
+
+    base = tmp_path / "cifar-10-batches-py"
+    base.mkdir()
+    rng = np.random.default_rng(0)
+    for name, n in [(f"data_batch_{i}", 40) for i in range(1, 6)] + [("test_batch", 60)]:
+        batch = {"data": rng.integers(0, 255, (n, 3072), dtype=np.uint8), "labels": list(np.arange(n) % 10)}
+        (base / name).write_bytes(pickle.dumps(batch))
+    (base / "batches.meta").write_bytes(pickle.dumps({"label_names": [str(i) for i in range(10)]}))
+    # torchvision checks the official files' md5 sums; the test's own small files cannot match them.
+    monkeypatch.setattr(cifar, "check_integrity", lambda path, md5=None: os.path.isfile(path))
+    d = load_dataset("cifar10", tmp_path)
+    assert d.input_shape == (3, 32, 32) and len(d.inference) + len(d.test) == 60
+
+
+def test_missing_torchvision_data_names_the_fix(tmp_path):
+    with pytest.raises(FileNotFoundError, match="download=True"):
+        load_dataset("mnist", tmp_path)
+    with pytest.raises(ValueError, match="needs root="):
+        load_dataset("mnist")
+    with pytest.raises(FileNotFoundError, match="one sub-folder per class"):
+        load_dataset("imagefolder", tmp_path / "nope")
+
+
+@pytest.fixture
+def image_folder(tmp_path):
+    rng = np.random.default_rng(0)
+    for c in range(3):
+        (tmp_path / f"class{c}").mkdir()
+        for i in range(8):
+            Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)).save(tmp_path / f"class{c}" / f"{i}.png")
+    return tmp_path
+
+
+def test_imagefolder_and_vgg16_with_random_weights(image_folder):
+    d = load_dataset("imagefolder", image_folder, image_size=32)
+    assert d.input_shape == (3, 32, 32) and d.num_classes == 3
+    model = build_model("vgg16", num_classes=3, in_channels=3)
+    x, _ = tensors(d.inference)
+    rel = parameter_relevance(model, x)
+    assert set(rel) == set(prunable_layers(model)) and len(rel) == 16
+
+
+@pytest.mark.parametrize(
+    "name,kwargs,shape",
+    [
+        ("digits_cnn", {}, (2, 1, 8, 8)),
+        ("vgg_small", dict(in_channels=3, image_size=32), (2, 3, 32, 32)),
+        ("vgg_small", dict(in_channels=1, image_size=28, batch_norm=True), (2, 1, 28, 28)),
+    ],
+)
+def test_models_build_and_score(name, kwargs, shape):
+    model = build_model(name, **kwargs)
+    assert model(torch.randn(shape)).shape == (2, 10)
+    rel = parameter_relevance(model, torch.randn(shape))
+    assert all(torch.isfinite(r).all() and (r >= 0).all() for r in rel.values())
+
+
+def test_training_reaches_high_accuracy_on_digits_and_is_seeded():
+    d = load_dataset("digits")
+    accs = []
+    for _ in range(2):
+        torch.manual_seed(0)
+        model = build_model("digits_cnn")
+        train(model, d.train, epochs=12, lr=2e-3, seed=0, device="cpu")
+        accs.append(evaluate(model, d.test, device="cpu"))
+    assert accs[0] == accs[1]
+    assert accs[0] > 0.9
+    assert select_device("cpu").type == "cpu"
+    assert select_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
