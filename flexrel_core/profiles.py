@@ -2,8 +2,8 @@
 
 A profile folder holds ``common.yaml`` (parameters every notebook gets when it declares them) and
 one ``<notebook>.yaml`` per notebook (its own parameters, overriding ``common``). Only the names
-a notebook's ``parameters`` cell declares are passed to it; a name that no notebook declares is refused (papermill itself
-would only warn).
+a notebook's ``parameters`` cell declares are passed to it; a name that no notebook declares is
+refused (papermill itself would only warn).
 """
 
 from __future__ import annotations
