@@ -193,7 +193,8 @@ def parameter_relevance(
     LRP pass per batch (``composite``, default ``EpsilonPlusFlat``) started from the predicted
     class's logit (or ``targets``). ``aggregate`` (``"abs"``, ``"positive"`` or ``"signed"``)
     is applied to each per-sample relevance before summing over samples. ``batch_size`` splits the
-    inputs to bound memory; the result is the same sum. Values are float64.
+    inputs to bound memory; the result is the same sum. Sums accumulate in float64; values come in the
+    weight's dtype.
     """
     if aggregate not in AGGREGATES:
         raise ValueError(f"unknown aggregate {aggregate!r}; expected one of {sorted(AGGREGATES)}")
@@ -224,6 +225,7 @@ def parameter_relevance(
     relevance = {}
     for name, module in layers.items():
         a_sum, b_sum = sums[(name, "a")], sums[(name, "b")]
+        a_sum, b_sum = a_sum.to(module.weight.dtype), b_sum.to(module.weight.dtype)
         if isinstance(module, nn.Conv2d):
             relevance[name] = conv_weight_relevance(module, a_sum, b_sum)
         else:

@@ -38,23 +38,12 @@ def magnitude(model: nn.Module) -> dict[str, torch.Tensor]:
     return {name: m.weight.detach().abs().double() for name, m in prunable_layers(model).items()}
 
 
-def _minmax(t: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
-    span = hi - lo
-    if span <= 0:  # a constant tensor carries no ranking: zeros, never NaN
-        return torch.zeros_like(t)
-    return (t - lo) / span
-
-
 def normalize_scores(scores: dict[str, torch.Tensor], mode: str = "layer") -> dict[str, torch.Tensor]:
-    """Min-max normalise each tensor to [0, 1] (``"layer"``) or all of them jointly (``"global"``)."""
+    """Min-max normalise each tensor to [0, 1] (``"layer"``) or all of them jointly (``"global"``), float64."""
     if mode not in NORMALIZATIONS:
         raise ValueError(f"normalize must be one of {NORMALIZATIONS}, got {mode!r}")
-    scores = {n: s.double() for n, s in scores.items()}
-    if mode == "layer":
-        return {n: _minmax(s, s.min(), s.max()) for n, s in scores.items()}
-    lo = min(s.min() for s in scores.values())
-    hi = max(s.max() for s in scores.values())
-    return {n: _minmax(s, lo, hi) for n, s in scores.items()}
+    ranges = _joint({n: (float(s.min()), float(s.max())) for n, s in scores.items()}, mode)
+    return {n: _minmax_(s.to(dtype=torch.float64, copy=True), *ranges[n]) for n, s in scores.items()}
 
 
 def pruning_scores(
@@ -81,13 +70,34 @@ def pruning_scores(
     delta = {"magnitude": 0.0, "relevance": 1.0}.get(method, check_delta(delta))
     if normalize not in NORMALIZATIONS:
         raise ValueError(f"normalize must be one of {NORMALIZATIONS}, got {normalize!r}")
-    m_norm = normalize_scores(magnitude(model), normalize)
-    if delta == 0.0:
-        return m_norm
-    if relevance is None:
+    weights = {n: m.weight.detach() for n, m in prunable_layers(model).items()}
+    if delta > 0.0 and relevance is None:
         if inputs is None:
             raise ValueError(f"method={method!r} with delta={delta} needs inference `inputs` or a `relevance` dict")
         relevance = parameter_relevance(model, inputs, targets, composite=composite, aggregate=aggregate)
-    check_score_dict(model, relevance, "relevance")
-    r_norm = normalize_scores(relevance, normalize)
-    return {n: (1.0 - delta) * m_norm[n] + delta * r_norm[n].to(m_norm[n].device) for n in m_norm}
+    if relevance is not None:
+        check_score_dict(model, relevance, "relevance")
+    # Layer by layer and in place: a model-sized float64 tensor exists once (the result), not per term.
+    m_range = _joint({n: (float(w.abs().min()), float(w.abs().max())) for n, w in weights.items()}, normalize)
+    r_range = _joint({n: (float(r.min()), float(r.max())) for n, r in relevance.items()}, normalize) if delta else {}
+    scores = {}
+    for n, w in weights.items():
+        s = _minmax_(w.abs().double(), *m_range[n])
+        if delta > 0.0:
+            r = _minmax_(relevance[n].to(device=s.device, dtype=torch.float64, copy=True), *r_range[n])
+            s.mul_(1.0 - delta).add_(r, alpha=delta)
+        scores[n] = s
+    return scores
+
+
+def _joint(own: dict[str, tuple[float, float]], mode: str) -> dict[str, tuple[float, float]]:
+    """(min, max) that min-max normalisation uses for each tensor: its own, or the joint one."""
+    if mode == "layer":
+        return own
+    joint = (min(lo for lo, _ in own.values()), max(hi for _, hi in own.values()))
+    return {n: joint for n in own}
+
+
+def _minmax_(t: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
+    """In-place (t - lo) / (hi - lo); a constant range gives zeros, never NaN."""
+    return t.zero_() if hi - lo <= 0 else t.sub_(lo).div_(hi - lo)
