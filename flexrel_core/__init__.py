@@ -1,6 +1,7 @@
 """FlexRel: pruning by a blend of weight magnitude and LRP relevance (Chiasserini et al., 2025)."""
 
 from .data import DATASETS, DataSplits, load_dataset
+from .encoding import decode_sparse, dense_size_bytes, encode_sparse, information_bound_bits
 from .layers import prunable_count, prunable_layers
 from .masks import apply_masks, from_torch_prune, get_masks, load_state, mask_gradients, prune, sparsity, to_torch_prune
 from .models import MODELS, build_model
@@ -9,6 +10,10 @@ from .scores import magnitude, normalize_scores, pruning_scores
 from .training import evaluate, select_device, train
 
 __all__ = [
+    "decode_sparse",
+    "dense_size_bytes",
+    "encode_sparse",
+    "information_bound_bits",
     "DATASETS",
     "DataSplits",
     "MODELS",

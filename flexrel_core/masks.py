@@ -55,11 +55,12 @@ def set_masks(model: nn.Module, masks: dict[str, torch.Tensor]) -> None:
 
 @torch.no_grad()
 def apply_masks(model: nn.Module) -> None:
-    """Multiply every mask into its weight: pruned weights become exactly zero."""
+    """Zero every pruned weight: exactly +0.0 (``mul_`` would leave -0.0 for negative weights, a
+    sign bit that a sparse encoding does not carry)."""
     for m in prunable_layers(model).values():
         mask = getattr(m, MASK_BUFFER, None)
         if mask is not None:
-            m.weight.mul_(mask)
+            m.weight.masked_fill_(~mask, 0.0)
 
 
 @torch.no_grad()
@@ -68,7 +69,7 @@ def mask_gradients(model: nn.Module) -> None:
     for m in prunable_layers(model).values():
         mask = getattr(m, MASK_BUFFER, None)
         if mask is not None and m.weight.grad is not None:
-            m.weight.grad.mul_(mask)
+            m.weight.grad.masked_fill_(~mask, 0.0)
 
 
 def prune(

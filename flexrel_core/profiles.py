@@ -27,11 +27,27 @@ def read_profile(profile: str) -> dict:
     return data
 
 
-def notebook_parameters(notebook: str | Path) -> dict:
-    """Name -> inferred type/default of a notebook's ``parameters`` cell (papermill's inspection)."""
-    import papermill
+def notebook_parameters(notebook: str | Path) -> set[str]:
+    """Names a notebook's ``parameters`` cell assigns.
 
-    return papermill.inspect_notebook(str(notebook))
+    Read with ``ast`` rather than ``papermill.inspect_notebook``, which skips annotated names it
+    cannot parse (``data_root: str | None = None``) and would let their profile values vanish.
+    """
+    import ast
+
+    import nbformat
+
+    nb = nbformat.read(str(notebook), as_version=4)
+    cells = [c for c in nb.cells if c.cell_type == "code" and "parameters" in c.metadata.get("tags", [])]
+    if len(cells) != 1:
+        raise ValueError(f"{notebook} must have exactly one cell tagged `parameters`, found {len(cells)}")
+    names = set()
+    for node in ast.parse(cells[0].source).body:
+        targets = (
+            node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(node, ast.AnnAssign) else []
+        )
+        names.update(t.id for t in targets if isinstance(t, ast.Name))
+    return names
 
 
 def parameters_for(profile: str, notebook: str | Path) -> dict:

@@ -8,7 +8,8 @@ stay exactly zero whatever the optimiser does with its state (momentum, Adam mom
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -30,6 +31,22 @@ def select_device(device: str | torch.device = "auto") -> torch.device:
     if str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
+
+
+@contextmanager
+def torch_threads(n: int | None) -> Iterator[None]:
+    """Run the block with ``n`` intra-op threads (``None``: unchanged), then restore the count.
+
+    Tiny models (digits, the explorer's evaluations, Fig. 3's nodes) run as fast on one thread on an
+    idle machine and stay fast on a busy one, where two spinning OpenMP threads can be 10x slower.
+    """
+    before = torch.get_num_threads()
+    if n is not None:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def seed_everything(seed: int) -> torch.Generator:

@@ -113,3 +113,14 @@ def test_source_notebooks_carry_no_outputs_and_name_python3():
         for cell in nb.cells:
             if cell.cell_type == "code":
                 assert not cell.outputs and cell.execution_count is None, f"{path} has outputs"
+
+
+def test_parameters_with_union_annotations_are_declared(tmp_path, monkeypatch):
+    """papermill's inspector skips `x: str | None = None`; the profile value must still reach the notebook."""
+    nb = write_notebook(
+        tmp_path / "fig1.ipynb",
+        'profile: str = "quick"\nresults_root: str = "results"\ndata_root: str | None = None  # folder',
+        "x = 1",
+    )
+    monkeypatch.setattr("flexrel_core.profiles.read_profile", lambda p: {"fig1": {"data_root": "/data/val"}})
+    assert parameters_for("quick", nb)["data_root"] == "/data/val"
