@@ -1,0 +1,564 @@
+"""Interactive delta / pruning-factor explorer: what FlexRel keeps at (delta, p) and what it costs.
+
+The workbook's interactive view (issue 5; no paper item of its own, it walks Figure 4 live).
+Relevance (the inference-time information) and magnitudes are computed once per inference-data
+choice -- "as trained" (the deployment distribution the model was trained for) and "shifted"
+(only some classes, ``load_dataset(..., shift_classes=...)``) -- so a slider move only re-scores
+(``pruning_scores(..., relevance=cached)``), re-thresholds (``prune`` on one working copy whose
+weights are reset from the dense state) and evaluates on the deployment test samples.
+
+Views: dense and pruned accuracy, per-layer sparsity, the mask of one layer, and where the current
+point sits on the Figure 4 curve (accuracy vs delta at the current p; computed lazily per
+(inference data, scope, p) and kept in memory). Every displayed number is also in
+``Explorer.state``, so the widget logic is tested without a kernel; ``render_static`` writes the
+same views as PNG + SVG for papermill runs.
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+import hashlib
+import html
+import io
+import logging
+import statistics
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from .config import TrainConfig, config_hash
+from .data import DataSplits, tensors
+from .layers import prunable_layers
+from .masks import MASK_BUFFER, SCOPES, check_amount, prune
+from .outputs import save_figure, save_table
+from .paths import REPO_ROOT, results_dir
+from .pipeline import data_for, relevance_for, trained_model
+from .scores import METHODS, check_delta, pruning_scores
+from .training import select_device, torch_threads
+
+log = logging.getLogger(__name__)
+
+DELTA_GRID: tuple[float, ...] = tuple(round(0.1 * i, 1) for i in range(11))
+MAX_PRUNING_FACTOR = 0.99
+CONTROLS = ("delta", "pruning_factor", "method", "scope", "inference", "layer")
+POINT_COLUMNS = (
+    "inference",
+    "method",
+    "scope",
+    "delta",
+    "pruning_factor",
+    "dense_accuracy",
+    "pruned_accuracy",
+    "sparsity",
+    "mask_checksum",
+)
+
+
+@dataclass
+class InferenceData:
+    """One inference-data choice: its parameter relevance (computed once) and the deployment
+    test samples (``x``, ``y``) on which accuracy is measured."""
+
+    relevance: dict[str, torch.Tensor]
+    x: torch.Tensor
+    y: torch.Tensor
+
+
+def resolve(path: str | Path) -> Path:
+    """A relative path from the parameters, taken from the repository root (the runner's cwd),
+    so that a notebook opened in JupyterLab (cwd ``notebooks/``) finds the same cache and results."""
+    path = Path(path)
+    return path if path.is_absolute() else REPO_ROOT / path
+
+
+def mask_checksum(masks: Mapping[str, torch.Tensor]) -> str:
+    """Ten hex digits of sha1 over the packed bits of every mask, in order: equal iff masks are equal."""
+    digest = hashlib.sha1()
+    for name, mask in masks.items():
+        digest.update(name.encode())
+        digest.update(np.packbits(mask.detach().cpu().numpy().astype(bool)).tobytes())
+    return digest.hexdigest()[:10]
+
+
+class Explorer:
+    """ipywidgets explorer of FlexRel's s = (1 - delta) M_norm + delta R_norm at pruning factor p.
+
+    ``choices`` maps an inference-data name to its ``InferenceData``. Controls (ipywidgets, all
+    attributes): ``delta`` and ``pruning_factor`` sliders (``continuous_update=False``),
+    ``method`` and ``scope`` toggles, ``inference`` and ``layer`` dropdowns. Changing any of them
+    calls ``refresh``; ``update(**values)`` sets several at once with validation. ``state`` holds
+    every number shown; ``widget`` is the box to display.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        choices: Mapping[str, InferenceData],
+        *,
+        delta: float = 0.5,
+        pruning_factor: float = 0.8,
+        method: str = "flexrel",
+        scope: str = "global",
+        normalize: str = "layer",
+        layer: str | None = None,
+        curve_deltas: Sequence[float] = DELTA_GRID,
+        device: str = "cpu",
+        threads: int | None = 1,
+        compact: bool = False,
+    ) -> None:
+        import ipywidgets as w
+
+        if not choices:
+            raise ValueError("the explorer needs at least one inference-data choice")
+        self.model = model.eval()
+        self.normalize = normalize
+        self.curve_deltas = tuple(check_delta(d) for d in curve_deltas)
+        self.device = select_device(device)
+        self._dense = {n: m.weight.detach().clone() for n, m in prunable_layers(model).items()}
+        self.work = copy.deepcopy(model).to(self.device).eval()  # the one working copy, reset per update
+        self._work_layers = prunable_layers(self.work)
+        self.choices = {
+            k: InferenceData(v.relevance, v.x.to(self.device), v.y.to(self.device)) for k, v in choices.items()
+        }
+        self.threads = threads
+        self._reset_work()
+        with torch_threads(threads):
+            self.dense_accuracy = {name: self._accuracy(c) for name, c in self.choices.items()}
+        self._curves: dict[tuple, list[float]] = {}
+        self._hold = False
+        self._fig = None
+        self.state: dict = {}
+
+        names = list(self._dense)
+        style = {"description_width": "110px"}
+        wide = w.Layout(width="460px")
+        self.delta = w.FloatSlider(
+            value=check_delta(delta),
+            min=0.0,
+            max=1.0,
+            step=0.05,
+            continuous_update=False,
+            description="δ (relevance)",
+            readout_format=".2f",
+            style=style,
+            layout=wide,
+        )
+        self.pruning_factor = w.FloatSlider(
+            value=self._check_p(pruning_factor),
+            min=0.0,
+            max=MAX_PRUNING_FACTOR,
+            step=0.01,
+            continuous_update=False,
+            description="pruning factor p",
+            readout_format=".2f",
+            style=style,
+            layout=wide,
+        )
+        buttons = {"description_width": "110px", "button_width": "100px"}
+        self.method = w.ToggleButtons(options=list(METHODS), value=method, description="method", style=buttons)
+        self.scope = w.ToggleButtons(options=list(SCOPES), value=scope, description="scope", style=buttons)
+        self.inference = w.Dropdown(options=list(self.choices), description="inference data", style=style)
+        self.layer = w.Dropdown(options=names, value=layer or names[-2 if len(names) > 1 else 0], description="mask of")
+        self.layer.style.description_width = style["description_width"]
+        self.status = w.HTML()
+        self.out = w.Output()
+        for name in CONTROLS:
+            control = getattr(self, name)
+            control.add_class(f"flexrel-{name.replace('_', '-')}")
+            control.observe(self._on_change, names="value")
+        self.status.add_class("flexrel-status")
+        self.out.add_class("flexrel-figure")
+        left, right = [self.delta, self.pruning_factor], [self.method]
+        if not compact:
+            left.append(self.layer)
+            right += [self.scope, self.inference]
+        self.widget = w.VBox([w.HBox([w.VBox(left), w.VBox(right)]), self.status, self.out])
+        self.widget.add_class("flexrel-explorer")
+        self.refresh()
+
+    # -- building ---------------------------------------------------------------------------------
+
+    @classmethod
+    def from_params(cls, params: Mapping, *, compact: bool = False) -> Explorer:
+        """An explorer from a notebook's parameters (its ``globals()``): trains (cached) the model
+        the common keys describe, and computes (cached) its relevance on the inference data "as
+        trained" and, if ``shift_classes`` is given and not ``compact``, "shifted"."""
+        cfg = TrainConfig.from_mapping(params)
+        get = params.get
+        cache_root = resolve(get("cache_root", "cache"))
+        data = data_for(cfg)
+        model, _ = trained_model(cfg, data, cache_root=cache_root, device=get("device", "cpu"))
+        datasets = {"as trained": (data, "as-trained")}
+        shift = get("shift_classes")
+        if shift and not compact:
+            shift = sorted(int(c) for c in shift)
+            datasets["shifted"] = (data_for(cfg, shift_classes=shift), f"shift-classes={shift}")
+        opts = {k: get(k, d) for k, d in (("composite", "epsilon_plus_flat"), ("aggregate", "abs"))}
+        choices = {
+            name: inference_data(
+                model,
+                d,
+                f"{config_hash(cfg)}/{tag}",
+                samples=get("inference_samples"),
+                eval_samples=get("eval_samples") or None,
+                seed=cfg.seed,
+                cache_root=cache_root,
+                **opts,
+            )
+            for name, (d, tag) in datasets.items()
+        }
+        return cls(
+            model,
+            choices,
+            delta=get("delta", 0.5),
+            pruning_factor=get("pruning_factor", 0.8),
+            method=get("method", "flexrel"),
+            scope=get("scope", "global"),
+            normalize=get("normalize", "layer"),
+            device=get("device", "cpu"),
+            threads=get("explorer_threads", 1) or None,
+            compact=compact,
+        )
+
+    # -- computing --------------------------------------------------------------------------------
+
+    @staticmethod
+    def _check_p(p: float) -> float:
+        p = check_amount(p)
+        if p > MAX_PRUNING_FACTOR:
+            raise ValueError(f"the explorer's pruning factor goes up to {MAX_PRUNING_FACTOR}, got {p}")
+        return p
+
+    @torch.no_grad()
+    def _reset_work(self) -> None:
+        """Working copy := dense weights, no masks (instead of a deep copy per update)."""
+        for name, module in self._work_layers.items():
+            module._buffers.pop(MASK_BUFFER, None)
+            module.weight.copy_(self._dense[name])
+
+    @torch.no_grad()
+    def _accuracy(self, choice: InferenceData, batch_size: int = 1024) -> float:
+        hits = sum(
+            int((self.work(choice.x[i : i + batch_size]).argmax(1) == choice.y[i : i + batch_size]).sum())
+            for i in range(0, len(choice.y), batch_size)
+        )
+        return hits / len(choice.y)
+
+    def prune_and_evaluate(
+        self, delta: float, p: float, method: str, scope: str, inference: str
+    ) -> tuple[dict[str, torch.Tensor], float]:
+        """Masks and pruned accuracy at one setting: score with the cached relevance, prune a
+        fresh copy of the dense weights, evaluate on the inference choice's test samples."""
+        choice = self.choices[inference]
+        scores = pruning_scores(
+            self.model, method=method, delta=delta, normalize=self.normalize, relevance=choice.relevance
+        )
+        self._reset_work()
+        masks = prune(self.work, scores, p, scope=scope)
+        return masks, self._accuracy(choice)
+
+    def curve(self, p: float, scope: str, inference: str) -> list[float]:
+        """Figure 4 at one p: FlexRel accuracy at each of ``curve_deltas`` (delta = 0 is this
+        library's magnitude pruning, delta = 1 relevance pruning); cached in memory."""
+        key = (inference, scope, round(p, 6), self.normalize)
+        if key not in self._curves:
+            with torch_threads(self.threads):
+                self._curves[key] = [
+                    self.prune_and_evaluate(d, p, "flexrel", scope, inference)[1] for d in self.curve_deltas
+                ]
+        return self._curves[key]
+
+    def update(self, **values) -> dict:
+        """Set several controls at once (names in ``CONTROLS``), refusing invalid values, then
+        refresh once; returns ``state``."""
+        unknown = sorted(set(values) - set(CONTROLS))
+        if unknown:
+            raise TypeError(f"unknown explorer controls {unknown}; expected some of {list(CONTROLS)}")
+        if "delta" in values:
+            values["delta"] = check_delta(values["delta"])
+        if "pruning_factor" in values:
+            values["pruning_factor"] = self._check_p(values["pruning_factor"])
+        for name in ("method", "scope", "inference", "layer"):
+            options = tuple(getattr(self, name).options)
+            if name in values and values[name] not in options:
+                raise ValueError(f"{name} must be one of {list(options)}, got {values[name]!r}")
+        self._hold = True
+        try:
+            for name, value in values.items():
+                getattr(self, name).value = value
+        finally:
+            self._hold = False
+        return self.refresh()
+
+    def _on_change(self, change) -> None:
+        if self._hold:
+            return
+        try:
+            self.refresh()
+        except Exception as err:  # a widget callback has nowhere to raise to: show it
+            log.exception("explorer update failed")
+            self.status.value = f'<div class="flexrel-error">update failed: {html.escape(str(err))}</div>'
+
+    def refresh(self) -> dict:
+        """Recompute at the controls' current values, redraw, and return ``state``."""
+        start = time.perf_counter()
+        method, scope, inference = self.method.value, self.scope.value, self.inference.value
+        delta, p = float(self.delta.value), float(self.pruning_factor.value)
+        self.delta.disabled = method != "flexrel"
+        with torch_threads(self.threads):
+            masks, accuracy = self.prune_and_evaluate(delta, p, method, scope, inference)
+        kept = {n: int(m.sum()) for n, m in masks.items()}
+        total = sum(m.numel() for m in masks.values())
+        self.masks = masks
+        self.state = {
+            "delta": delta,
+            "effective_delta": {"magnitude": 0.0, "relevance": 1.0}.get(method, delta),
+            "pruning_factor": p,
+            "method": method,
+            "scope": scope,
+            "inference": inference,
+            "layer": self.layer.value,
+            "dense_accuracy": self.dense_accuracy[inference],
+            "pruned_accuracy": accuracy,
+            "sparsity": 1.0 - sum(kept.values()) / total,
+            "layer_sparsity": {n: 1.0 - kept[n] / masks[n].numel() for n in masks},
+            "kept": sum(kept.values()),
+            "total": total,
+            "mask_checksum": mask_checksum(masks),
+            "layer_mask_checksum": mask_checksum({self.layer.value: masks[self.layer.value]}),
+            "curve_deltas": list(self.curve_deltas),
+            "curve": self.curve(p, scope, inference),
+        }
+        self.state["compute_seconds"] = time.perf_counter() - start
+        self._render()
+        self.state["update_seconds"] = time.perf_counter() - start
+        return self.state
+
+    # -- drawing ----------------------------------------------------------------------------------
+
+    def figure(self):
+        """The three views of ``state``: per-layer sparsity, the chosen layer's mask, and the
+        current point on the Figure 4 curve (accuracy vs delta at this p). One matplotlib figure,
+        built once with a fixed layout and updated in place (redrawing costs ~50 ms, not ~200)."""
+        if self._fig is None:
+            self._fig = self._build_figure()
+        fig, a = self._fig, self._artists
+        s = self.state
+        for bar, name in zip(a["bars"], s["layer_sparsity"], strict=True):
+            bar.set_width(s["layer_sparsity"][name])
+        a["overall"].set_xdata([s["sparsity"]])
+        a["ax_sp"].set_title(f"per-layer sparsity (overall {s['sparsity']:.3f})", fontsize=10)
+        mask = self.masks[s["layer"]].cpu()
+        mask = mask.reshape(mask.shape[0], -1).numpy()
+        a["mask"].set_data(mask)
+        a["mask"].set_extent((-0.5, mask.shape[1] - 0.5, mask.shape[0] - 0.5, -0.5))
+        a["ax_mask"].set_title(f"mask of {s['layer']}: black = kept ({mask.mean():.0%})", fontsize=10)
+        a["curve"].set_data(s["curve_deltas"], s["curve"])
+        a["dense"].set_ydata([s["dense_accuracy"]] * 2)
+        a["point"].set_data([s["effective_delta"]], [s["pruned_accuracy"]])
+        a["ax_curve"].set_title(f"Figure 4 at p = {s['pruning_factor']:.2f}: ★ = now ({s['method']})", fontsize=10)
+        fig.suptitle(
+            f"{s['inference']} inference data · {s['scope']} threshold · pruned accuracy {s['pruned_accuracy']:.3f}"
+            f" vs dense {s['dense_accuracy']:.3f}",
+            fontsize=10,
+        )
+        return fig
+
+    def _build_figure(self):
+        from matplotlib.figure import Figure
+
+        fig = Figure(figsize=(12, 3.4))
+        ax_sp, ax_mask, ax_curve = fig.subplots(1, 3, width_ratios=[1.0, 1.0, 1.2])
+        fig.subplots_adjust(left=0.09, right=0.87, bottom=0.16, top=0.8, wspace=0.3)
+        names = list(self._dense)
+        bars = ax_sp.barh(range(len(names)), [0.0] * len(names), color="#4c72b0")
+        overall = ax_sp.axvline(0.0, color="k", ls="--", lw=1)
+        ax_sp.set(yticks=range(len(names)), xlim=(0, 1), xlabel="fraction pruned")
+        ax_sp.set_yticklabels([n.removesuffix(".weight") for n in names], fontsize=8)
+        ax_sp.invert_yaxis()
+        mask = ax_mask.imshow(
+            [[0, 1]], cmap="Greys", vmin=0, vmax=1, aspect="auto", interpolation="nearest"
+        )  # black = kept
+        ax_mask.set(xlabel="input (× kernel taps)", ylabel="output")
+        (curve,) = ax_curve.plot([], [], "o-", color="#55a868", ms=3, label="FlexRel\nat this p")
+        (dense,) = ax_curve.plot([-0.03, 1.03], [0, 0], color="grey", ls=":", lw=1, label="dense")
+        (point,) = ax_curve.plot([], [], "*", color="#c44e52", ms=14, label="now")
+        ax_curve.set(xlim=(-0.03, 1.03), ylim=(0, 1.02), xlabel="δ (0 = magnitude, 1 = relevance)", ylabel="accuracy")
+        ax_curve.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
+        self._artists = {
+            "ax_sp": ax_sp, "bars": list(bars), "overall": overall, "ax_mask": ax_mask, "mask": mask,
+            "ax_curve": ax_curve, "curve": curve, "dense": dense, "point": point,
+        }  # fmt: skip
+        return fig
+
+    def status_html(self) -> str:
+        """The numbers, as text with stable CSS classes (read by the browser test)."""
+        s = self.state
+        items = [
+            ("δ", "delta-value", f"{s['delta']:.2f}"),
+            ("p", "p-value", f"{s['pruning_factor']:.2f}"),
+            ("dense accuracy", "dense-accuracy", f"{s['dense_accuracy']:.4f}"),
+            ("pruned accuracy", "pruned-accuracy", f"{s['pruned_accuracy']:.4f}"),
+            ("sparsity", "sparsity", f"{s['sparsity']:.4f}"),
+            ("kept", "kept", f"{s['kept']} / {s['total']}"),
+            ("mask", "mask-checksum", s["mask_checksum"]),
+        ]
+        body = " · ".join(f'{label}: <b class="flexrel-{cls}">{value}</b>' for label, cls, value in items)
+        return f'<div class="flexrel-status-text" style="font-family: monospace">{body}</div>'
+
+    def _render(self) -> None:
+        t0 = time.perf_counter()
+        buf = io.BytesIO()
+        self.figure().savefig(buf, format="png", dpi=80)
+        png = base64.b64encode(buf.getvalue()).decode("ascii")
+        # Set the Output's outputs directly: the same in a kernel and without one (tests).
+        self.out.outputs = (
+            {
+                "output_type": "display_data",
+                "data": {"image/png": png, "text/plain": "<explorer figure>"},
+                "metadata": {},
+            },
+        )
+        # The numbers last: once they show a setting, its figure has been sent too.
+        self.status.value = self.status_html()
+        self.state["render_seconds"] = time.perf_counter() - t0
+
+
+def inference_data(
+    model: nn.Module,
+    data: DataSplits,
+    key: str,
+    *,
+    samples: int | None = None,
+    eval_samples: int | None = None,
+    seed: int = 0,
+    composite: str = "epsilon_plus_flat",
+    aggregate: str = "abs",
+    cache_root: str | Path = REPO_ROOT / "cache",
+) -> InferenceData:
+    """Relevance of ``model`` on ``data.inference`` (cached under ``key``) and the test samples
+    (a seeded random subset of ``eval_samples`` of them, if given) for one inference choice."""
+    relevance = relevance_for(
+        model, data, key, samples=samples, composite=composite, aggregate=aggregate, cache_root=cache_root
+    )
+    test = data.test
+    if eval_samples is not None and eval_samples < len(test):
+        idx = np.sort(np.random.default_rng(seed).choice(len(test), size=eval_samples, replace=False))
+        test = torch.utils.data.Subset(test, idx.tolist())
+    x, y = tensors(test)
+    return InferenceData(relevance, x, y)
+
+
+def compact_explorer(params: Mapping):
+    """The compact explorer (delta, p, method; inference data as trained) for the end of the fig4
+    notebook: ``compact_explorer(globals())`` displays it as the cell's value."""
+    return Explorer.from_params(params, compact=True).widget
+
+
+def render_static(
+    explorer: Explorer, folder: str | Path, points: Sequence[Sequence[float]], *, name: str = "explore"
+) -> pd.DataFrame:
+    """The explorer's views at each (delta, p) in ``points``, for every inference choice, as PNG +
+    SVG in ``folder`` (``<name>_<inference>_d<delta>_p<p>``), and ``<name>_points.csv`` with the
+    numbers shown; returns that table. The explorer's controls are restored afterwards."""
+    before = {k: getattr(explorer, k).value for k in CONTROLS}
+    rows = []
+    for inference in explorer.choices:
+        for delta, p in points:
+            s = explorer.update(delta=float(delta), pruning_factor=float(p), inference=inference, method="flexrel")
+            fig_name = f"{name}_{inference.replace(' ', '-')}_d{delta:.2f}_p{p:.2f}"
+            save_figure(explorer.figure(), folder, fig_name)
+            rows.append({k: s[k] for k in POINT_COLUMNS} | {"figure": fig_name})
+    explorer.update(**before)
+    table = pd.DataFrame(rows)
+    save_table(table, folder, f"{name}_points")
+    return table
+
+
+def timing(explorer: Explorer, moves: int = 20) -> dict:
+    """Median / max seconds of an update driven through the sliders' callbacks: ``moves`` delta
+    moves at a fixed p (the Figure 4 curve cached) and ``moves`` p moves (each new p computes its
+    curve). Restores the explorer's previous values afterwards."""
+    if moves < 1:
+        raise ValueError(f"moves must be >= 1, got {moves}")
+    before = {k: getattr(explorer, k).value for k in CONTROLS}
+    out: dict = {"moves": moves}
+    plan = (
+        ("delta", explorer.delta, {"delta": 0.0}, [round(0.05 * (1 + i % 20), 2) for i in range(moves)]),
+        (
+            "p",
+            explorer.pruning_factor,
+            {"pruning_factor": 0.5},
+            [round(0.51 + 0.02 * (i % 25), 2) for i in range(moves)],
+        ),
+    )
+    for label, slider, start, values in plan:
+        explorer.update(method="flexrel", **start)
+        total, compute, render = [], [], []
+        for value in values:  # consecutive values differ, so every assignment is a move
+            slider.value = value
+            total.append(explorer.state["update_seconds"])
+            compute.append(explorer.state["compute_seconds"])
+            render.append(explorer.state["render_seconds"])
+        out[f"{label}_update_median_s"] = statistics.median(total)
+        out[f"{label}_update_max_s"] = max(total)
+        out[f"{label}_compute_median_s"] = statistics.median(compute)
+        out[f"{label}_render_median_s"] = statistics.median(render)
+    explorer.update(**before)
+    return out
+
+
+def bench(profile: str = "default", moves: int = 20) -> dict:
+    """``make bench``: the explorer's update time on ``profile``'s model (default: digits, 30
+    epochs), driven through the sliders (see ``timing``); budget 0.5 s per update (issue 5)."""
+    from .profiles import read_profile
+
+    data = read_profile(profile)
+    params = {**(data.get("common") or {}), **(data.get("explore") or {})}
+    result = timing(Explorer.from_params(params), moves)
+    result.update(profile=profile, model=params.get("model"), budget_s=0.5)
+    result["within_budget"] = result["delta_update_median_s"] <= 0.5 and result["p_update_median_s"] <= 0.5
+    return result
+
+
+def report_section(table: pd.DataFrame, times: Mapping | None = None) -> str:
+    """Markdown for the report's "explore" section from ``render_static``'s table (and ``timing``)."""
+    lines = [
+        "## Explorer (interactive δ and pruning factor)",
+        "",
+        "Open `notebooks/explore.ipynb` with `make lab` to move δ and p live. Static views at a few",
+        "settings (figures `explore_*.png`; numbers in `explore_points.csv`). Pruning here is one-shot (no",
+        "fine-tuning), so accuracy at high p is far below what the fine-tuned runs of Figures 2 and 4 reach.",
+        'Accuracy is measured on the test split of each inference choice ("shifted": only the classes',
+        "`shift_classes`), whose relevance scores the weights.",
+        "",
+        "| inference data | δ | p | dense acc. | pruned acc. | sparsity |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in table.itertuples():
+        lines.append(
+            f"| {r.inference} | {r.delta:.2f} | {r.pruning_factor:.2f} | {r.dense_accuracy:.4f} | "
+            f"{r.pruned_accuracy:.4f} | {r.sparsity:.4f} |"
+        )
+    if times:
+        ok = "within" if times["delta_update_median_s"] <= 0.5 and times["p_update_median_s"] <= 0.5 else "over"
+        lines += [
+            "",
+            "One update (re-score, re-threshold, evaluate, redraw) took a median "
+            f"{times['delta_update_median_s']:.3f} s for a δ move and {times['p_update_median_s']:.3f} s for a p "
+            f"move (which also computes the Figure 4 curve at the new p), over {times['moves']} moves each on this "
+            f"machine: {ok} the 0.5 s budget.",
+        ]
+    return "\n".join(lines)
+
+
+def static_folder(profile: str, results_root: str | Path) -> Path:
+    """``results/<profile>/`` with a relative ``results_root`` taken from the repository root."""
+    return results_dir(profile, resolve(results_root))

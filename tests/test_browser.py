@@ -1,0 +1,232 @@
+"""End-to-end: the explorer in JupyterLab, driven by Debian's Chromium through Playwright (issue 5).
+
+Starts JupyterLab on 127.0.0.1 (free port, token, temporary settings and workspaces so that no
+news, update or extension pop-up covers the page), opens a copy of ``notebooks/explore.ipynb``
+with the quick parameters injected (papermill, ``prepare_only``), runs all cells from the Run
+menu, moves the delta slider with the keyboard, and checks that the displayed pruned accuracy and
+mask changed. Saves ``results/explorer.png`` (shown in the README) and always stops the server.
+Nothing is downloaded: Chromium is Debian's ``/usr/bin/chromium``, background networking off.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+
+import pytest
+
+from flexrel_core.paths import REPO_ROOT
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+]
+NOTEBOOK = REPO_ROOT / "notebooks" / "explore.ipynb"
+SCREENSHOT = REPO_ROOT / "results" / "explorer.png"
+# Start where the two ends of the delta slider prune very differently (see test_explorer.py).
+START = {"delta": 0.0, "pruning_factor": 0.9, "static_points": [[0.5, 0.9]], "timing_moves": 0}
+# User settings written to JUPYTERLAB_SETTINGS_DIR: no news / update toasts (they would also need the
+# network), no extension-manager prompt, every cell attached to the DOM, no autosave of the copy.
+SETTINGS = {
+    "@jupyterlab/apputils-extension/notification.jupyterlab-settings": {
+        "fetchNews": "false",
+        "checkForUpdates": False,
+        "doNotDisturbMode": True,
+    },
+    "@jupyterlab/extensionmanager-extension/plugin.jupyterlab-settings": {"enabled": False},
+    "@jupyterlab/notebook-extension/tracker.jupyterlab-settings": {"windowingMode": "none"},
+    "@jupyterlab/docmanager-extension/plugin.jupyterlab-settings": {"autosave": False},
+}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def descendants(pid: int) -> list:
+    import psutil
+
+    try:
+        return psutil.Process(pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+
+
+def stop_server(proc: subprocess.Popen, base: str, token: str) -> None:
+    """Ask the server to shut down (it stops its kernels), then end its process group and any
+    process it started (kernels run in sessions of their own) that is still there."""
+    import psutil
+
+    children = descendants(proc.pid)
+    try:
+        req = urllib.request.Request(f"{base}/api/shutdown", method="POST", headers={"Authorization": f"token {token}"})
+        urllib.request.urlopen(req, timeout=5).close()
+        proc.wait(timeout=15)
+    except Exception:
+        pass
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+    for child in children:
+        try:
+            child.terminate()
+        except psutil.NoSuchProcess:
+            continue
+    psutil.wait_procs(children, timeout=5)
+    for child in children:
+        if child.is_running():
+            child.kill()
+
+
+@pytest.fixture()
+def lab(tmp_path, quick_cache):
+    """A JupyterLab server on a copy of the explorer notebook (quick parameters, temporary cache
+    and results); yields ``(base_url, token, results_root)`` and stops the server afterwards."""
+    if not CHROMIUM.exists():
+        pytest.skip(f"Debian's Chromium is not installed ({CHROMIUM} missing; apt-get install chromium)")
+    pytest.importorskip("playwright.sync_api", reason="Playwright for Python is not installed")
+    import papermill
+
+    from flexrel_core.explorer import Explorer
+    from flexrel_core.profiles import parameters_for
+
+    root, results = tmp_path / "lab", tmp_path / "results"
+    root.mkdir()
+    params = {
+        **parameters_for("quick", NOTEBOOK),
+        **START,
+        "cache_root": str(quick_cache),
+        "results_root": str(results),
+    }
+    papermill.execute_notebook(
+        str(NOTEBOOK), str(root / NOTEBOOK.name), parameters=params, prepare_only=True, kernel_name="python3"
+    )
+    settings = tmp_path / "settings"
+    for name, values in SETTINGS.items():
+        (settings / name).parent.mkdir(parents=True, exist_ok=True)
+        (settings / name).write_text(json.dumps(values))
+    for d in ("workspaces", "runtime", "config", "ipython"):
+        (tmp_path / d).mkdir()
+    env = {
+        **os.environ,
+        "JUPYTERLAB_SETTINGS_DIR": str(settings),
+        "JUPYTERLAB_WORKSPACES_DIR": str(tmp_path / "workspaces"),
+        "JUPYTER_RUNTIME_DIR": str(tmp_path / "runtime"),
+        "JUPYTER_CONFIG_DIR": str(tmp_path / "config"),
+        "IPYTHONDIR": str(tmp_path / "ipython"),
+        "JUPYTER_PATH": str(Path(sys.prefix) / "share" / "jupyter"),
+        "PYTHONPATH": str(REPO_ROOT),
+        "FLEXREL_PROGRESS": "off",
+        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2"),
+    }
+    port, token = free_port(), uuid.uuid4().hex
+    base = f"http://127.0.0.1:{port}"
+    log = (tmp_path / "lab.log").open("w")
+    proc = subprocess.Popen(
+        [
+            sys.executable, "-m", "jupyterlab", "--no-browser", "--allow-root",
+            "--ServerApp.ip=127.0.0.1", f"--ServerApp.port={port}", "--ServerApp.port_retries=0",
+            f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={root}",
+            "--LabApp.news_url=None",
+            "--LabApp.check_for_updates_class=jupyterlab.handlers.announcements.NeverCheckForUpdate",
+        ],
+        env=env, cwd=root, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )  # fmt: skip
+    try:
+        # While the server starts: the model and relevance the notebook loads (cached, shared with
+        # test_explorer.py), so the kernel in the browser only reads them.
+        Explorer.from_params(params)
+        deadline = time.time() + 60
+        while True:
+            try:
+                urllib.request.urlopen(f"{base}/api/status?token={token}", timeout=2).close()
+                break
+            except OSError:
+                if proc.poll() is not None or time.time() > deadline:
+                    raise RuntimeError(f"JupyterLab did not start:\n{(tmp_path / 'lab.log').read_text()}") from None
+                time.sleep(0.5)
+        yield base, token, results
+    finally:
+        stop_server(proc, base, token)
+        log.close()
+
+
+def status_numbers(page) -> dict:
+    """The explorer's displayed numbers, read from their CSS classes."""
+    get = {
+        "delta": ".flexrel-explorer .flexrel-delta-value",
+        "pruned": ".flexrel-explorer .flexrel-pruned-accuracy",
+        "mask": ".flexrel-explorer .flexrel-mask-checksum",
+        "sparsity": ".flexrel-explorer .flexrel-sparsity",
+    }
+    return {k: page.locator(sel).inner_text().strip() for k, sel in get.items()}
+
+
+def test_explorer_in_jupyterlab(lab):
+    from playwright.sync_api import expect, sync_playwright
+
+    base, token, results = lab
+    start = time.time()
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        try:
+            page.goto(f"{base}/lab/tree/explore.ipynb?token={token}")
+            page.locator(".jp-NotebookPanel .jp-Notebook .jp-Cell").first.wait_for(timeout=60_000)
+            # The kernel is connected and idle (status bar): only then does "Run All Cells" reach it.
+            page.locator(".jp-StatusBar-Widget", has_text=re.compile(r"\| Idle")).first.wait_for(timeout=60_000)
+            page.locator(".lm-MenuBar-item", has_text=re.compile(r"^Run$")).click()
+            page.locator('.lm-Menu-item[data-command="runmenu:run-all"]').click()
+            page.locator(".flexrel-explorer .flexrel-status-text").wait_for(timeout=60_000)
+            before = status_numbers(page)
+            assert before["delta"] == "0.00" and before["sparsity"] == "0.9000", before
+
+            handle = page.locator(".flexrel-explorer .flexrel-delta .noUi-handle")
+            handle.focus()
+            for _ in range(20):  # 20 steps of 0.05, from magnitude (0) to relevance (1); one update each
+                handle.press("ArrowRight")
+            expect(page.locator(".flexrel-explorer .flexrel-delta .widget-readout")).to_have_text("1.00")
+            # The kernel handles the updates in order: the last one shows delta = 1.00.
+            expect(page.locator(".flexrel-explorer .flexrel-delta-value")).to_have_text("1.00", timeout=30_000)
+            after = status_numbers(page)
+            # The figure is sent before the numbers; let the kernel settle and the image decode.
+            page.locator(".jp-StatusBar-Widget", has_text=re.compile(r"\| Idle")).first.wait_for(timeout=30_000)
+            expect(page.locator(".flexrel-explorer .flexrel-figure img")).to_be_visible()
+            page.wait_for_timeout(500)
+            page.locator(".flexrel-explorer").evaluate("el => el.scrollIntoView({block: 'center'})")
+            SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+            page.screenshot(path=str(SCREENSHOT))
+        except Exception:
+            page.screenshot(path=str(results / "browser-failure.png"))
+            raise
+        finally:
+            browser.close()
+    assert after["mask"] != before["mask"], f"mask did not change: {before} -> {after}"
+    assert after["pruned"] != before["pruned"], f"pruned accuracy did not change: {before} -> {after}"
+    assert after["sparsity"] == "0.9000"
+    assert (results / "quick" / "report" / "explore.md").exists()  # the notebook ran to its end
+    assert SCREENSHOT.stat().st_size > 10_000
+    print(f"browser test: {time.time() - start:.1f} s in the browser")

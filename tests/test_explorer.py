@@ -1,0 +1,231 @@
+"""The interactive explorer's logic without a kernel (issue 5): setting a control's value drives
+its callback, and the test asserts what the callback produced (``Explorer.state``)."""
+
+from __future__ import annotations
+
+import copy
+
+import pandas as pd
+import pytest
+import torch
+from traitlets import TraitError
+
+from flexrel_core import prune, pruning_scores
+from flexrel_core.config import TrainConfig
+from flexrel_core.explorer import (
+    CONTROLS,
+    POINT_COLUMNS,
+    Explorer,
+    compact_explorer,
+    mask_checksum,
+    render_static,
+    report_section,
+    timing,
+)
+from flexrel_core.pipeline import data_for
+from flexrel_core.profiles import read_profile
+from flexrel_core.training import evaluate
+
+
+@pytest.fixture(scope="module")
+def params(quick_cache) -> dict:
+    data = read_profile("quick")
+    return {**data["common"], **data["explore"], "cache_root": str(quick_cache), "delta": 0.5, "pruning_factor": 0.8}
+
+
+@pytest.fixture(scope="module")
+def explorer(params) -> Explorer:
+    return Explorer.from_params(params)
+
+
+@pytest.fixture()
+def ex(explorer) -> Explorer:
+    """The shared explorer, back at its starting controls for every test."""
+    explorer.update(delta=0.5, pruning_factor=0.8, method="flexrel", scope="global", inference="as trained")
+    return explorer
+
+
+def within_one_weight(sparsity: float, p: float, n: int) -> bool:
+    return abs(sparsity - p) <= 1.0 / n + 1e-12
+
+
+def test_delta_slider_drives_the_callback(ex, params):
+    before = dict(ex.state)
+    ex.delta.value = 0.9
+    s = ex.state
+    assert s["delta"] == pytest.approx(0.9)
+    assert s["mask_checksum"] != before["mask_checksum"]
+    assert within_one_weight(s["sparsity"], 0.8, s["total"])
+    # Independent recomputation: prune a deep copy with the same cached relevance, evaluate with training.evaluate.
+    model = copy.deepcopy(ex.model)
+    rel = ex.choices["as trained"].relevance
+    masks = prune(model, pruning_scores(model, method="flexrel", delta=0.9, relevance=rel), 0.8)
+    assert mask_checksum(masks) == s["mask_checksum"]
+    test = data_for(TrainConfig.from_mapping(params)).test
+    assert s["pruned_accuracy"] == pytest.approx(evaluate(model, test, device="cpu"))
+    assert s["dense_accuracy"] == pytest.approx(evaluate(ex.model, test, device="cpu"))
+    # The working copy is reset, not accumulated: moving back gives back the first masks.
+    ex.delta.value = 0.5
+    assert ex.state["mask_checksum"] == before["mask_checksum"]
+    assert ex.state["pruned_accuracy"] == before["pruned_accuracy"]
+    # The dense model itself is never pruned.
+    assert all(not hasattr(m, "flexrel_mask") for m in ex.model.modules())
+
+
+def test_pruning_factor_slider(ex):
+    ex.pruning_factor.value = 0.3
+    s = ex.state
+    assert s["pruning_factor"] == pytest.approx(0.3)
+    assert within_one_weight(s["sparsity"], 0.3, s["total"])
+    assert s["kept"] == s["total"] - round(0.3 * s["total"])
+    assert set(s["layer_sparsity"]) == set(ex.masks)
+    ex.pruning_factor.value = 0.0
+    assert ex.state["sparsity"] == 0.0
+    assert ex.state["pruned_accuracy"] == pytest.approx(ex.state["dense_accuracy"])
+
+
+def test_method_toggle(ex):
+    flexrel_at = {d: ex.update(delta=d)["mask_checksum"] for d in (0.0, 1.0)}
+    ex.method.value = "magnitude"
+    assert ex.delta.disabled  # delta means nothing for magnitude pruning
+    assert ex.state["mask_checksum"] == flexrel_at[0.0]
+    assert ex.state["effective_delta"] == 0.0
+    ex.method.value = "relevance"
+    assert ex.state["mask_checksum"] == flexrel_at[1.0]
+    ex.method.value = "flexrel"
+    assert not ex.delta.disabled
+
+
+def test_scope_toggle(ex):
+    ex.scope.value = "layer"
+    s = ex.state
+    assert s["scope"] == "layer"
+    for name, fraction in s["layer_sparsity"].items():
+        assert within_one_weight(fraction, 0.8, ex.masks[name].numel())
+    ex.scope.value = "global"
+    assert max(ex.state["layer_sparsity"].values()) - min(ex.state["layer_sparsity"].values()) > 0.05
+
+
+def test_inference_choice(ex):
+    assert list(ex.inference.options) == ["as trained", "shifted"]
+    as_trained = dict(ex.state)
+    ex.inference.value = "shifted"
+    s = ex.state
+    assert s["inference"] == "shifted"
+    assert s["mask_checksum"] != as_trained["mask_checksum"]  # other relevance, other FlexRel mask
+    assert set(ex.choices["shifted"].y.tolist()) == {0, 1, 2, 3, 4}
+    ex.method.value = "magnitude"  # magnitude ignores inference data
+    magnitude_shifted = ex.state["mask_checksum"]
+    ex.inference.value = "as trained"
+    assert ex.state["mask_checksum"] == magnitude_shifted
+
+
+def test_layer_dropdown_and_views(ex):
+    first, last = ex.layer.options[0], ex.layer.options[-1]
+    ex.layer.value = first
+    checksum = ex.state["layer_mask_checksum"]
+    image = ex.out.outputs[0]["data"]["image/png"]
+    ex.layer.value = last
+    assert ex.state["layer"] == last
+    assert ex.state["layer_mask_checksum"] != checksum
+    assert ex.out.outputs[0]["data"]["image/png"] != image
+    mask_image = ex.figure().axes[1].images[0].get_array()
+    assert mask_image.shape == (ex.masks[last].shape[0], ex.masks[last][0].numel())
+    html = ex.status.value
+    for cls in ("flexrel-dense-accuracy", "flexrel-pruned-accuracy", "flexrel-sparsity", "flexrel-mask-checksum"):
+        assert f'class="{cls}"' in html
+    assert f"{ex.state['pruned_accuracy']:.4f}" in html and ex.state["mask_checksum"] in html
+
+
+def test_curve_is_cached_and_consistent(ex):
+    s = ex.update(delta=0.3)
+    curve = s["curve"]
+    assert len(curve) == len(s["curve_deltas"]) == 11
+    assert curve[3] == pytest.approx(s["pruned_accuracy"])  # the current point lies on the curve
+    ex.delta.value = 0.7
+    assert ex.state["curve"] is curve  # same p: no recomputation
+    ex.pruning_factor.value = 0.5
+    assert ex.state["curve"] is not curve
+
+
+@pytest.mark.parametrize(
+    ("values", "error"),
+    [
+        ({"delta": 1.5}, ValueError),
+        ({"delta": -0.1}, ValueError),
+        ({"delta": "0.5"}, TypeError),
+        ({"pruning_factor": 0.995}, ValueError),
+        ({"pruning_factor": 1.0}, ValueError),
+        ({"pruning_factor": -0.2}, ValueError),
+        ({"method": "random"}, ValueError),
+        ({"scope": "channel"}, ValueError),
+        ({"inference": "imagenet"}, ValueError),
+        ({"layer": "features.1.weight"}, ValueError),
+        ({"gamma": 1}, TypeError),
+    ],
+)
+def test_invalid_values_are_refused(ex, values, error):
+    before = dict(ex.state)
+    with pytest.raises(error):
+        ex.update(**values)
+    assert ex.state == before
+    assert {k: getattr(ex, k).value for k in CONTROLS} == {k: before[k] for k in CONTROLS}
+
+
+def test_widgets_refuse_or_clamp(ex):
+    with pytest.raises(TraitError):
+        ex.method.value = "random"
+    with pytest.raises(TraitError):
+        ex.inference.value = "imagenet"
+    ex.delta.value = 1.5  # a slider clamps to its range: never outside [0, 1]
+    assert ex.state["delta"] == 1.0
+    ex.pruning_factor.value = 1.0
+    assert ex.state["pruning_factor"] == pytest.approx(0.99)
+
+
+def test_timing_and_static_views(ex, tmp_path):
+    times = timing(ex, moves=3)
+    assert times["moves"] == 3
+    assert 0 < times["delta_update_median_s"] < 5 and 0 < times["p_update_median_s"] < 5
+    assert ex.state["delta"] == 0.5 and ex.state["pruning_factor"] == pytest.approx(0.8)  # restored
+    table = render_static(ex, tmp_path, [(0.0, 0.8), (1.0, 0.9)])
+    assert ex.state["delta"] == 0.5 and ex.state["inference"] == "as trained"  # restored
+    assert len(table) == 4 and set(POINT_COLUMNS) <= set(table.columns)
+    for name in table["figure"]:
+        assert (tmp_path / f"{name}.png").stat().st_size > 0 and (tmp_path / f"{name}.svg").stat().st_size > 0
+    saved = pd.read_csv(tmp_path / "explore_points.csv")
+    assert saved["sparsity"].between(0.79, 0.91).all() and saved["pruned_accuracy"].between(0, 1).all()
+    md = report_section(table, times)
+    assert "| shifted | 1.00 | 0.90 |" in md and "0.5 s budget" in md
+
+
+def test_compact_explorer(params):
+    box = compact_explorer(params)
+
+    def controls(widget) -> list[str]:
+        if hasattr(widget, "children"):
+            return [d for child in widget.children for d in controls(child)]
+        return [widget.description] if getattr(widget, "description", "") else []
+
+    assert controls(box) == ["δ (relevance)", "pruning factor p", "method"]
+    assert "flexrel-status" in box.children[1]._dom_classes and "flexrel-figure" in box.children[2]._dom_classes
+
+
+def test_mask_checksum():
+    a = {"w": torch.tensor([[True, False], [True, True]])}
+    assert mask_checksum(a) == mask_checksum({"w": a["w"].clone()})
+    assert mask_checksum(a) != mask_checksum({"w": ~a["w"]})
+
+
+@pytest.mark.notebook
+def test_explore_notebook(run_quick):
+    out = run_quick("explore")
+    points = read_profile("quick")["explore"]["static_points"]
+    table = pd.read_csv(out / "explore_points.csv")
+    assert len(table) == 2 * len(points)
+    assert set(table["inference"]) == {"as trained", "shifted"}
+    assert table["pruned_accuracy"].between(0, 1).all() and table["dense_accuracy"].between(0.5, 1).all()
+    for name in table["figure"]:
+        assert (out / f"{name}.png").exists() and (out / f"{name}.svg").exists()
+    section = (out / "report" / "explore.md").read_text()
+    assert section.startswith("## Explorer") and "budget" in section
