@@ -8,6 +8,10 @@ For each model, on the same batch of inference samples (default 512):
 - ``lrp``: the LRP pass alone (zennit composite, ``relevance.lrp_backward`` without layer hooks),
 - ``scoring``: full FlexRel scoring (``pruning_scores``: parameter relevance + magnitudes + scores).
 
+Also: the sparse encoding's size against the information bound per sparsity
+(``encoding.bench``, issue 4) and the explorer's update time on the default model
+(``explorer.bench``, issue 5).
+
 Time: median of ``repeats`` runs after one warm-up. Peak memory: on CUDA
 ``torch.cuda.max_memory_allocated`` above what was allocated before; on CPU the peak resident set
 size above the level before, sampled every millisecond by a thread, with glibc's mmap threshold
@@ -154,15 +158,31 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--vgg-repeats", type=int, default=2)
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--skip", nargs="*", default=[], choices=["scoring", "encoding", "explorer"])
     args = parser.parse_args(argv)
     if "MALLOC_MMAP_THRESHOLD_" not in os.environ:  # see module docstring
         os.environ["MALLOC_MMAP_THRESHOLD_"] = "131072"
         os.execv(sys.executable, [sys.executable, "-m", "flexrel_core.bench", *sys.argv[1:]])
     device = select_device(args.device)
-    print(f"FlexRel scoring benchmark on {device} ({torch.get_num_threads()} threads), {args.samples} samples")
-    rows = scoring_benchmarks(args.samples, args.vgg_size, device, args.repeats, args.vgg_repeats)
-    print(format_table(rows))
-    report = {"torch": torch.__version__, "threads": torch.get_num_threads(), "scoring": rows, "targets": TARGETS}
+    report: dict = {"torch": torch.__version__, "threads": torch.get_num_threads(), "targets": TARGETS}
+    if "encoding" not in args.skip:
+        from .encoding import bench as encoding_bench
+
+        report["encoding"] = encoding_bench()
+        print("sparse encoding: size / information bound (size / dense)")
+        for r in report["encoding"]:
+            ratios = f"{r['size_over_bound']:.3f} ({r['size_over_dense']:.3f})"
+            print(f"  {r['model']:>10} sparsity {r['sparsity']:.2f}: {ratios}")
+    if "explorer" not in args.skip:
+        from .explorer import bench as explorer_bench
+
+        report["explorer"] = ex = explorer_bench("default", moves=20)
+        medians = f"delta {ex['delta_update_median_s']:.3f} s, p {ex['p_update_median_s']:.3f} s"
+        print(f"explorer update, median of 20 moves: {medians}")
+    if "scoring" not in args.skip:
+        print(f"FlexRel scoring benchmark on {device} ({torch.get_num_threads()} threads), {args.samples} samples")
+        report["scoring"] = scoring_benchmarks(args.samples, args.vgg_size, device, args.repeats, args.vgg_repeats)
+        print(format_table(report["scoring"]))
     write_json(args.out, report)
     print(f"wrote {args.out}")
     return 0
