@@ -34,8 +34,8 @@ RESULTS := results/$(PROFILE)
 .PHONY: setup test test-browser lint reproduce bench lab clean
 setup: $(STAMP)
 
-# The stamp is named by a hash of requirements.txt: a changed pin re-runs this recipe.
-$(STAMP): requirements.txt
+# The stamp is named by a hash of requirements.txt: a changed pin makes a new stamp, re-running this recipe.
+$(STAMP):
 	test -x $(PY) || $(PYTHON_BOOT) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements.txt
@@ -52,10 +52,17 @@ test: setup lint
 test-browser: setup
 	$(VENV)/bin/pytest -m browser
 
-reproduce: setup
-	@for nb in $(NOTEBOOKS); do \
-	  $(PY) -m flexrel_core.runner notebooks/$$nb.ipynb --profile $(PROFILE) || exit 1; \
-	done
+# File targets: an executed notebook is rebuilt only when its source, the library or the profile
+# changed (a rerun with nothing changed does nothing); the runner writes it under a temporary name
+# and moves it into place only on success, so a failed cell leaves no notebook that looks done.
+NB_OUT := $(patsubst %,$(RESULTS)/notebooks/%.ipynb,$(NOTEBOOKS))
+LIBRARY := $(wildcard flexrel_core/*.py)
+reproduce: $(RESULTS)/REPORT.md
+
+$(RESULTS)/notebooks/%.ipynb: notebooks/%.ipynb $(LIBRARY) $(wildcard profiles/$(PROFILE)/*.yaml) | $(STAMP)
+	$(PY) -m flexrel_core.runner $< --profile $(PROFILE)
+
+$(RESULTS)/REPORT.md: $(NB_OUT) | $(STAMP)
 	$(PY) -m flexrel_core.report --profile $(PROFILE)
 
 bench: setup

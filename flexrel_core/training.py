@@ -69,6 +69,7 @@ def train(
     seed: int = 0,
     device: str | torch.device = "auto",
     desc: str = "train",
+    show_progress: bool = True,
 ) -> list[float]:
     """Train ``model`` in place with cross-entropy; returns the mean loss of each epoch.
 
@@ -84,7 +85,7 @@ def train(
     opt = OPTIMIZERS[optimizer](model.parameters(), lr=lr, weight_decay=weight_decay)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, generator=generator)
     losses = []
-    for _ in progress(range(epochs), desc=desc, leave=False):
+    for _ in progress(range(epochs), desc=desc, leave=False, disable=not show_progress):
         total, count = 0.0, 0
         for x, y in loader:
             x, y = x.to(dev), y.to(dev)
