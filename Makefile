@@ -56,17 +56,17 @@ test-browser: setup
 # changed (a rerun with nothing changed does nothing); the runner writes it under a temporary name
 # and moves it into place only on success, so a failed cell leaves no notebook that looks done.
 NB_OUT := $(patsubst %,$(RESULTS)/notebooks/%.ipynb,$(NOTEBOOKS))
-LIBRARY := $(wildcard flexrel_core/*.py)
+LIBRARY := $(shell find flexrel_core -name "*.py")
 reproduce: $(RESULTS)/REPORT.md
 
 $(RESULTS)/notebooks/%.ipynb: notebooks/%.ipynb $(LIBRARY) $(wildcard profiles/$(PROFILE)/*.yaml) | $(STAMP)
-	$(PY) -m flexrel_core.runner $< --profile $(PROFILE)
+	$(PY) -m flexrel_core.workbook.runner $< --profile $(PROFILE)
 
 $(RESULTS)/REPORT.md: $(NB_OUT) | $(STAMP)
-	$(PY) -m flexrel_core.report --profile $(PROFILE)
+	$(PY) -m flexrel_core.workbook.report --profile $(PROFILE)
 
 bench: setup
-	$(PY) -m flexrel_core.bench --out results/bench.json
+	$(PY) -m flexrel_core.paper.bench --out results/bench.json
 
 lab: setup
 	$(VENV)/bin/jupyter lab --allow-root --notebook-dir=$(CURDIR)

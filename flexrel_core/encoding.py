@@ -38,7 +38,6 @@ from __future__ import annotations
 import hashlib
 import math
 import struct
-import time
 import zlib
 
 import numpy as np
@@ -357,46 +356,3 @@ def layer_modes(blob_model: nn.Module, *, half: bool = False) -> dict[str, str]:
     for name, m in prunable_layers(blob_model).items():
         out[name] = MODE_NAMES[_encode_weight(m.weight, getattr(m, MASK_BUFFER, None), half)[0] & 7]
     return out
-
-
-def bench(sparsities: tuple[float, ...] = (0.5, 0.7, 0.9, 0.95, 0.99), seed: int = 0) -> list[dict]:
-    """Encoded size against the information bound and the dense encoding, per model and sparsity.
-
-    Models: the default ``digits_cnn`` and ``vgg_small`` at 32x32x3 (~0.6M weights), randomly
-    initialised (seeded) and pruned by global magnitude -- the bound depends only on the counts,
-    and the coder on the positions, which magnitude on random weights spreads like a trained mask.
-    """
-    from .masks import prune
-    from .models import build_model
-    from .scores import pruning_scores
-
-    rows = []
-    for name, kwargs in (("digits_cnn", {}), ("vgg_small", {"in_channels": 3, "image_size": 32})):
-        for p in sparsities:
-            torch.manual_seed(seed)
-            model = build_model(name, **kwargs)
-            prune(model, pruning_scores(model, method="magnitude", normalize="global"), p)
-            start = time.perf_counter()
-            blob = encode_sparse(model)
-            enc_s = time.perf_counter() - start
-            start = time.perf_counter()
-            decode_sparse(blob, build_model(name, **kwargs))
-            dec_s = time.perf_counter() - start
-            bound = information_bound_bits(model) / 8
-            dense = dense_size_bytes(model)
-            rows.append(
-                {
-                    "model": name,
-                    "sparsity": p,
-                    "weights": sum(m.weight.numel() for m in prunable_layers(model).values()),
-                    "bytes": len(blob),
-                    "bound_bytes": round(bound, 1),
-                    "dense_bytes": dense,
-                    "size_over_bound": len(blob) / bound,
-                    "size_over_dense": len(blob) / dense,
-                    "half_bytes": len(encode_sparse(model, half=True)),
-                    "encode_s": enc_s,
-                    "decode_s": dec_s,
-                }
-            )
-    return rows

@@ -20,7 +20,8 @@ from torch import nn
 from .layers import check_score_dict, prunable_layers
 from .relevance import parameter_relevance
 
-METHODS = ("flexrel", "magnitude", "relevance")
+# The three pruning techniques the paper compares, in the order every table and figure shows them.
+METHODS = ("magnitude", "relevance", "flexrel")
 NORMALIZATIONS = ("layer", "global")
 
 
@@ -31,6 +32,13 @@ def check_delta(delta: float) -> float:
     if not math.isfinite(delta) or not 0.0 <= delta <= 1.0:
         raise ValueError(f"delta must be in [0, 1] (0 = magnitude pruning, 1 = relevance pruning), got {delta!r}")
     return float(delta)
+
+
+def method_delta(method: str, delta: float) -> float:
+    """The δ a method stands for: magnitude pruning is δ = 0, relevance pruning δ = 1, FlexRel ``delta``."""
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")
+    return {"magnitude": 0.0, "relevance": 1.0}.get(method, check_delta(delta))
 
 
 def magnitude(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -65,9 +73,7 @@ def pruning_scores(
     ``relevance`` when given (a dict from ``parameter_relevance``, so a delta sweep costs one LRP
     pass), else from one LRP pass over ``inputs``; magnitude pruning needs neither.
     """
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")
-    delta = {"magnitude": 0.0, "relevance": 1.0}.get(method, check_delta(delta))
+    delta = method_delta(method, delta)
     if normalize not in NORMALIZATIONS:
         raise ValueError(f"normalize must be one of {NORMALIZATIONS}, got {normalize!r}")
     weights = {n: m.weight.detach() for n, m in prunable_layers(model).items()}

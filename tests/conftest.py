@@ -1,13 +1,15 @@
-"""Shared fixtures: seeded tiny models, and notebook execution under the quick profile."""
+"""Shared fixtures: seeding, a small cached sweep, and notebook execution under the quick profile."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 
-from flexrel_core.paths import REPO_ROOT
+from flexrel_core.workbook.paths import REPO_ROOT
 
 
 @pytest.fixture(autouse=True)
@@ -31,7 +33,7 @@ def quick_results(tmp_path_factory) -> Path:
 def run_quick(quick_cache, quick_results):
     """``run_quick("fig1")`` executes notebooks/fig1.ipynb under the quick profile, once per
     session, and returns the folder it wrote (``<tmp>/quick``)."""
-    from flexrel_core.runner import run_notebook
+    from flexrel_core.workbook.runner import run_notebook
 
     done: dict[str, Path] = {}
 
@@ -43,3 +45,28 @@ def run_quick(quick_cache, quick_results):
         return done[name]
 
     return run
+
+
+@pytest.fixture(scope="session")
+def sweep(tmp_path_factory) -> SimpleNamespace:
+    """Figure 2's sweep on digits (2 epochs, 2 seeds, 3 pruning factors, with a class shift), computed
+    once per session into its own cache: ``df`` and ``seconds``, and what made them (``base``,
+    ``pcfg``, ``grid``, ``shift``, ``cache``) for tests that rerun or extend it."""
+    from flexrel_core.paper import fig2
+    from flexrel_core.workbook.config import PruneConfig, TrainConfig
+    from flexrel_core.workbook.pipeline import shift_spec
+
+    ns = SimpleNamespace(
+        base=TrainConfig(dataset="digits", image_size=8, epochs=2, seed=0),
+        pcfg=PruneConfig(inference_samples=64, fine_tune_epochs=1),
+        grid=[0.0, 0.5, 0.9],
+        shift=shift_spec([0, 1, 2], None),
+        cache=tmp_path_factory.mktemp("sweep_cache"),
+    )
+    start = time.perf_counter()
+    ns.df = fig2.compute(
+        ns.base, ns.pcfg, pruning_factors=ns.grid, seeds=[0, 1], delta=0.5, shift=ns.shift, cache_root=ns.cache,
+        device="cpu",
+    )  # fmt: skip
+    ns.seconds = time.perf_counter() - start
+    return ns

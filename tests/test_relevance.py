@@ -1,4 +1,4 @@
-"""Parameter relevance against independent float64 computations (DESIGN.md items 2-4)."""
+"""Parameter relevance against independent float64 computations: hand-run LRP, explicit Toeplitz convolutions."""
 
 from __future__ import annotations
 
@@ -182,3 +182,23 @@ def test_batchnorm_is_merged_before_lrp():
     # a relative 5e-6 (zennit/canonizers.py, merge_batch_norm). Anything beyond that would be a real error.
     torch.testing.assert_close(got["0.weight"], expected["0.weight"], rtol=2e-5, atol=0)
     torch.testing.assert_close(got["4.weight"], expected["3.weight"], rtol=2e-5, atol=0)
+
+
+def _net() -> nn.Module:
+    return nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Flatten(), nn.Linear(2 * 4 * 4, 3))
+
+
+def test_empty_and_misshapen_inputs():
+    with pytest.raises(ValueError, match="non-empty batch"):
+        parameter_relevance(_net(), torch.zeros(0, 1, 6, 6))
+    with pytest.raises(ValueError, match=r"expecting \(n, 1, H, W\)"):
+        parameter_relevance(_net(), torch.randn(2, 3, 6, 6))
+    with pytest.raises(ValueError, match="do not fit the model"):
+        parameter_relevance(_net(), torch.randn(2, 1, 9, 9))
+    with pytest.raises(TypeError, match="torch.Tensor"):
+        parameter_relevance(_net(), [[1.0]])
+
+
+def test_targets_out_of_range():
+    with pytest.raises(ValueError, match=r"class indices in \[0, 3\)"):
+        parameter_relevance(_net(), torch.randn(2, 1, 6, 6), torch.tensor([0, 7]))

@@ -1,4 +1,4 @@
-"""Execute one notebook under a profile with papermill: ``python -m flexrel_core.runner NB --profile P``.
+"""Execute one notebook under a profile with papermill: ``python -m flexrel_core.workbook.runner NB --profile P``.
 
 The executed copy is written under a temporary name and moved to
 ``results/<profile>/notebooks/<name>.ipynb`` only on success, so a failed run never leaves a

@@ -1,8 +1,6 @@
-"""Fig. 3's cooperative-learning simulation: cost model, shards, fixed masks, determinism, target choice."""
+"""Figure 3's cooperative-learning simulator: cost model, shards, fixed masks, determinism."""
 
 from __future__ import annotations
-
-import math
 
 import numpy as np
 import pandas as pd
@@ -10,13 +8,13 @@ import pytest
 import torch
 from torch import nn
 
-from flexrel_core import federated as fl
-from flexrel_core.config import TrainConfig
 from flexrel_core.masks import get_masks, prune
-from flexrel_core.pipeline import data_for, new_model
+from flexrel_core.paper import federated as fl
 from flexrel_core.scores import pruning_scores
+from flexrel_core.workbook.config import PARTITIONS, FedConfig, TrainConfig
+from flexrel_core.workbook.pipeline import data_for, new_model
 
-TINY = fl.FedConfig(nodes=2, warmup_rounds=1, rounds=2, local_batch_size=64, inference_samples=32)
+TINY = FedConfig(nodes=2, warmup_rounds=1, rounds=2, local_batch_size=64, inference_samples=32)
 
 
 @pytest.fixture(scope="module")
@@ -24,22 +22,21 @@ def data():
     return data_for(TrainConfig(image_size=8))
 
 
-# ------------------------------------------------------------------ cost model
 def test_cost_model_arithmetic():
     assert fl.compute_time_s(1e6, 100, 2, 1e9) == pytest.approx(3 * 1e6 * 100 * 2 / 1e9)
     assert fl.transfer_time_s(125_000, 1e6, 0.05) == pytest.approx(1.0 + 0.05)
-    cfg = fl.FedConfig(bandwidth_bps=8e6, latency_s=0.01)
+    cfg = FedConfig(bandwidth_bps=8e6, latency_s=0.01)
     r = fl.round_time_s([0.5, 2.0, 1.0], [1_000_000] * 3, [500_000, 1_000_000, 250_000], cfg)
     assert r["compute_s"] == 2.0
     assert r["transfer_s"] == pytest.approx((1.0 + 0.01) + (1.0 + 0.01))  # slowest link: 1 MB down + 1 MB up
     assert r["round_s"] == pytest.approx(r["compute_s"] + r["transfer_s"])
-    shared = fl.round_time_s([1.0], [1_000_000, 1_000_000], [1_000_000, 1_000_000], fl.FedConfig(shared_link=True))
+    shared = fl.round_time_s([1.0], [1_000_000, 1_000_000], [1_000_000, 1_000_000], FedConfig(shared_link=True))
     assert shared["transfer_s"] == pytest.approx(2 * (8 * 2_000_000 / 1e6 + 0.05))
 
 
 @pytest.mark.parametrize("shared_link", [False, True])
 def test_round_time_is_monotone_in_bytes_and_flops(shared_link):
-    cfg = fl.FedConfig(shared_link=shared_link)
+    cfg = FedConfig(shared_link=shared_link)
     base = fl.round_time_s([fl.compute_time_s(1e6, 200, 1, cfg.node_flops)] * 2, [10_000] * 2, [10_000] * 2, cfg)
     more_bytes = fl.round_time_s([base["compute_s"]] * 2, [20_000] * 2, [10_000] * 2, cfg)
     more_flops = fl.round_time_s([fl.compute_time_s(2e6, 200, 1, cfg.node_flops)] * 2, [10_000] * 2, [10_000] * 2, cfg)
@@ -56,18 +53,7 @@ def test_forward_flops_counts_nonzero_weights():
     assert fl.forward_flops(conv, (2, 5, 5)) == 2 * 27 * 25 + 2 * 75
 
 
-def test_config_refuses_bad_values():
-    with pytest.raises(ValueError, match="partition"):
-        fl.FedConfig(partition="weird")
-    with pytest.raises(ValueError):
-        fl.FedConfig(bandwidth_bps=0)
-    with pytest.raises(ValueError):
-        fl.FedConfig(rounds=0)
-    assert fl.FedConfig.from_mapping({"nodes": 3, "unrelated": 1}).nodes == 3
-
-
-# ------------------------------------------------------------------ shards
-@pytest.mark.parametrize("partition", fl.PARTITIONS)
+@pytest.mark.parametrize("partition", PARTITIONS)
 def test_partitions_cover_the_data_once(partition):
     labels = np.repeat(np.arange(10), 30)
     parts = fl.partition_indices(labels, 5, partition, alpha=0.5, seed=1)
@@ -83,7 +69,6 @@ def test_partitions_cover_the_data_once(partition):
     assert all(np.array_equal(a, b) for a, b in zip(parts, again, strict=True))
 
 
-# ------------------------------------------------------------------ simulation
 def test_masks_stay_fixed_and_pruned_weights_zero(data):
     torch.manual_seed(0)
     model = new_model(TrainConfig(image_size=8), data)
@@ -126,54 +111,5 @@ def test_simulation_is_deterministic_and_cached(data, tmp_path):
 def test_other_seed_differs(data, tmp_path):
     tc = TrainConfig(image_size=8)
     a = fl.simulate(tc, TINY, "magnitude", 0.5, data=data, cache_root=tmp_path)
-    b = fl.simulate(tc, fl.FedConfig(**{**TINY.__dict__, "seed": 1}), "magnitude", 0.5, data=data, cache_root=tmp_path)
+    b = fl.simulate(tc, FedConfig(**{**TINY.__dict__, "seed": 1}), "magnitude", 0.5, data=data, cache_root=tmp_path)
     assert not all(torch.equal(v, b["state"][k]) for k, v in a["state"].items())
-
-
-# ------------------------------------------------------------------ targets and report
-def hand_table() -> pd.DataFrame:
-    rows = []
-    curves = {  # (technique, amount): accuracy after each round; mb per round = 1 - amount
-        ("magnitude", 0.5): [0.70, 0.85, 0.90],
-        ("magnitude", 0.9): [0.60, 0.80, 0.84],
-        ("flexrel", 0.5): [0.70, 0.86, 0.91],
-        ("flexrel", 0.9): [0.70, 0.85, 0.92],
-        ("relevance", 0.5): [0.50, 0.60, 0.70],
-    }
-    for (t, a), accs in curves.items():
-        rows.append(
-            {"technique": t, "amount": a, "round": 0, "accuracy": 0.99, "elapsed_s": 0, "mb": 0} | {"eligible": False}
-        )
-        for r, acc in enumerate(accs, start=1):
-            rows.append(
-                {"technique": t, "amount": a, "round": r, "accuracy": acc, "elapsed_s": 10.0 * r}
-                | {"mb": r * (1 - a), "eligible": True}
-            )
-    return pd.DataFrame(rows)
-
-
-def test_target_selection_on_a_hand_made_table():
-    sel = fl.select_for_targets(hand_table(), [0.8, 0.85, 0.9, 0.95]).set_index(["target", "technique"])
-    # magnitude: 0.9 reaches 0.80 at round 2 (0.2 MB) < 0.5 at round 2 (1.0 MB)
-    assert sel.loc[(0.8, "magnitude"), ["amount", "round", "mb"]].tolist() == pytest.approx([0.9, 2, 0.2])
-    # 0.85: magnitude needs 0.5 (round 2, 1 MB); FlexRel 0.9 at round 2 (0.2 MB)
-    assert sel.loc[(0.85, "magnitude"), "amount"] == 0.5 and sel.loc[(0.85, "magnitude"), "mb"] == pytest.approx(1.0)
-    assert sel.loc[(0.85, "flexrel"), "amount"] == 0.9 and sel.loc[(0.85, "flexrel"), "mb"] == pytest.approx(0.2)
-    assert sel.loc[(0.9, "flexrel"), "amount"] == 0.9 and sel.loc[(0.9, "flexrel"), "round"] == 3
-    assert not sel.loc[(0.95, "magnitude"), "reached"] and math.isnan(sel.loc[(0.95, "magnitude"), "mb"])
-    assert not sel.loc[(0.8, "relevance"), "reached"]  # the ineligible round 0 does not count
-    sav = fl.bandwidth_savings(sel.reset_index()).set_index("target")
-    assert sav.loc[0.85, "saving"] == pytest.approx(0.8)
-    assert sav.loc[0.9, "saving"] == pytest.approx(1 - 0.3 / 1.5)
-    assert sav.loc[0.9, "saving_after_warmup"] == pytest.approx(1 - 0.3 / 1.5)  # nothing sent before round 1
-    assert math.isnan(sav.loc[0.95, "saving"])
-
-
-def test_report_states_the_verdict_plainly():
-    sel = fl.select_for_targets(hand_table(), [0.8, 0.85, 0.9, 0.95])
-    text = fl.fig3_report(sel, fl.bandwidth_savings(sel), None, fl.FedConfig(), [0.5, 0.9])
-    assert "## Figure 3" in text and "0.950 is reached by neither" in text
-    assert "at 2 of the 3 targets" in text and "only at some targets" in text
-    assert "80.0 %" in text
-    fig = fl.plot_fig3(sel)
-    assert len(fig.axes) == 3

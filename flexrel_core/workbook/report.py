@@ -1,4 +1,5 @@
-"""Assemble ``results/<profile>/REPORT.md`` from the sections the notebooks wrote.
+"""The report: ``results/<profile>/REPORT.md`` assembled from the sections the notebooks wrote, and
+the small formatting helpers those sections share.
 
 Each notebook writes ``results/<profile>/report/<notebook>.md`` (``outputs.write_report_section``)
 with its numbers and its plain-words verdict on the paper's claim; this module puts them in paper
@@ -11,11 +12,26 @@ import argparse
 import sys
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
+
 from .cache import write_text
 from .outputs import git_commit
 from .paths import REPO_ROOT, profile_dir, results_dir
 
 ORDER = ("fig1", "fig2", "fig3", "fig4", "table1", "explore")
+
+
+def markdown_table(df: pd.DataFrame, floatfmt: str = ".3g") -> str:
+    """A GitHub-markdown table of ``df`` (no index)."""
+    cells = [[format(v, floatfmt) if isinstance(v, float) else str(v) for v in row] for row in df.itertuples(False)]
+    lines = ["| " + " | ".join(map(str, df.columns)) + " |", "|" + "---|" * len(df.columns)]
+    return "\n".join(lines + ["| " + " | ".join(c) + " |" for c in cells])
+
+
+def pct(x: float | None) -> str:
+    """A fraction as a percentage with one decimal (``0.975`` -> ``97.5 %``); ``—`` for None or NaN."""
+    return "—" if x is None or np.isnan(x) else f"{100 * x:.1f} %"
 
 
 def assemble(profile: str, results_root: str | Path = REPO_ROOT / "results") -> Path:

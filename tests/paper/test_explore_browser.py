@@ -1,4 +1,4 @@
-"""End-to-end: the explorer in JupyterLab, driven by Debian's Chromium through Playwright (issue 5).
+"""End-to-end: the explorer in JupyterLab, driven by Debian's Chromium through Playwright.
 
 Starts JupyterLab on 127.0.0.1 (free port, token, temporary settings and workspaces so that no
 news, update or extension pop-up covers the page), opens a copy of ``notebooks/explore.ipynb``
@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from flexrel_core.paths import REPO_ROOT
+from flexrel_core.workbook.paths import REPO_ROOT
 
 pytestmark = pytest.mark.browser
 
@@ -40,7 +40,7 @@ CHROMIUM_ARGS = [
 ]
 NOTEBOOK = REPO_ROOT / "notebooks" / "explore.ipynb"
 SCREENSHOT = REPO_ROOT / "results" / "explorer.png"
-# Start where the two ends of the delta slider prune very differently (see test_explorer.py).
+# Start where the two ends of the delta slider prune very differently (see test_explore.py).
 START = {"delta": 0.0, "pruning_factor": 0.9, "static_points": [[0.5, 0.9]], "timing_moves": 0}
 # User settings written to JUPYTERLAB_SETTINGS_DIR: no news / update toasts (they would also need the
 # network), no extension-manager prompt, every cell attached to the DOM, no autosave of the copy.
@@ -110,8 +110,8 @@ def lab(tmp_path, quick_cache):
     pytest.importorskip("playwright.sync_api", reason="Playwright for Python is not installed")
     import papermill
 
-    from flexrel_core.explorer import Explorer
-    from flexrel_core.profiles import parameters_for
+    from flexrel_core.paper.explore import Explorer
+    from flexrel_core.workbook.profiles import parameters_for
 
     root, results = tmp_path / "lab", tmp_path / "results"
     root.mkdir()
@@ -157,7 +157,7 @@ def lab(tmp_path, quick_cache):
     )  # fmt: skip
     try:
         # While the server starts: the model and relevance the notebook loads (cached, shared with
-        # test_explorer.py), so the kernel in the browser only reads them.
+        # test_explore.py), so the kernel in the browser only reads them.
         Explorer.from_params(params)
         deadline = time.time() + 60
         while True:

@@ -1,52 +1,35 @@
-"""Interactive delta / pruning-factor explorer: what FlexRel keeps at (delta, p) and what it costs.
+"""The interactive explorer: ipywidgets sliders for δ and the pruning factor, with instant feedback.
 
-The workbook's interactive view (issue 5; no paper item of its own, it walks Figure 4 live).
-Relevance (the inference-time information) and magnitudes are computed once per inference-data
-choice -- "as trained" (the deployment distribution the model was trained for) and "shifted"
-(only some classes, ``load_dataset(..., shift_classes=...)``) -- so a slider move only re-scores
-(``pruning_scores(..., relevance=cached)``), re-thresholds (``prune`` on one working copy whose
-weights are reset from the dense state) and evaluates on the deployment test samples.
-
-Views: dense and pruned accuracy, per-layer sparsity, the mask of one layer, and where the current
-point sits on the Figure 4 curve (accuracy vs delta at the current p; computed lazily per
-(inference data, scope, p) and kept in memory). Every displayed number is also in
+No paper item of its own: it walks Figure 4 live. The computation is ``explore_session.Session``
+(usable without widgets); ``Explorer`` drives it from its controls and draws four views: dense and
+pruned accuracy, per-layer sparsity, the mask of one layer, and where the current point sits on
+the Figure 4 curve (accuracy vs δ at the current p). Every displayed number is also in
 ``Explorer.state``, so the widget logic is tested without a kernel; ``render_static`` writes the
-same views as PNG + SVG for papermill runs.
+same views as PNG + SVG for papermill runs, and ``report`` the section of REPORT.md.
 """
 
 from __future__ import annotations
 
 import base64
-import copy
-import hashlib
 import html
 import io
 import logging
 import statistics
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
-import torch
-from torch import nn
 
-from .config import TrainConfig, config_hash
-from .data import DataSplits, tensors
-from .layers import prunable_layers
-from .masks import MASK_BUFFER, SCOPES, check_amount, prune
-from .outputs import save_figure, save_table
-from .paths import REPO_ROOT, results_dir
-from .pipeline import data_for, relevance_for, trained_model
-from .scores import METHODS, check_delta, pruning_scores
-from .training import select_device, torch_threads
+from ..masks import SCOPES
+from ..scores import METHODS, check_delta
+from ..workbook.outputs import save_figure, save_table
+from ..workbook.paths import results_dir
+from .explore_session import MAX_PRUNING_FACTOR, Session, check_p, resolve
+from .style import PALETTE
 
 log = logging.getLogger(__name__)
 
-DELTA_GRID: tuple[float, ...] = tuple(round(0.1 * i, 1) for i in range(11))
-MAX_PRUNING_FACTOR = 0.99
 CONTROLS = ("delta", "pruning_factor", "method", "scope", "inference", "layer")
 POINT_COLUMNS = (
     "inference",
@@ -61,82 +44,35 @@ POINT_COLUMNS = (
 )
 
 
-@dataclass
-class InferenceData:
-    """One inference-data choice: its parameter relevance (computed once) and the deployment
-    test samples (``x``, ``y``) on which accuracy is measured."""
-
-    relevance: dict[str, torch.Tensor]
-    x: torch.Tensor
-    y: torch.Tensor
-
-
-def resolve(path: str | Path) -> Path:
-    """A relative path from the parameters, taken from the repository root (the runner's cwd),
-    so that a notebook opened in JupyterLab (cwd ``notebooks/``) finds the same cache and results."""
-    path = Path(path)
-    return path if path.is_absolute() else REPO_ROOT / path
-
-
-def mask_checksum(masks: Mapping[str, torch.Tensor]) -> str:
-    """Ten hex digits of sha1 over the packed bits of every mask, in order: equal iff masks are equal."""
-    digest = hashlib.sha1()
-    for name, mask in masks.items():
-        digest.update(name.encode())
-        digest.update(np.packbits(mask.detach().cpu().numpy().astype(bool)).tobytes())
-    return digest.hexdigest()[:10]
-
-
 class Explorer:
-    """ipywidgets explorer of FlexRel's s = (1 - delta) M_norm + delta R_norm at pruning factor p.
+    """ipywidgets explorer of FlexRel's s = (1 - δ) M_norm + δ R_norm at pruning factor p.
 
-    ``choices`` maps an inference-data name to its ``InferenceData``. Controls (ipywidgets, all
-    attributes): ``delta`` and ``pruning_factor`` sliders (``continuous_update=False``),
-    ``method`` and ``scope`` toggles, ``inference`` and ``layer`` dropdowns. Changing any of them
-    calls ``refresh``; ``update(**values)`` sets several at once with validation. ``state`` holds
-    every number shown; ``widget`` is the box to display.
+    Drives a ``Session``. Controls (ipywidgets, all attributes): ``delta`` and ``pruning_factor``
+    sliders (``continuous_update=False``), ``method`` and ``scope`` toggles, ``inference`` and
+    ``layer`` dropdowns. Changing any of them calls ``refresh``; ``update(**values)`` sets several
+    at once with validation. ``state`` holds every number shown; ``widget`` is the box to display.
     """
 
     def __init__(
         self,
-        model: nn.Module,
-        choices: Mapping[str, InferenceData],
+        session: Session,
         *,
         delta: float = 0.5,
         pruning_factor: float = 0.8,
         method: str = "flexrel",
         scope: str = "global",
-        normalize: str = "layer",
         layer: str | None = None,
-        curve_deltas: Sequence[float] = DELTA_GRID,
-        device: str = "cpu",
-        threads: int | None = 1,
         compact: bool = False,
     ) -> None:
         import ipywidgets as w
 
-        if not choices:
-            raise ValueError("the explorer needs at least one inference-data choice")
-        self.model = model.eval()
-        self.normalize = normalize
-        self.curve_deltas = tuple(check_delta(d) for d in curve_deltas)
-        self.device = select_device(device)
-        self._dense = {n: m.weight.detach().clone() for n, m in prunable_layers(model).items()}
-        self.work = copy.deepcopy(model).to(self.device).eval()  # the one working copy, reset per update
-        self._work_layers = prunable_layers(self.work)
-        self.choices = {
-            k: InferenceData(v.relevance, v.x.to(self.device), v.y.to(self.device)) for k, v in choices.items()
-        }
-        self.threads = threads
-        self._reset_work()
-        with torch_threads(threads):
-            self.dense_accuracy = {name: self._accuracy(c) for name, c in self.choices.items()}
-        self._curves: dict[tuple, list[float]] = {}
+        self.session = session
         self._hold = False
         self._fig = None
         self.state: dict = {}
+        self.masks: dict = {}
 
-        names = list(self._dense)
+        names = list(session.dense)
         style = {"description_width": "110px"}
         wide = w.Layout(width="460px")
         self.delta = w.FloatSlider(
@@ -151,7 +87,7 @@ class Explorer:
             layout=wide,
         )
         self.pruning_factor = w.FloatSlider(
-            value=self._check_p(pruning_factor),
+            value=check_p(pruning_factor),
             min=0.0,
             max=MAX_PRUNING_FACTOR,
             step=0.01,
@@ -164,7 +100,7 @@ class Explorer:
         buttons = {"description_width": "110px", "button_width": "100px"}
         self.method = w.ToggleButtons(options=list(METHODS), value=method, description="method", style=buttons)
         self.scope = w.ToggleButtons(options=list(SCOPES), value=scope, description="scope", style=buttons)
-        self.inference = w.Dropdown(options=list(self.choices), description="inference data", style=style)
+        self.inference = w.Dropdown(options=list(session.choices), description="inference data", style=style)
         self.layer = w.Dropdown(options=names, value=layer or names[-2 if len(names) > 1 else 0], description="mask of")
         self.layer.style.description_width = style["description_width"]
         self.status = w.HTML()
@@ -183,97 +119,21 @@ class Explorer:
         self.widget.add_class("flexrel-explorer")
         self.refresh()
 
-    # -- building ---------------------------------------------------------------------------------
-
     @classmethod
     def from_params(cls, params: Mapping, *, compact: bool = False) -> Explorer:
-        """An explorer from a notebook's parameters (its ``globals()``): trains (cached) the model
-        the common keys describe, and computes (cached) its relevance on the inference data "as
-        trained" and, if ``shift_classes`` is given and not ``compact``, "shifted"."""
-        cfg = TrainConfig.from_mapping(params)
+        """An explorer from a notebook's parameters (``Session.from_params``; the compact one
+        offers no shifted inference data)."""
         get = params.get
-        cache_root = resolve(get("cache_root", "cache"))
-        data = data_for(cfg)
-        model, _ = trained_model(cfg, data, cache_root=cache_root, device=get("device", "cpu"))
-        datasets = {"as trained": (data, "as-trained")}
-        shift = get("shift_classes")
-        if shift and not compact:
-            shift = sorted(int(c) for c in shift)
-            datasets["shifted"] = (data_for(cfg, shift_classes=shift), f"shift-classes={shift}")
-        opts = {k: get(k, d) for k, d in (("composite", "epsilon_plus_flat"), ("aggregate", "abs"))}
-        choices = {
-            name: inference_data(
-                model,
-                d,
-                f"{config_hash(cfg)}/{tag}",
-                samples=get("inference_samples"),
-                eval_samples=get("eval_samples") or None,
-                seed=cfg.seed,
-                cache_root=cache_root,
-                **opts,
-            )
-            for name, (d, tag) in datasets.items()
-        }
         return cls(
-            model,
-            choices,
+            Session.from_params(params, shifted=not compact),
             delta=get("delta", 0.5),
             pruning_factor=get("pruning_factor", 0.8),
             method=get("method", "flexrel"),
             scope=get("scope", "global"),
-            normalize=get("normalize", "layer"),
-            device=get("device", "cpu"),
-            threads=get("explorer_threads", 1) or None,
             compact=compact,
         )
 
     # -- computing --------------------------------------------------------------------------------
-
-    @staticmethod
-    def _check_p(p: float) -> float:
-        p = check_amount(p)
-        if p > MAX_PRUNING_FACTOR:
-            raise ValueError(f"the explorer's pruning factor goes up to {MAX_PRUNING_FACTOR}, got {p}")
-        return p
-
-    @torch.no_grad()
-    def _reset_work(self) -> None:
-        """Working copy := dense weights, no masks (instead of a deep copy per update)."""
-        for name, module in self._work_layers.items():
-            module._buffers.pop(MASK_BUFFER, None)
-            module.weight.copy_(self._dense[name])
-
-    @torch.no_grad()
-    def _accuracy(self, choice: InferenceData, batch_size: int = 1024) -> float:
-        hits = sum(
-            int((self.work(choice.x[i : i + batch_size]).argmax(1) == choice.y[i : i + batch_size]).sum())
-            for i in range(0, len(choice.y), batch_size)
-        )
-        return hits / len(choice.y)
-
-    def prune_and_evaluate(
-        self, delta: float, p: float, method: str, scope: str, inference: str
-    ) -> tuple[dict[str, torch.Tensor], float]:
-        """Masks and pruned accuracy at one setting: score with the cached relevance, prune a
-        fresh copy of the dense weights, evaluate on the inference choice's test samples."""
-        choice = self.choices[inference]
-        scores = pruning_scores(
-            self.model, method=method, delta=delta, normalize=self.normalize, relevance=choice.relevance
-        )
-        self._reset_work()
-        masks = prune(self.work, scores, p, scope=scope)
-        return masks, self._accuracy(choice)
-
-    def curve(self, p: float, scope: str, inference: str) -> list[float]:
-        """Figure 4 at one p: FlexRel accuracy at each of ``curve_deltas`` (delta = 0 is this
-        library's magnitude pruning, delta = 1 relevance pruning); cached in memory."""
-        key = (inference, scope, round(p, 6), self.normalize)
-        if key not in self._curves:
-            with torch_threads(self.threads):
-                self._curves[key] = [
-                    self.prune_and_evaluate(d, p, "flexrel", scope, inference)[1] for d in self.curve_deltas
-                ]
-        return self._curves[key]
 
     def update(self, **values) -> dict:
         """Set several controls at once (names in ``CONTROLS``), refusing invalid values, then
@@ -284,7 +144,7 @@ class Explorer:
         if "delta" in values:
             values["delta"] = check_delta(values["delta"])
         if "pruning_factor" in values:
-            values["pruning_factor"] = self._check_p(values["pruning_factor"])
+            values["pruning_factor"] = check_p(values["pruning_factor"])
         for name in ("method", "scope", "inference", "layer"):
             options = tuple(getattr(self, name).options)
             if name in values and values[name] not in options:
@@ -309,33 +169,15 @@ class Explorer:
     def refresh(self) -> dict:
         """Recompute at the controls' current values, redraw, and return ``state``."""
         start = time.perf_counter()
-        method, scope, inference = self.method.value, self.scope.value, self.inference.value
-        delta, p = float(self.delta.value), float(self.pruning_factor.value)
-        self.delta.disabled = method != "flexrel"
-        with torch_threads(self.threads):
-            masks, accuracy = self.prune_and_evaluate(delta, p, method, scope, inference)
-        kept = {n: int(m.sum()) for n, m in masks.items()}
-        total = sum(m.numel() for m in masks.values())
-        self.masks = masks
-        self.state = {
-            "delta": delta,
-            "effective_delta": {"magnitude": 0.0, "relevance": 1.0}.get(method, delta),
-            "pruning_factor": p,
-            "method": method,
-            "scope": scope,
-            "inference": inference,
-            "layer": self.layer.value,
-            "dense_accuracy": self.dense_accuracy[inference],
-            "pruned_accuracy": accuracy,
-            "sparsity": 1.0 - sum(kept.values()) / total,
-            "layer_sparsity": {n: 1.0 - kept[n] / masks[n].numel() for n in masks},
-            "kept": sum(kept.values()),
-            "total": total,
-            "mask_checksum": mask_checksum(masks),
-            "layer_mask_checksum": mask_checksum({self.layer.value: masks[self.layer.value]}),
-            "curve_deltas": list(self.curve_deltas),
-            "curve": self.curve(p, scope, inference),
-        }
+        self.delta.disabled = self.method.value != "flexrel"
+        self.state, self.masks = self.session.state_at(
+            delta=float(self.delta.value),
+            p=float(self.pruning_factor.value),
+            method=self.method.value,
+            scope=self.scope.value,
+            inference=self.inference.value,
+            layer=self.layer.value,
+        )
         self.state["compute_seconds"] = time.perf_counter() - start
         self._render()
         self.state["update_seconds"] = time.perf_counter() - start
@@ -377,7 +219,7 @@ class Explorer:
         fig = Figure(figsize=(12, 3.4))
         ax_sp, ax_mask, ax_curve = fig.subplots(1, 3, width_ratios=[1.0, 1.0, 1.2])
         fig.subplots_adjust(left=0.09, right=0.87, bottom=0.16, top=0.8, wspace=0.3)
-        names = list(self._dense)
+        names = list(self.session.dense)
         bars = ax_sp.barh(range(len(names)), [0.0] * len(names), color="#4c72b0")
         overall = ax_sp.axvline(0.0, color="k", ls="--", lw=1)
         ax_sp.set(yticks=range(len(names)), xlim=(0, 1), xlabel="fraction pruned")
@@ -387,7 +229,7 @@ class Explorer:
             [[0, 1]], cmap="Greys", vmin=0, vmax=1, aspect="auto", interpolation="nearest"
         )  # black = kept
         ax_mask.set(xlabel="input (× kernel taps)", ylabel="output")
-        (curve,) = ax_curve.plot([], [], "o-", color="#55a868", ms=3, label="FlexRel\nat this p")
+        (curve,) = ax_curve.plot([], [], "o-", color=PALETTE["flexrel"], ms=3, label="FlexRel\nat this p")
         (dense,) = ax_curve.plot([-0.03, 1.03], [0, 0], color="grey", ls=":", lw=1, label="dense")
         (point,) = ax_curve.plot([], [], "*", color="#c44e52", ms=14, label="now")
         ax_curve.set(xlim=(-0.03, 1.03), ylim=(0, 1.02), xlabel="δ (0 = magnitude, 1 = relevance)", ylabel="accuracy")
@@ -431,31 +273,6 @@ class Explorer:
         self.state["render_seconds"] = time.perf_counter() - t0
 
 
-def inference_data(
-    model: nn.Module,
-    data: DataSplits,
-    key: str,
-    *,
-    samples: int | None = None,
-    eval_samples: int | None = None,
-    seed: int = 0,
-    composite: str = "epsilon_plus_flat",
-    aggregate: str = "abs",
-    cache_root: str | Path = REPO_ROOT / "cache",
-) -> InferenceData:
-    """Relevance of ``model`` on ``data.inference`` (cached under ``key``) and the test samples
-    (a seeded random subset of ``eval_samples`` of them, if given) for one inference choice."""
-    relevance = relevance_for(
-        model, data, key, samples=samples, composite=composite, aggregate=aggregate, cache_root=cache_root
-    )
-    test = data.test
-    if eval_samples is not None and eval_samples < len(test):
-        idx = np.sort(np.random.default_rng(seed).choice(len(test), size=eval_samples, replace=False))
-        test = torch.utils.data.Subset(test, idx.tolist())
-    x, y = tensors(test)
-    return InferenceData(relevance, x, y)
-
-
 def compact_explorer(params: Mapping):
     """The compact explorer (delta, p, method; inference data as trained) for the end of the fig4
     notebook: ``compact_explorer(globals())`` displays it as the cell's value."""
@@ -470,7 +287,7 @@ def render_static(
     numbers shown; returns that table. The explorer's controls are restored afterwards."""
     before = {k: getattr(explorer, k).value for k in CONTROLS}
     rows = []
-    for inference in explorer.choices:
+    for inference in explorer.session.choices:
         for delta, p in points:
             s = explorer.update(delta=float(delta), pruning_factor=float(p), inference=inference, method="flexrel")
             fig_name = f"{name}_{inference.replace(' ', '-')}_d{delta:.2f}_p{p:.2f}"
@@ -516,9 +333,9 @@ def timing(explorer: Explorer, moves: int = 20) -> dict:
 
 
 def bench(profile: str = "default", moves: int = 20) -> dict:
-    """``make bench``: the explorer's update time on ``profile``'s model (default: digits, 30
-    epochs), driven through the sliders (see ``timing``); budget 0.5 s per update (issue 5)."""
-    from .profiles import read_profile
+    """``make bench``: the explorer's update time on ``profile``'s model, driven through the
+    sliders (see ``timing``); budget 0.5 s per update."""
+    from ..workbook.profiles import read_profile
 
     data = read_profile(profile)
     params = {**(data.get("common") or {}), **(data.get("explore") or {})}
@@ -528,7 +345,7 @@ def bench(profile: str = "default", moves: int = 20) -> dict:
     return result
 
 
-def report_section(table: pd.DataFrame, times: Mapping | None = None) -> str:
+def report(table: pd.DataFrame, times: Mapping | None = None) -> str:
     """Markdown for the report's "explore" section from ``render_static``'s table (and ``timing``)."""
     lines = [
         "## Explorer (interactive δ and pruning factor)",

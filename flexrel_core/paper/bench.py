@@ -8,13 +8,12 @@ For each model, on the same batch of inference samples (default 512):
 - ``lrp``: the LRP pass alone (zennit composite, ``relevance.lrp_backward`` without layer hooks),
 - ``scoring``: full FlexRel scoring (``pruning_scores``: parameter relevance + magnitudes + scores).
 
-Also: the sparse encoding's size against the information bound per sparsity
-(``encoding.bench``, issue 4) and the explorer's update time on the default model
-(``explorer.bench``, issue 5).
+Also: the sparse encoding's size against the information bound per sparsity (``encoding_bench``)
+and the explorer's update time on the default model (``explore.bench``).
 
-Time: median of ``repeats`` runs after one warm-up. Peak memory: on CUDA
-``torch.cuda.max_memory_allocated`` above what was allocated before; on CPU the peak resident set
-size above the level before, sampled every millisecond by a thread, with glibc's mmap threshold
+Time: median of ``repeats`` runs after one warm-up (``workbook.measure.timings``). Peak memory:
+``workbook.measure.peak_rss_bytes`` -- on CUDA the allocator's peak above what was allocated
+before; on CPU the peak resident set size above the level before, with glibc's mmap threshold
 fixed (``MALLOC_MMAP_THRESHOLD_``, set by re-executing) so freed buffers go back to the OS and a
 later case is not under-counted. Ratios are taken against ``plain``. Results go to ``--out`` (JSON).
 """
@@ -25,66 +24,23 @@ import argparse
 import os
 import statistics
 import sys
-import threading
 import time
 from collections.abc import Callable
 
 import torch
 from torch import nn
 
-from .cache import write_json
-from .models import build_model
-from .relevance import lrp_backward
-from .scores import pruning_scores
-from .training import select_device
+from ..encoding import decode_sparse, dense_size_bytes, encode_sparse, information_bound_bits
+from ..layers import prunable_layers
+from ..masks import prune
+from ..models import build_model
+from ..relevance import lrp_backward
+from ..scores import pruning_scores
+from ..training import select_device
+from ..workbook.cache import write_json
+from ..workbook.measure import peak_rss_bytes, timings
 
 TARGETS = {"aggregation_over_lrp": 1.15, "scoring_over_plain_time": 3.0, "scoring_over_plain_memory": 1.5}
-
-
-def _rss_bytes() -> int:
-    with open("/proc/self/statm") as fh:
-        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-def peak_memory(fn: Callable[[], object], device: torch.device) -> int:
-    """Peak memory (bytes) that ``fn()`` adds above the level before it ran."""
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-        base = torch.cuda.memory_allocated()
-        torch.cuda.reset_peak_memory_stats()
-        fn()
-        torch.cuda.synchronize()
-        return torch.cuda.max_memory_allocated() - base
-    base, peak, done = _rss_bytes(), [0], threading.Event()
-
-    def sample() -> None:
-        while not done.is_set():
-            peak[0] = max(peak[0], _rss_bytes())
-            time.sleep(0.001)
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    try:
-        fn()
-    finally:
-        done.set()
-        sampler.join()
-    return max(peak[0], _rss_bytes()) - base
-
-
-def median_time(fn: Callable[[], object], device: torch.device, repeats: int) -> float:
-    """Median wall time (s) of ``repeats`` calls after one warm-up."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def cases(model: nn.Module, x: torch.Tensor) -> dict[str, Callable[[], object]]:
@@ -115,8 +71,8 @@ def bench_model(name: str, model: nn.Module, x: torch.Tensor, device: torch.devi
     x = x.to(device)
     row: dict = {"model": name, "input": list(x.shape), "device": str(device), "repeats": repeats}
     for case, fn in cases(model, x).items():
-        row[f"{case}_memory_bytes"] = peak_memory(fn, device)
-        row[f"{case}_seconds"] = median_time(fn, device, repeats)
+        row[f"{case}_memory_bytes"] = peak_rss_bytes(fn, device)
+        row[f"{case}_seconds"] = statistics.median(timings(fn, device, repeats))
         print(f"  {name:>10} {case:>10}: {row[f'{case}_seconds']:.4f} s, {row[f'{case}_memory_bytes'] / 2**20:.1f} MiB")
     row["lrp_over_plain_time"] = row["lrp_seconds"] / row["plain_seconds"]
     row["aggregation_over_lrp"] = row["scoring_seconds"] / row["lrp_seconds"]
@@ -133,6 +89,45 @@ def scoring_benchmarks(samples: int, vgg_size: int, device: torch.device, repeat
     rows = [bench_model("digits_cnn", build_model("digits_cnn"), torch.randn(samples, 1, 8, 8), device, repeats)]
     vgg = build_model("vgg16", in_channels=3, num_classes=1000)
     rows.append(bench_model("vgg16", vgg, torch.randn(samples, 3, vgg_size, vgg_size), device, vgg_repeats))
+    return rows
+
+
+def encoding_bench(sparsities: tuple[float, ...] = (0.5, 0.7, 0.9, 0.95, 0.99), seed: int = 0) -> list[dict]:
+    """Encoded size against the information bound and the dense encoding, per model and sparsity.
+
+    Models: the default ``digits_cnn`` and ``vgg_small`` at 32x32x3 (~0.6M weights), randomly
+    initialised (seeded) and pruned by global magnitude -- the bound depends only on the counts,
+    and the coder on the positions, which magnitude on random weights spreads like a trained mask.
+    """
+    rows = []
+    for name, kwargs in (("digits_cnn", {}), ("vgg_small", {"in_channels": 3, "image_size": 32})):
+        for p in sparsities:
+            torch.manual_seed(seed)
+            model = build_model(name, **kwargs)
+            prune(model, pruning_scores(model, method="magnitude", normalize="global"), p)
+            start = time.perf_counter()
+            blob = encode_sparse(model)
+            enc_s = time.perf_counter() - start
+            start = time.perf_counter()
+            decode_sparse(blob, build_model(name, **kwargs))
+            dec_s = time.perf_counter() - start
+            bound = information_bound_bits(model) / 8
+            dense = dense_size_bytes(model)
+            rows.append(
+                {
+                    "model": name,
+                    "sparsity": p,
+                    "weights": sum(m.weight.numel() for m in prunable_layers(model).values()),
+                    "bytes": len(blob),
+                    "bound_bytes": round(bound, 1),
+                    "dense_bytes": dense,
+                    "size_over_bound": len(blob) / bound,
+                    "size_over_dense": len(blob) / dense,
+                    "half_bytes": len(encode_sparse(model, half=True)),
+                    "encode_s": enc_s,
+                    "decode_s": dec_s,
+                }
+            )
     return rows
 
 
@@ -162,19 +157,17 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if "MALLOC_MMAP_THRESHOLD_" not in os.environ:  # see module docstring
         os.environ["MALLOC_MMAP_THRESHOLD_"] = "131072"
-        os.execv(sys.executable, [sys.executable, "-m", "flexrel_core.bench", *sys.argv[1:]])
+        os.execv(sys.executable, [sys.executable, "-m", "flexrel_core.paper.bench", *sys.argv[1:]])
     device = select_device(args.device)
     report: dict = {"torch": torch.__version__, "threads": torch.get_num_threads(), "targets": TARGETS}
     if "encoding" not in args.skip:
-        from .encoding import bench as encoding_bench
-
         report["encoding"] = encoding_bench()
         print("sparse encoding: size / information bound (size / dense)")
         for r in report["encoding"]:
             ratios = f"{r['size_over_bound']:.3f} ({r['size_over_dense']:.3f})"
             print(f"  {r['model']:>10} sparsity {r['sparsity']:.2f}: {ratios}")
     if "explorer" not in args.skip:
-        from .explorer import bench as explorer_bench
+        from .explore import bench as explorer_bench
 
         report["explorer"] = ex = explorer_bench("default", moves=20)
         medians = f"delta {ex['delta_update_median_s']:.3f} s, p {ex['p_update_median_s']:.3f} s"

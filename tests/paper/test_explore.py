@@ -1,5 +1,5 @@
-"""The interactive explorer's logic without a kernel (issue 5): setting a control's value drives
-its callback, and the test asserts what the callback produced (``Explorer.state``)."""
+"""The interactive explorer without a kernel: setting a control's value drives its callback, and the
+test asserts what the callback produced (``Explorer.state``), against independent recomputations."""
 
 from __future__ import annotations
 
@@ -11,20 +11,20 @@ import torch
 from traitlets import TraitError
 
 from flexrel_core import prune, pruning_scores
-from flexrel_core.config import TrainConfig
-from flexrel_core.explorer import (
+from flexrel_core.paper.explore import (
     CONTROLS,
     POINT_COLUMNS,
     Explorer,
     compact_explorer,
-    mask_checksum,
     render_static,
-    report_section,
+    report,
     timing,
 )
-from flexrel_core.pipeline import data_for
-from flexrel_core.profiles import read_profile
+from flexrel_core.paper.explore_session import mask_checksum
 from flexrel_core.training import evaluate
+from flexrel_core.workbook.config import TrainConfig
+from flexrel_core.workbook.pipeline import data_for
+from flexrel_core.workbook.profiles import read_profile
 
 
 @pytest.fixture(scope="module")
@@ -57,19 +57,19 @@ def test_delta_slider_drives_the_callback(ex, params):
     assert s["mask_checksum"] != before["mask_checksum"]
     assert within_one_weight(s["sparsity"], 0.8, s["total"])
     # Independent recomputation: prune a deep copy with the same cached relevance, evaluate with training.evaluate.
-    model = copy.deepcopy(ex.model)
-    rel = ex.choices["as trained"].relevance
+    model = copy.deepcopy(ex.session.model)
+    rel = ex.session.choices["as trained"].relevance
     masks = prune(model, pruning_scores(model, method="flexrel", delta=0.9, relevance=rel), 0.8)
     assert mask_checksum(masks) == s["mask_checksum"]
     test = data_for(TrainConfig.from_mapping(params)).test
     assert s["pruned_accuracy"] == pytest.approx(evaluate(model, test, device="cpu"))
-    assert s["dense_accuracy"] == pytest.approx(evaluate(ex.model, test, device="cpu"))
+    assert s["dense_accuracy"] == pytest.approx(evaluate(ex.session.model, test, device="cpu"))
     # The working copy is reset, not accumulated: moving back gives back the first masks.
     ex.delta.value = 0.5
     assert ex.state["mask_checksum"] == before["mask_checksum"]
     assert ex.state["pruned_accuracy"] == before["pruned_accuracy"]
     # The dense model itself is never pruned.
-    assert all(not hasattr(m, "flexrel_mask") for m in ex.model.modules())
+    assert all(not hasattr(m, "flexrel_mask") for m in ex.session.model.modules())
 
 
 def test_pruning_factor_slider(ex):
@@ -113,7 +113,7 @@ def test_inference_choice(ex):
     s = ex.state
     assert s["inference"] == "shifted"
     assert s["mask_checksum"] != as_trained["mask_checksum"]  # other relevance, other FlexRel mask
-    assert set(ex.choices["shifted"].y.tolist()) == {0, 1, 2, 3, 4}
+    assert set(ex.session.choices["shifted"].y.tolist()) == {0, 1, 2, 3, 4}
     ex.method.value = "magnitude"  # magnitude ignores inference data
     magnitude_shifted = ex.state["mask_checksum"]
     ex.inference.value = "as trained"
@@ -195,7 +195,7 @@ def test_timing_and_static_views(ex, tmp_path):
         assert (tmp_path / f"{name}.png").stat().st_size > 0 and (tmp_path / f"{name}.svg").stat().st_size > 0
     saved = pd.read_csv(tmp_path / "explore_points.csv")
     assert saved["sparsity"].between(0.79, 0.91).all() and saved["pruned_accuracy"].between(0, 1).all()
-    md = report_section(table, times)
+    md = report(table, times)
     assert "| shifted | 1.00 | 0.90 |" in md and "0.5 s budget" in md
 
 

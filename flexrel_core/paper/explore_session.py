@@ -1,0 +1,241 @@
+"""The explorer's computation, without widgets: what FlexRel keeps at (δ, p) and what accuracy it leaves.
+
+Relevance (the inference-time information) and magnitudes are computed once per inference-data
+choice -- "as trained" (the deployment distribution the model was trained for) and "shifted"
+(only some classes, ``load_dataset(..., shift_classes=...)``) -- so a new setting only re-scores
+(``pruning_scores(..., relevance=cached)``), re-thresholds (``prune`` on one working copy whose
+weights are reset from the dense state) and evaluates on the deployment test samples.
+``Session.state_at`` returns every number the explorer shows; the widgets of ``explore`` only
+drive it, so everything here is usable (and tested) without a kernel.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..data import DataSplits, tensors
+from ..layers import prunable_layers
+from ..masks import MASK_BUFFER, check_amount, prune
+from ..scores import METHODS, check_delta, method_delta, pruning_scores
+from ..training import select_device, torch_threads
+from ..workbook.config import TrainConfig, config_hash
+from ..workbook.paths import REPO_ROOT
+from ..workbook.pipeline import data_for, relevance_for, trained_model
+
+DELTA_GRID: tuple[float, ...] = tuple(round(0.1 * i, 1) for i in range(11))
+MAX_PRUNING_FACTOR = 0.99
+
+
+@dataclass
+class InferenceData:
+    """One inference-data choice: its parameter relevance (computed once) and the deployment
+    test samples (``x``, ``y``) on which accuracy is measured."""
+
+    relevance: dict[str, torch.Tensor]
+    x: torch.Tensor
+    y: torch.Tensor
+
+
+def resolve(path: str | Path) -> Path:
+    """A relative path from the parameters, taken from the repository root (the runner's cwd),
+    so that a notebook opened in JupyterLab (cwd ``notebooks/``) finds the same cache and results."""
+    path = Path(path)
+    return path if path.is_absolute() else REPO_ROOT / path
+
+
+def mask_checksum(masks: Mapping[str, torch.Tensor]) -> str:
+    """Ten hex digits of sha1 over the packed bits of every mask, in order: equal iff masks are equal."""
+    digest = hashlib.sha1()
+    for name, mask in masks.items():
+        digest.update(name.encode())
+        digest.update(np.packbits(mask.detach().cpu().numpy().astype(bool)).tobytes())
+    return digest.hexdigest()[:10]
+
+
+def check_p(p: float) -> float:
+    """A pruning factor the explorer accepts: in [0, ``MAX_PRUNING_FACTOR``]."""
+    p = check_amount(p)
+    if p > MAX_PRUNING_FACTOR:
+        raise ValueError(f"the explorer's pruning factor goes up to {MAX_PRUNING_FACTOR}, got {p}")
+    return p
+
+
+class Session:
+    """FlexRel's s = (1 - δ) M_norm + δ R_norm at pruning factor p, on one trained model.
+
+    ``choices`` maps an inference-data name to its ``InferenceData``. The model itself is never
+    pruned: one working copy is reset from the dense weights before every setting.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        choices: Mapping[str, InferenceData],
+        *,
+        normalize: str = "layer",
+        curve_deltas: Sequence[float] = DELTA_GRID,
+        device: str = "cpu",
+        threads: int | None = 1,
+    ) -> None:
+        if not choices:
+            raise ValueError("the explorer needs at least one inference-data choice")
+        self.model = model.eval()
+        self.normalize = normalize
+        self.curve_deltas = tuple(check_delta(d) for d in curve_deltas)
+        self.device = select_device(device)
+        self.threads = threads
+        self.dense = {n: m.weight.detach().clone() for n, m in prunable_layers(model).items()}
+        self.work = copy.deepcopy(model).to(self.device).eval()
+        self._work_layers = prunable_layers(self.work)
+        self.choices = {
+            k: InferenceData(v.relevance, v.x.to(self.device), v.y.to(self.device)) for k, v in choices.items()
+        }
+        self._curves: dict[tuple, list[float]] = {}
+        self.reset()
+        with torch_threads(threads):
+            self.dense_accuracy = {name: self.accuracy(name) for name in self.choices}
+
+    @classmethod
+    def from_params(cls, params: Mapping, *, shifted: bool = True) -> Session:
+        """A session from a notebook's parameters (its ``globals()``): trains (cached) the model the
+        common keys describe, and computes (cached) its relevance on the inference data "as
+        trained" and, if ``shift_classes`` is given and ``shifted``, "shifted"."""
+        cfg = TrainConfig.from_mapping(params)
+        get = params.get
+        cache_root = resolve(get("cache_root", "cache"))
+        data = data_for(cfg)
+        model, _ = trained_model(cfg, data, cache_root=cache_root, device=get("device", "cpu"))
+        datasets = {"as trained": (data, "as-trained")}
+        shift = get("shift_classes")
+        if shift and shifted:
+            shift = sorted(int(c) for c in shift)
+            datasets["shifted"] = (data_for(cfg, shift_classes=shift), f"shift-classes={shift}")
+        opts = {k: get(k, d) for k, d in (("composite", "epsilon_plus_flat"), ("aggregate", "abs"))}
+        choices = {
+            name: inference_data(
+                model,
+                d,
+                f"{config_hash(cfg)}/{tag}",
+                samples=get("inference_samples"),
+                eval_samples=get("eval_samples") or None,
+                seed=cfg.seed,
+                cache_root=cache_root,
+                **opts,
+            )
+            for name, (d, tag) in datasets.items()
+        }
+        return cls(
+            model,
+            choices,
+            normalize=get("normalize", "layer"),
+            device=get("device", "cpu"),
+            threads=get("explorer_threads", 1) or None,
+        )
+
+    @torch.no_grad()
+    def reset(self) -> None:
+        """Working copy := dense weights, no masks (instead of a deep copy per setting)."""
+        for name, module in self._work_layers.items():
+            module._buffers.pop(MASK_BUFFER, None)
+            module.weight.copy_(self.dense[name])
+
+    @torch.no_grad()
+    def accuracy(self, inference: str, batch_size: int = 1024) -> float:
+        """Accuracy of the working copy on the test samples of one inference choice."""
+        choice = self.choices[inference]
+        hits = sum(
+            int((self.work(choice.x[i : i + batch_size]).argmax(1) == choice.y[i : i + batch_size]).sum())
+            for i in range(0, len(choice.y), batch_size)
+        )
+        return hits / len(choice.y)
+
+    def prune_and_evaluate(
+        self, delta: float, p: float, method: str, scope: str, inference: str
+    ) -> tuple[dict[str, torch.Tensor], float]:
+        """Masks and pruned accuracy at one setting: score with the cached relevance, prune a
+        fresh copy of the dense weights, evaluate on the inference choice's test samples."""
+        scores = pruning_scores(
+            self.model,
+            method=method,
+            delta=delta,
+            normalize=self.normalize,
+            relevance=self.choices[inference].relevance,
+        )
+        self.reset()
+        masks = prune(self.work, scores, p, scope=scope)
+        return masks, self.accuracy(inference)
+
+    def curve(self, p: float, scope: str, inference: str) -> list[float]:
+        """Figure 4 at one p: FlexRel accuracy at each of ``curve_deltas`` (δ = 0 is magnitude
+        pruning, δ = 1 relevance pruning); kept in memory per (inference, scope, p)."""
+        key = (inference, scope, round(p, 6), self.normalize)
+        if key not in self._curves:
+            with torch_threads(self.threads):
+                self._curves[key] = [
+                    self.prune_and_evaluate(d, p, "flexrel", scope, inference)[1] for d in self.curve_deltas
+                ]
+        return self._curves[key]
+
+    def state_at(
+        self, *, delta: float, p: float, method: str, scope: str, inference: str, layer: str
+    ) -> tuple[dict, dict[str, torch.Tensor]]:
+        """Every number the explorer shows at one setting, and the masks: ``(state, masks)``."""
+        if method not in METHODS:
+            raise ValueError(f"method must be one of {list(METHODS)}, got {method!r}")
+        with torch_threads(self.threads):
+            masks, accuracy = self.prune_and_evaluate(delta, p, method, scope, inference)
+        kept = {n: int(m.sum()) for n, m in masks.items()}
+        total = sum(m.numel() for m in masks.values())
+        state = {
+            "delta": delta,
+            "effective_delta": method_delta(method, delta),
+            "pruning_factor": p,
+            "method": method,
+            "scope": scope,
+            "inference": inference,
+            "layer": layer,
+            "dense_accuracy": self.dense_accuracy[inference],
+            "pruned_accuracy": accuracy,
+            "sparsity": 1.0 - sum(kept.values()) / total,
+            "layer_sparsity": {n: 1.0 - kept[n] / masks[n].numel() for n in masks},
+            "kept": sum(kept.values()),
+            "total": total,
+            "mask_checksum": mask_checksum(masks),
+            "layer_mask_checksum": mask_checksum({layer: masks[layer]}),
+            "curve_deltas": list(self.curve_deltas),
+            "curve": self.curve(p, scope, inference),
+        }
+        return state, masks
+
+
+def inference_data(
+    model: nn.Module,
+    data: DataSplits,
+    key: str,
+    *,
+    samples: int | None = None,
+    eval_samples: int | None = None,
+    seed: int = 0,
+    composite: str = "epsilon_plus_flat",
+    aggregate: str = "abs",
+    cache_root: str | Path = REPO_ROOT / "cache",
+) -> InferenceData:
+    """Relevance of ``model`` on ``data.inference`` (cached under ``key``) and the test samples
+    (a seeded random subset of ``eval_samples`` of them, if given) for one inference choice."""
+    relevance = relevance_for(
+        model, data, key, samples=samples, composite=composite, aggregate=aggregate, cache_root=cache_root
+    )
+    test = data.test
+    if eval_samples is not None and eval_samples < len(test):
+        idx = np.sort(np.random.default_rng(seed).choice(len(test), size=eval_samples, replace=False))
+        test = torch.utils.data.Subset(test, idx.tolist())
+    x, y = tensors(test)
+    return InferenceData(relevance, x, y)

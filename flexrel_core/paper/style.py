@@ -1,0 +1,32 @@
+"""One look for every figure and the explorer: the methods' order, colours and labels, and the
+stretched pruning-factor axis."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..scores import METHODS
+
+METHOD_ORDER = list(METHODS)
+PALETTE = {"magnitude": "#1f77b4", "relevance": "#ff7f0e", "flexrel": "#2ca02c", "dense": "0.6"}
+LABELS = {"magnitude": "magnitude", "relevance": "relevance only", "flexrel": "FlexRel", "dense": "dense (no pruning)"}
+P_TICKS = [0.0, 0.5, 0.8, 0.9, 0.95, 0.98, 0.99]
+
+
+def _stretch(p):
+    """-log10(1 - p): spreads the high pruning factors (0.9 -> 1, 0.99 -> 2)."""
+    return -np.log10(np.clip(1 - np.asarray(p, dtype=float), 1e-6, None))
+
+
+def _unstretch(s):
+    return 1 - 10 ** (-np.asarray(s, dtype=float))
+
+
+def p_axis(ax, ps) -> None:
+    """Pruning-factor x axis stretched near 1, ticks at the usual factors inside the data range."""
+    ax.set_xscale("function", functions=(_stretch, _unstretch))
+    hi = max(ps)
+    ax.set_xticks([t for t in P_TICKS if t <= hi + 1e-9])
+    ax.set_xticklabels([f"{t:g}" for t in P_TICKS if t <= hi + 1e-9])
+    ax.set_xlim(min(ps), hi)
+    ax.set_xlabel("pruning factor p (axis stretched near 1)")

@@ -1,0 +1,285 @@
+"""Cached stages every figure shares: data, the trained dense model, its relevance, and pruned points.
+
+Each stage is keyed by a hash of its configuration (``config.py``), skips itself when its output
+exists, and writes the configuration beside its output (``cache.cached``). A *point* is the dense
+model of one seed pruned one-shot to a factor p by s = (1 - δ)·M_norm + δ·R_norm and, optionally,
+fine-tuned with its masks held fixed; its accuracies are cached, so a rerun only loads them.
+
+Conventions used throughout:
+
+- Accuracies are fractions in [0, 1].
+- Fine-tuning at p = 0 is skipped (nothing was pruned, so there is nothing to recover): the
+  fine-tuned accuracy at p = 0 *is* the dense accuracy, and extra training of the dense model
+  never enters a comparison.
+- Under an inference-distribution shift (``shift_classes`` / ``shift_weights`` of
+  ``data.load_dataset``) the model is trained and fine-tuned on the training distribution;
+  relevance is computed on the shifted inference split and accuracy measured on the shifted test
+  split, against the dense model's accuracy on that same shifted test split.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..data import DataSplits, load_dataset, tensors
+from ..masks import load_state, prune, sparsity
+from ..models import build_model
+from ..relevance import parameter_relevance
+from ..scores import pruning_scores
+from ..training import evaluate, train
+from .cache import cached
+from .config import PruneConfig, TrainConfig, as_dict, config_hash, dict_hash
+from .paths import REPO_ROOT, cache_dir
+
+log = logging.getLogger(__name__)
+
+
+def data_for(cfg: TrainConfig, **shift) -> DataSplits:
+    """The dataset a training configuration names (``shift``: ``shift_classes``/``shift_weights``)."""
+    return load_dataset(cfg.dataset, cfg.data_root, seed=cfg.seed, image_size=cfg.image_size, limit=cfg.limit, **shift)
+
+
+def new_model(cfg: TrainConfig, data: DataSplits) -> nn.Module:
+    """An untrained (or ImageNet-pretrained) model shaped for ``data``."""
+    c, h, _ = data.input_shape
+    return build_model(
+        cfg.model,
+        num_classes=data.num_classes,
+        in_channels=c,
+        image_size=h,
+        batch_norm=cfg.batch_norm,
+        pretrained=cfg.pretrained,
+    )
+
+
+def trained_model(
+    cfg: TrainConfig,
+    data: DataSplits | None = None,
+    *,
+    cache_root: str | Path = REPO_ROOT / "cache",
+    device: str = "auto",
+) -> tuple[nn.Module, dict]:
+    """The dense model trained per ``cfg`` (cached) and ``{"val_accuracy", "test_accuracy", ...}``."""
+    data = data if data is not None else data_for(cfg)
+    folder = cache_dir("models", config_hash(cfg), cache_root)
+
+    def compute() -> dict:
+        log.info("training %s on %s (%d epochs)", cfg.model, cfg.dataset, cfg.epochs)
+        torch.manual_seed(cfg.seed)
+        model = new_model(cfg, data)
+        losses = train(
+            model,
+            data.train,
+            epochs=cfg.epochs,
+            lr=cfg.lr,
+            batch_size=cfg.batch_size,
+            weight_decay=cfg.weight_decay,
+            optimizer=cfg.optimizer,
+            seed=cfg.seed,
+            device=device,
+            desc="train dense",
+        )
+        state = {k: v.cpu() for k, v in model.state_dict().items()}
+        return {"state": state, "losses": losses, "val_accuracy": evaluate(model, data.val, device=device)}
+
+    result = cached(folder / "model.pt", compute, config=as_dict(cfg))
+    model = new_model(dataclasses.replace(cfg, pretrained=False), data)
+    load_state(model, result["state"])
+    return model.eval(), {"losses": result["losses"], "val_accuracy": result["val_accuracy"]}
+
+
+def relevance_for(
+    model: nn.Module,
+    data: DataSplits,
+    key: str,
+    *,
+    samples: int | None = None,
+    composite: str = "epsilon_plus_flat",
+    aggregate: str = "abs",
+    batch_size: int | None = 256,
+    cache_root: str | Path = REPO_ROOT / "cache",
+) -> dict[str, torch.Tensor]:
+    """Parameter relevance of ``model`` on (the first ``samples`` of) ``data.inference``, cached
+    under ``key`` (a string naming the model state and the inference data, e.g. a config hash)."""
+    x, _ = tensors(data.inference, samples)
+    config = {"key": key, "samples": len(x), "composite": composite, "aggregate": aggregate}
+    folder = cache_dir("relevance", dict_hash(config), cache_root)
+    return cached(
+        folder / "relevance.pt",
+        lambda: parameter_relevance(model.cpu(), x, composite=composite, aggregate=aggregate, batch_size=batch_size),
+        config=config,
+    )
+
+
+@dataclasses.dataclass
+class Setup:
+    """One trained dense model (one seed), its data, its relevance and its dense accuracies."""
+
+    cfg: TrainConfig
+    data: DataSplits
+    state: dict[str, torch.Tensor]
+    relevance: dict[str, torch.Tensor]
+    relevance_id: str  # names the relevance: model, inference data, samples, rules
+    eval_id: str  # names the evaluation data: dataset split of this seed, plus any shift
+    dense_val_accuracy: float
+    dense_test_accuracy: float
+
+    def fresh_model(self) -> nn.Module:
+        """A new copy of the dense model (never downloads weights: the state is loaded)."""
+        model = new_model(dataclasses.replace(self.cfg, pretrained=False), self.data)
+        return load_state(model, self.state).eval()
+
+
+def shift_spec(shift_classes: Sequence[int] | None = None, shift_weights: Sequence[float] | None = None) -> dict:
+    """``load_dataset`` keyword arguments of an inference-distribution shift; ``{}`` for none."""
+    spec = {"shift_classes": shift_classes, "shift_weights": shift_weights}
+    return {k: [v.item() if hasattr(v, "item") else v for v in vals] for k, vals in spec.items() if vals is not None}
+
+
+def prepare(
+    cfg: TrainConfig,
+    pcfg: PruneConfig,
+    *,
+    shift: dict | None = None,
+    cache_root: str | Path = REPO_ROOT / "cache",
+    device: str = "auto",
+) -> Setup:
+    """Train (or load) the dense model of ``cfg``, compute (or load) its relevance on the
+    (possibly shifted) inference split, and measure its dense accuracy on val and test."""
+    shift = shift or {}
+    data = data_for(cfg, **shift)
+    model, _ = trained_model(cfg, data, cache_root=cache_root, device=device)
+    eval_id = config_hash(cfg) + (f"-shift-{dict_hash(shift)}" if shift else "")
+    rel_config = {"key": eval_id, "samples": pcfg.inference_samples, "composite": pcfg.composite}
+    relevance = relevance_for(
+        model,
+        data,
+        eval_id,
+        samples=pcfg.inference_samples,
+        composite=pcfg.composite,
+        aggregate=pcfg.aggregate,
+        cache_root=cache_root,
+    )
+    state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    dense = cached(
+        cache_dir("dense_eval", dict_hash({"eval": eval_id}), cache_root) / "accuracy.pt",
+        lambda: {"val": evaluate(model, data.val, device=device), "test": evaluate(model, data.test, device=device)},
+        config={"eval": eval_id},
+    )
+    relevance_id = dict_hash({**rel_config, "aggregate": pcfg.aggregate})
+    return Setup(cfg, data, state, relevance, relevance_id, eval_id, dense["val"], dense["test"])
+
+
+def pruned_model(setup: Setup, delta: float, p: float, pcfg: PruneConfig) -> nn.Module:
+    """A fresh copy of the dense model pruned one-shot to factor ``p`` by s = (1-δ)·M_norm + δ·R_norm."""
+    model = setup.fresh_model()
+    scores = pruning_scores(
+        model,
+        method="flexrel",
+        delta=delta,
+        normalize=pcfg.normalize,
+        relevance=setup.relevance if delta > 0 else None,
+    )
+    prune(model, scores, p, scope=pcfg.scope)
+    return model
+
+
+def _mask_config(setup: Setup, delta: float, p: float, pcfg: PruneConfig) -> dict:
+    """What determines a pruned model's masks (relevance only matters when delta > 0)."""
+    return {
+        "model": config_hash(setup.cfg),
+        "delta": float(delta),
+        "p": float(p),
+        "normalize": pcfg.normalize,
+        "scope": pcfg.scope,
+        "relevance": setup.relevance_id if delta > 0 else None,
+    }
+
+
+def _fine_tune_config(pcfg: PruneConfig, seed: int) -> dict:
+    return {
+        "epochs": pcfg.fine_tune_epochs,
+        "lr": pcfg.fine_tune_lr,
+        "batch_size": pcfg.fine_tune_batch_size,
+        "optimizer": pcfg.fine_tune_optimizer,
+        "seed": seed,
+    }
+
+
+def fine_tuned_state(
+    setup: Setup, delta: float, p: float, pcfg: PruneConfig, *, device: str = "auto", memo: dict | None = None
+) -> dict[str, torch.Tensor]:
+    """State of the pruned model fine-tuned on the training split with its masks fixed.
+
+    It does not depend on the evaluation data, and with delta = 0 not on the inference data either:
+    ``memo`` (a dict keyed by the configuration's hash) lets the conditions of one point share it.
+    States are not written to disk (VGG16 would need half a GB per point); the point results are."""
+    config = {**_mask_config(setup, delta, p, pcfg), "fine_tune": _fine_tune_config(pcfg, setup.cfg.seed)}
+    memo = {} if memo is None else memo
+    key = dict_hash(config)
+    if key not in memo:
+        memo[key] = _fine_tune(setup, delta, p, pcfg, device)
+    return memo[key]
+
+
+def _fine_tune(setup: Setup, delta: float, p: float, pcfg: PruneConfig, device: str) -> dict[str, torch.Tensor]:
+    model = pruned_model(setup, delta, p, pcfg)
+    train(
+        model,
+        setup.data.train,
+        epochs=pcfg.fine_tune_epochs,
+        lr=pcfg.fine_tune_lr,
+        batch_size=pcfg.fine_tune_batch_size,
+        optimizer=pcfg.fine_tune_optimizer,
+        seed=setup.cfg.seed,
+        device=device,
+        desc="fine-tune",
+        show_progress=False,  # hundreds of short fine-tunes: the sweep's own bar shows progress
+    )
+    return {k: v.detach().cpu() for k, v in model.state_dict().items()}
+
+
+def evaluate_point(
+    setup: Setup,
+    delta: float,
+    p: float,
+    pcfg: PruneConfig,
+    *,
+    cache_root: str | Path = REPO_ROOT / "cache",
+    device: str = "auto",
+    memo: dict | None = None,
+) -> dict:
+    """Accuracy (val and test) and measured sparsity of one point, one-shot and fine-tuned (cached;
+    ``memo``: see ``fine_tuned_state``).
+
+    Returns ``{"one_shot": {"val", "test", "sparsity"}, "fine_tuned": {...} or None}``."""
+    fine_tune = pcfg.fine_tune_epochs > 0
+    config = {
+        **_mask_config(setup, delta, p, pcfg),
+        "eval": setup.eval_id,
+        "fine_tune": _fine_tune_config(pcfg, setup.cfg.seed) if fine_tune else None,
+    }
+
+    def measure(model: nn.Module) -> dict:
+        return {
+            "val": evaluate(model, setup.data.val, device=device),
+            "test": evaluate(model, setup.data.test, device=device),
+            "sparsity": sparsity(model)["overall"],
+        }
+
+    def compute() -> dict:
+        one_shot = measure(pruned_model(setup, delta, p, pcfg))
+        if not fine_tune:
+            return {"one_shot": one_shot, "fine_tuned": None}
+        if p == 0:  # nothing pruned, nothing to recover: the dense model itself (module docstring)
+            return {"one_shot": one_shot, "fine_tuned": dict(one_shot)}
+        state = fine_tuned_state(setup, delta, p, pcfg, device=device, memo=memo)
+        return {"one_shot": one_shot, "fine_tuned": measure(load_state(setup.fresh_model(), state))}
+
+    return cached(cache_dir("points", dict_hash(config), cache_root) / "point.pt", compute, config=config)

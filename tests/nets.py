@@ -1,0 +1,18 @@
+"""Tiny seeded models and helpers shared by the tests of the method."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def small_cnn() -> nn.Module:
+    """Two convolutions (one padded) and a linear layer, for 1 x 6 x 6 inputs and 5 classes."""
+    return nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 6, 3), nn.ReLU(), nn.Flatten(), nn.Linear(6 * 4 * 4, 5)
+    )
+
+
+def torch_masks(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The masks ``torch.nn.utils.prune`` left on ``model``, keyed like FlexRel's."""
+    return {f"{n}.weight": m.weight_mask.bool() for n, m in model.named_modules() if hasattr(m, "weight_mask")}

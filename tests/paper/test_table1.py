@@ -1,0 +1,48 @@
+"""Table 1: rows, sizes and caching of the cost measurement on a tiny model, and the notebook under quick."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+import torch
+from quick_outputs import N_WEIGHTS, QUICK, figure_and_section
+from torch import nn
+
+from flexrel_core.paper import table1
+from flexrel_core.scores import METHODS
+
+
+class Tiny(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 3, 3, padding=1)
+        self.fc = nn.Linear(3 * 4 * 4, 5)
+
+    def forward(self, x):
+        return self.fc(torch.relu(self.conv(x)).flatten(1))
+
+
+def test_score_costs_rows_and_sizes(tmp_path):
+    model = Tiny()
+    x = torch.randn(8, 1, 4, 4)
+    costs = table1.compute(model, x, p=0.75, repeats=2, key="tiny", cache_root=tmp_path)
+    assert list(costs["method"]) == list(METHODS)
+    n = 3 * 9 + 48 * 5
+    assert (costs["nonzero_weights"] == n - round(0.75 * n)).all()
+    assert (costs["score_time_s"] > 0).all() and (costs["peak_memory_mib"] >= 0).all()
+    assert (costs["pruned_model_bytes"] < costs["dense_model_bytes"]).all()
+    again = table1.compute(model, x, p=0.75, repeats=2, key="tiny", cache_root=tmp_path)
+    pd.testing.assert_frame_equal(costs, again)  # cached
+    assert "Table 1" in table1.report(costs)
+
+
+@pytest.mark.notebook
+def test_table1_notebook(run_quick):
+    out = run_quick("table1")
+    params = QUICK["table1"]
+    costs = pd.read_csv(out / "table1_costs.csv")
+    assert list(costs["method"]) == params["methods"]
+    assert (costs["score_time_s"] > 0).all() and (costs["peak_memory_mib"] >= 0).all()
+    assert (costs["nonzero_weights"] == N_WEIGHTS - round(params["p"] * N_WEIGHTS)).all()
+    assert (costs["pruned_model_bytes"] > 0).all() and (costs["pruned_model_bytes"] < costs["dense_model_bytes"]).all()
+    figure_and_section(out, "table1_costs", "table1")

@@ -1,0 +1,51 @@
+"""Models: each builds, runs and gets finite relevance; VGG16 with random weights on an image folder."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from flexrel_core import parameter_relevance, prunable_layers
+from flexrel_core.data import load_dataset, tensors
+from flexrel_core.models import build_model
+
+
+@pytest.fixture
+def image_folder(tmp_path):
+    rng = np.random.default_rng(0)
+    for c in range(3):
+        (tmp_path / f"class{c}").mkdir()
+        for i in range(8):
+            Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)).save(tmp_path / f"class{c}" / f"{i}.png")
+    return tmp_path
+
+
+def test_imagefolder_and_vgg16_with_random_weights(image_folder):
+    d = load_dataset("imagefolder", image_folder, image_size=32)
+    assert d.input_shape == (3, 32, 32) and d.num_classes == 3
+    model = build_model("vgg16", num_classes=3, in_channels=3)
+    x, _ = tensors(d.inference)
+    rel = parameter_relevance(model, x)
+    assert set(rel) == set(prunable_layers(model)) and len(rel) == 16
+
+
+@pytest.mark.parametrize(
+    "name,kwargs,shape",
+    [
+        ("digits_cnn", {}, (2, 1, 8, 8)),
+        ("vgg_small", dict(in_channels=3, image_size=32), (2, 3, 32, 32)),
+        ("vgg_small", dict(in_channels=1, image_size=28, batch_norm=True), (2, 1, 28, 28)),
+    ],
+)
+def test_models_build_and_score(name, kwargs, shape):
+    model = build_model(name, **kwargs)
+    assert model(torch.randn(shape)).shape == (2, 10)
+    rel = parameter_relevance(model, torch.randn(shape))
+    assert all(torch.isfinite(r).all() and (r >= 0).all() for r in rel.values())
+
+
+def test_unknown_model():
+    with pytest.raises(ValueError, match="unknown model 'resnet'"):
+        build_model("resnet")

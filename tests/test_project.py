@@ -1,0 +1,79 @@
+"""The project itself: pins in one place, clean source notebooks, and the package's three floors."""
+
+from __future__ import annotations
+
+import nbformat
+import yaml
+
+from flexrel_core.workbook.paths import REPO_ROOT
+
+
+def test_environment_yml_mirrors_requirements():
+    pins = [
+        line.strip()
+        for line in (REPO_ROOT / "requirements.txt").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    env = yaml.safe_load((REPO_ROOT / "environment.yml").read_text())
+    pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
+    assert pip == pins
+    assert all("==" in p for p in pins)
+
+
+def test_source_notebooks_carry_no_outputs_and_name_python3():
+    notebooks = sorted((REPO_ROOT / "notebooks").glob("*.ipynb"))
+    for path in notebooks:
+        nb = nbformat.read(path, as_version=4)
+        assert nb.metadata["kernelspec"]["name"] == "python3", path
+        assert nb.metadata.get("language_info", {}).get("name", "python") == "python", path
+        assert nb.cells[0].cell_type == "markdown", path
+        params = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+        assert len(params) == 1, f"{path} needs exactly one `parameters` cell"
+        for cell in nb.cells:
+            if cell.cell_type == "code":
+                assert not cell.outputs and cell.execution_count is None, f"{path} has outputs"
+
+
+FLOORS = {"method": 0, "workbook": 1, "paper": 2}
+
+
+def _floor(module: str) -> str:
+    """``flexrel_core.paper.fig2`` -> ``paper``; a top-level module is the method floor."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 2 and parts[1] in FLOORS else "method"
+
+
+def _imports(path) -> list[str]:
+    """The ``flexrel_core`` modules a source file imports, as absolute names."""
+    import ast
+
+    package = ".".join(path.relative_to(REPO_ROOT).with_suffix("").parts)
+    if path.name == "__init__.py":
+        package += ".__init__"
+    out = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")[: -node.level]
+                target = ".".join(base + ([node.module] if node.module else []))
+            else:
+                target = node.module or ""
+            names = [target + "." + a.name for a in node.names] if not node.module else [target]
+            out += names
+        elif isinstance(node, ast.Import):
+            out += [a.name for a in node.names]
+    return [m for m in out if m.startswith("flexrel_core")]
+
+
+def test_imports_only_go_down_the_three_floors():
+    """paper -> workbook -> method: a module never imports from a floor above its own."""
+    upward = []
+    for path in sorted((REPO_ROOT / "flexrel_core").rglob("*.py")):
+        source = ".".join(path.relative_to(REPO_ROOT).with_suffix("").parts)
+        for target in _imports(path):
+            if FLOORS[_floor(target)] > FLOORS[_floor(source)]:
+                upward.append(f"{source} imports {target}")
+    assert not upward, upward
+    assert {
+        _floor(m) for m in ("flexrel_core.scores", "flexrel_core.workbook.cache", "flexrel_core.paper.fig1")
+    } == set(FLOORS)

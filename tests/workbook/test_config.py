@@ -1,0 +1,32 @@
+"""Configurations: hashes pinned, defaults never change a hash, ``from_mapping`` reads a notebook's globals."""
+
+from __future__ import annotations
+
+import pytest
+
+from flexrel_core.workbook.config import FedConfig, PruneConfig, TrainConfig, canonical, config_hash
+
+
+def test_config_hash_is_pinned_and_ignores_defaults():
+    # Pinned: changing how configurations hash silently orphans every cached model.
+    assert canonical(TrainConfig()) == "TrainConfig{}"
+    assert config_hash(TrainConfig()) == "f0f595f751f3"
+    assert config_hash(TrainConfig(epochs=12)) == "efdbe672927c"
+    assert config_hash(TrainConfig(epochs=30)) == config_hash(TrainConfig())
+    assert TrainConfig.from_mapping({"epochs": 12, "unrelated": 1}) == TrainConfig(epochs=12)
+
+
+def test_every_configuration_reads_its_fields_from_a_mapping():
+    params = {"epochs": 12, "fine_tune_epochs": 2, "nodes": 3, "unrelated": 1}
+    assert TrainConfig.from_mapping(params) == TrainConfig(epochs=12)
+    assert PruneConfig.from_mapping(params) == PruneConfig(fine_tune_epochs=2)
+    assert FedConfig.from_mapping(params) == FedConfig(nodes=3)
+
+
+def test_fed_config_refuses_bad_values():
+    with pytest.raises(ValueError, match="partition"):
+        FedConfig(partition="weird")
+    with pytest.raises(ValueError):
+        FedConfig(bandwidth_bps=0)
+    with pytest.raises(ValueError):
+        FedConfig(rounds=0)
