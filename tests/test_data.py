@@ -91,3 +91,14 @@ def test_missing_torchvision_data_names_the_fix(tmp_path):
 def test_unknown_dataset():
     with pytest.raises(ValueError, match="unknown dataset 'svhn'"):
         load_dataset("svhn")
+
+
+def test_embedded_mnist_subset_splits_offline():
+    d = load_dataset("mnist5k", seed=0)
+    sizes = [len(s) for s in (d.train, d.val, d.inference, d.test)]
+    assert sizes == [3000, 500, 750, 750] and d.input_shape == (1, 28, 28) and d.num_classes == 10
+    for split in (d.train, d.val, d.inference, d.test):  # stratified: 10 % of each split per class
+        assert np.bincount(labels_of(split), minlength=10).tolist() == [len(split) // 10] * 10
+    x, _ = tensors(d.train)
+    assert abs(float(x.mean())) < 1e-4 and abs(float(x.std()) - 1) < 1e-3  # standardised on the training split
+    assert not torch.equal(tensors(load_dataset("mnist5k", seed=1).test)[0], tensors(d.test)[0])

@@ -35,6 +35,7 @@ def test_imagefolder_and_vgg16_with_random_weights(image_folder):
     "name,kwargs,shape",
     [
         ("digits_cnn", {}, (2, 1, 8, 8)),
+        ("vgg_mnist", dict(image_size=28), (2, 1, 28, 28)),
         ("vgg_small", dict(in_channels=3, image_size=32), (2, 3, 32, 32)),
         ("vgg_small", dict(in_channels=1, image_size=28, batch_norm=True), (2, 1, 28, 28)),
     ],
@@ -49,3 +50,12 @@ def test_models_build_and_score(name, kwargs, shape):
 def test_unknown_model():
     with pytest.raises(ValueError, match="unknown model 'resnet'"):
         build_model("resnet")
+
+
+def test_vgg_mnist_is_over_parameterised_like_vgg16():
+    from flexrel_core import prunable_count
+
+    model = build_model("vgg_mnist", image_size=28)
+    n = prunable_count(model)
+    fc = sum(m.weight.numel() for name, m in prunable_layers(model).items() if name.startswith("classifier"))
+    assert n >= 300_000 and fc / n > 0.9
