@@ -1,13 +1,15 @@
 """FlexRel scores: s = (1 - delta) * M_norm + delta * R_norm (FlexRel, Sec. "Combining").
 
 Magnitude M(w) = |w| is the training-time information; parameter relevance R (``relevance.py``)
-the inference-time information. Both are min-max normalised to [0, 1], per layer or over the
-whole model. Default ``normalize="layer"``: convolutional relevance sums over every output
-position, so its raw scale dwarfs that of FC layers and one global min-max would let the conv
-layers' relevance (or the FC layers') decide alone; per layer, each layer's M and R span [0, 1]
-and delta weighs them on equal footing. With ``normalize="global"`` and ``scope="global"``,
-delta = 0 is exactly classic global magnitude pruning. Scores are float64 so that min-max
-normalisation never merges two distinct magnitudes into a tie.
+the inference-time information. Both are min-max normalised to [0, 1] over the whole model by
+default (``normalize="global"``): the plain reading of the paper, and the only one in which
+δ = 0 with one global threshold is exactly the standard global magnitude pruning
+(``torch.nn.utils.prune.global_unstructured`` with L1) that every pruning paper compares against.
+``normalize="layer"`` min-max normalises each layer on its own; with one global threshold that
+moves the cut between layers (every layer's scores span [0, 1] whatever its importance), so it
+is offered as an ablation. Scores are float64 so that min-max normalisation never merges two
+distinct magnitudes into a tie. ``shuffle_within_layers`` is the control that keeps each layer's
+values and destroys their ranking.
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ def magnitude(model: nn.Module) -> dict[str, torch.Tensor]:
     return {name: m.weight.detach().abs().double() for name, m in prunable_layers(model).items()}
 
 
-def normalize_scores(scores: dict[str, torch.Tensor], mode: str = "layer") -> dict[str, torch.Tensor]:
+def normalize_scores(scores: dict[str, torch.Tensor], mode: str = "global") -> dict[str, torch.Tensor]:
     """Min-max normalise each tensor to [0, 1] (``"layer"``) or all of them jointly (``"global"``), float64."""
     if mode not in NORMALIZATIONS:
         raise ValueError(f"normalize must be one of {NORMALIZATIONS}, got {mode!r}")
@@ -61,7 +63,7 @@ def pruning_scores(
     *,
     method: str = "flexrel",
     delta: float = 0.5,
-    normalize: str = "layer",
+    normalize: str = "global",
     relevance: dict[str, torch.Tensor] | None = None,
     composite: str = "epsilon_plus_flat",
     aggregate: str = "abs",
@@ -94,6 +96,19 @@ def pruning_scores(
             s.mul_(1.0 - delta).add_(r, alpha=delta)
         scores[n] = s
     return scores
+
+
+def shuffle_within_layers(scores: dict[str, torch.Tensor], seed: int = 0) -> dict[str, torch.Tensor]:
+    """Each tensor's values permuted at random (seeded) within the tensor: every layer keeps its
+    multiset of values -- hence how a global threshold shares the cut between layers -- while
+    which weight gets which value is destroyed. Applied to relevance, it tells per-weight
+    relevance apart from relevance's allocation of the cut between layers."""
+    generator = torch.Generator().manual_seed(seed)
+    out = {}
+    for name, s in scores.items():
+        order = torch.randperm(s.numel(), generator=generator).to(s.device)
+        out[name] = s.flatten()[order].view_as(s).clone()
+    return out
 
 
 def _joint(own: dict[str, tuple[float, float]], mode: str) -> dict[str, tuple[float, float]]:

@@ -13,7 +13,7 @@ from torch import nn
 from torch.nn.utils import prune as torch_prune
 
 from flexrel_core import parameter_relevance, prunable_layers, prune, pruning_scores
-from flexrel_core.scores import METHODS, method_delta, normalize_scores
+from flexrel_core.scores import METHODS, method_delta, normalize_scores, shuffle_within_layers
 
 
 @pytest.mark.parametrize("amount", [0.0, 0.3, 0.5, 0.77, 0.95])
@@ -118,3 +118,23 @@ def test_unknown_names(kwargs, message):
 def test_relevance_needed_for_delta_above_zero():
     with pytest.raises(ValueError, match="needs inference `inputs`"):
         pruning_scores(small_cnn(), delta=0.5)
+
+
+def test_shuffled_relevance_keeps_each_layers_values_and_changes_the_ranking():
+    model = small_cnn()
+    rel = parameter_relevance(model, torch.randn(6, 1, 6, 6))
+    shuffled = shuffle_within_layers(rel, seed=3)
+    for name, r in rel.items():
+        s = shuffled[name]
+        assert s.shape == r.shape and s.dtype == r.dtype
+        assert torch.equal(torch.sort(s.flatten()).values, torch.sort(r.flatten()).values)  # same multiset
+        assert not torch.equal(s, r)  # another arrangement
+    assert all(
+        torch.equal(a, b) for a, b in zip(shuffled.values(), shuffle_within_layers(rel, 3).values(), strict=True)
+    )
+    # with one global threshold, the cut per layer moves only as much as ties at the threshold allow
+    kept = {}
+    for name, scores in (("plain", rel), ("shuffled", shuffled)):
+        masks = prune(copy.deepcopy(model), normalize_scores(scores), 0.6)
+        kept[name] = {n: int(m.sum()) for n, m in masks.items()}
+    assert kept["plain"] == kept["shuffled"]
