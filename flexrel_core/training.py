@@ -70,24 +70,32 @@ def train(
     device: str | torch.device = "auto",
     desc: str = "train",
     show_progress: bool = True,
+    max_steps: int | None = None,
 ) -> list[float]:
     """Train ``model`` in place with cross-entropy; returns the mean loss of each epoch.
 
-    Pruned layers (FlexRel masks on the model) keep their pruned weights exactly zero throughout.
+    ``max_steps`` stops after that many optimiser steps (e.g. a fixed number of local steps per
+    round of federated learning); ``epochs`` is then an upper bound. Pruned layers (FlexRel masks
+    on the model) keep their pruned weights exactly zero throughout.
     """
     if optimizer not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {optimizer!r}; expected one of {sorted(OPTIMIZERS)}")
     if epochs < 0:
         raise ValueError(f"epochs must be >= 0, got {epochs}")
+    if max_steps is not None and max_steps < 1:
+        raise ValueError(f"max_steps must be >= 1 or None, got {max_steps}")
     dev = select_device(device)
     generator = seed_everything(seed)
     model.to(dev).train()
     opt = OPTIMIZERS[optimizer](model.parameters(), lr=lr, weight_decay=weight_decay)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, generator=generator)
-    losses = []
+    losses, steps = [], 0
     for _ in progress(range(epochs), desc=desc, leave=False, disable=not show_progress):
         total, count = 0.0, 0
         for x, y in loader:
+            if max_steps is not None and steps >= max_steps:
+                break
+            steps += 1
             x, y = x.to(dev), y.to(dev)
             opt.zero_grad(set_to_none=True)
             loss = nn.functional.cross_entropy(model(x), y)
@@ -96,7 +104,8 @@ def train(
             opt.step()
             apply_masks(model)
             total, count = total + loss.item() * len(y), count + len(y)
-        losses.append(total / max(count, 1))
+        if count:
+            losses.append(total / count)
     model.eval()
     return losses
 

@@ -58,3 +58,14 @@ def test_user_loop_with_stale_adam_state_keeps_zeros_via_mask_helpers():
         opt.step()
         apply_masks(model)
     assert all((m.weight[~masks[n]] == 0).all() for n, m in prunable_layers(model).items())
+
+
+def test_max_steps_stops_training_after_that_many_optimiser_steps():
+    model = small_cnn()
+    data = torch.utils.data.TensorDataset(torch.randn(64, 1, 6, 6), torch.randint(0, 5, (64,)))
+    steps = []
+    model.register_forward_pre_hook(lambda *args: steps.append(1))  # one forward per step
+    train(model, data, epochs=5, batch_size=8, max_steps=3, device="cpu")
+    assert len(steps) == 3
+    with pytest.raises(ValueError, match="max_steps"):
+        train(model, data, epochs=1, max_steps=0, device="cpu")

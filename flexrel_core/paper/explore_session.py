@@ -80,7 +80,7 @@ class Session:
         model: nn.Module,
         choices: Mapping[str, InferenceData],
         *,
-        normalize: str = "layer",
+        normalize: str = "global",
         curve_deltas: Sequence[float] = DELTA_GRID,
         device: str = "cpu",
         threads: int | None = 1,
@@ -128,6 +128,7 @@ class Session:
                 eval_samples=get("eval_samples") or None,
                 seed=cfg.seed,
                 cache_root=cache_root,
+                device=get("device", "cpu"),
                 **opts,
             )
             for name, (d, tag) in datasets.items()
@@ -135,7 +136,7 @@ class Session:
         return cls(
             model,
             choices,
-            normalize=get("normalize", "layer"),
+            normalize=get("normalize", "global"),
             device=get("device", "cpu"),
             threads=get("explorer_threads", 1) or None,
         )
@@ -227,12 +228,14 @@ def inference_data(
     composite: str = "epsilon_plus_flat",
     aggregate: str = "abs",
     cache_root: str | Path = REPO_ROOT / "cache",
+    device: str = "cpu",
 ) -> InferenceData:
     """Relevance of ``model`` on ``data.inference`` (cached under ``key``) and the test samples
     (a seeded random subset of ``eval_samples`` of them, if given) for one inference choice."""
     relevance = relevance_for(
-        model, data, key, samples=samples, composite=composite, aggregate=aggregate, cache_root=cache_root
-    )
+        model, data, key, samples=samples, composite=composite, aggregate=aggregate, cache_root=cache_root,
+        device=device,
+    )  # fmt: skip
     test = data.test
     if eval_samples is not None and eval_samples < len(test):
         idx = np.sort(np.random.default_rng(seed).choice(len(test), size=eval_samples, replace=False))

@@ -82,28 +82,41 @@ class PruneConfig(FromMapping):
     inference_samples: int | None = 256  # inference samples for LRP (None: the whole split)
     composite: str = "epsilon_plus_flat"  # zennit rule set
     aggregate: str = "abs"  # how per-sample relevance is made non-negative
-    normalize: str = "layer"  # min-max of M and R per layer or over the whole model
+    lrp_target: str = "predicted"  # LRP starts from the predicted class ("predicted") or the true label ("label")
+    relevance_control: str = "none"  # "shuffled": relevance permuted within each layer (a control)
+    lrp_batch_size: int | None = 256  # inference samples per LRP pass (bounds memory; None: all at once)
+    normalize: str = "global"  # min-max of M and R over the whole model ("global") or per layer ("layer")
     scope: str = "global"  # one global threshold, or the same fraction in every layer
     fine_tune_epochs: int = 3  # 0: one-shot only
     fine_tune_lr: float = 1e-3
     fine_tune_batch_size: int = 64
     fine_tune_optimizer: str = "adam"
 
+    def __post_init__(self) -> None:
+        if self.lrp_target not in LRP_TARGETS:
+            raise ValueError(f"lrp_target must be one of {LRP_TARGETS}, got {self.lrp_target!r}")
+        if self.relevance_control not in RELEVANCE_CONTROLS:
+            raise ValueError(f"relevance_control must be one of {RELEVANCE_CONTROLS}, got {self.relevance_control!r}")
 
+
+LRP_TARGETS = ("predicted", "label")
+RELEVANCE_CONTROLS = ("none", "shuffled")
 PARTITIONS = ("iid", "dirichlet", "sorted")
 
 
 @dataclasses.dataclass(frozen=True)
 class FedConfig(FromMapping):
-    """Every constant of Figure 3's cooperative-learning scenario, with its default and unit."""
+    """Every constant of Figure 3's cooperative-learning scenario, with its default and unit. How the
+    model is scored and pruned (δ, normalisation, relevance) comes from ``PruneConfig``, shared with
+    the other figures."""
 
     nodes: int = 5  # learner nodes, each with one shard of the training split
     partition: str = "iid"  # "iid" (stratified), "dirichlet" (class mix ~ Dir(alpha)), "sorted" (label-sorted shards)
     dirichlet_alpha: float = 0.5  # concentration of the non-IID Dirichlet split (smaller = more skewed)
-    warmup_rounds: int = 3  # dense FedAvg rounds before pruning
-    rounds: int = 20  # FedAvg rounds with the pruned model (masks fixed)
-    local_epochs: int = 1  # epochs each node trains on its shard per round
-    local_lr: float = 5e-3  # learning rate of local training
+    rounds: int = 5  # FedAvg rounds with the pruned model (masks fixed)
+    local_epochs: int = 1  # passes over its shard each node makes per round (an upper bound with local_steps)
+    local_steps: int | None = None  # mini-batches each node trains per round (None: local_epochs full passes)
+    local_lr: float = 1e-3  # learning rate of local training
     local_batch_size: int = 32  # mini-batch size of local training
     local_optimizer: str = "adam"  # optimizer of local training (fresh each round), see training.OPTIMIZERS
     node_flops: float = 1e9  # sustained FLOP/s of a learner node (a low-power edge CPU)
@@ -111,18 +124,13 @@ class FedConfig(FromMapping):
     latency_s: float = 0.05  # one-way latency per transfer, s
     shared_link: bool = False  # True: all nodes' transfers share one link of bandwidth_bps
     half: bool = False  # send float16 values (lossy) instead of the exact float32 bits
-    delta: float = 0.5  # FlexRel weight of relevance
-    inference_samples: int = 128  # inference-split samples for relevance
-    composite: str = "epsilon_plus_flat"  # zennit LRP rule set
-    aggregate: str = "abs"  # how per-sample relevance is made non-negative
-    normalize: str = "layer"  # min-max normalisation of scores, "layer" or "global"
-    scope: str = "global"  # one global pruning threshold or the same fraction per layer
-    seed: int = 0  # seeds shards, initialisation and local training
 
     def __post_init__(self) -> None:
         if self.partition not in PARTITIONS:
             raise ValueError(f"partition must be one of {PARTITIONS}, got {self.partition!r}")
-        if self.nodes < 1 or self.rounds < 1 or self.warmup_rounds < 0 or self.local_epochs < 1:
-            raise ValueError("need nodes >= 1, rounds >= 1, warmup_rounds >= 0 and local_epochs >= 1")
+        if self.nodes < 1 or self.rounds < 1 or self.local_epochs < 1:
+            raise ValueError("need nodes >= 1, rounds >= 1 and local_epochs >= 1")
+        if self.local_steps is not None and self.local_steps < 1:
+            raise ValueError(f"local_steps must be >= 1 or None, got {self.local_steps}")
         if self.node_flops <= 0 or self.bandwidth_bps <= 0 or self.latency_s < 0:
             raise ValueError("node_flops and bandwidth_bps must be > 0 and latency_s >= 0")

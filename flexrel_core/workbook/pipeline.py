@@ -31,8 +31,8 @@ from ..data import DataSplits, load_dataset, tensors
 from ..masks import load_state, prune, sparsity
 from ..models import build_model
 from ..relevance import parameter_relevance
-from ..scores import pruning_scores
-from ..training import evaluate, train
+from ..scores import pruning_scores, shuffle_within_layers
+from ..training import evaluate, select_device, train
 from .cache import cached
 from .config import PruneConfig, TrainConfig, as_dict, config_hash, dict_hash
 from .paths import REPO_ROOT, cache_dir
@@ -102,19 +102,33 @@ def relevance_for(
     samples: int | None = None,
     composite: str = "epsilon_plus_flat",
     aggregate: str = "abs",
+    lrp_target: str = "predicted",
     batch_size: int | None = 256,
     cache_root: str | Path = REPO_ROOT / "cache",
+    device: str = "auto",
 ) -> dict[str, torch.Tensor]:
     """Parameter relevance of ``model`` on (the first ``samples`` of) ``data.inference``, cached
-    under ``key`` (a string naming the model state and the inference data, e.g. a config hash)."""
-    x, _ = tensors(data.inference, samples)
+    under ``key`` (a string naming the model state and the inference data, e.g. a config hash).
+
+    LRP starts from the predicted class (inference data comes without labels) or, with
+    ``lrp_target="label"``, from the true label. It runs on ``device`` in batches of ``batch_size``
+    samples (the sum over samples does not depend on the batching); the result is kept on the CPU."""
+    x, y = tensors(data.inference, samples)
     config = {"key": key, "samples": len(x), "composite": composite, "aggregate": aggregate}
+    if lrp_target != "predicted":
+        config["target"] = lrp_target
     folder = cache_dir("relevance", dict_hash(config), cache_root)
-    return cached(
-        folder / "relevance.pt",
-        lambda: parameter_relevance(model.cpu(), x, composite=composite, aggregate=aggregate, batch_size=batch_size),
-        config=config,
-    )
+
+    def compute() -> dict[str, torch.Tensor]:
+        dev = select_device(device)
+        targets = y.to(dev) if lrp_target == "label" else None
+        rel = parameter_relevance(
+            model.to(dev), x.to(dev), targets, composite=composite, aggregate=aggregate, batch_size=batch_size
+        )
+        model.cpu()
+        return {k: v.cpu() for k, v in rel.items()}
+
+    return cached(folder / "relevance.pt", compute, config=config)
 
 
 @dataclasses.dataclass
@@ -164,15 +178,22 @@ def prepare(
         samples=pcfg.inference_samples,
         composite=pcfg.composite,
         aggregate=pcfg.aggregate,
+        lrp_target=pcfg.lrp_target,
+        batch_size=pcfg.lrp_batch_size,
         cache_root=cache_root,
+        device=device,
     )
+    if pcfg.relevance_control == "shuffled":
+        relevance = shuffle_within_layers(relevance, seed=cfg.seed)
     state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     dense = cached(
         cache_dir("dense_eval", dict_hash({"eval": eval_id}), cache_root) / "accuracy.pt",
         lambda: {"val": evaluate(model, data.val, device=device), "test": evaluate(model, data.test, device=device)},
         config={"eval": eval_id},
     )
-    relevance_id = dict_hash({**rel_config, "aggregate": pcfg.aggregate})
+    variant = {"target": pcfg.lrp_target, "control": pcfg.relevance_control}
+    variant = {k: v for k, v in variant.items() if v not in ("predicted", "none")}
+    relevance_id = dict_hash({**rel_config, "aggregate": pcfg.aggregate, **variant})
     return Setup(cfg, data, state, relevance, relevance_id, eval_id, dense["val"], dense["test"])
 
 
@@ -283,3 +304,75 @@ def evaluate_point(
         return {"one_shot": one_shot, "fine_tuned": measure(load_state(setup.fresh_model(), state))}
 
     return cached(cache_dir("points", dict_hash(config), cache_root) / "point.pt", compute, config=config)
+
+
+def iterative_steps(p: float, steps: int) -> list[float]:
+    """Pruning factors of an iterative schedule reaching ``p`` in ``steps`` steps, removing the same
+    fraction of the remaining weights at each: p_i = 1 - (1 - p)^(i / steps) (the last is ``p``)."""
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    return [1.0 - (1.0 - p) ** (i / steps) for i in range(1, steps)] + [float(p)]
+
+
+def iterative_point(
+    setup: Setup,
+    delta: float,
+    p: float,
+    pcfg: PruneConfig,
+    steps: int,
+    *,
+    cache_root: str | Path = REPO_ROOT / "cache",
+    device: str = "auto",
+) -> dict:
+    """The iterative schedule (cached): reach ``p`` in ``steps`` prune -> fine-tune steps
+    (``iterative_steps``), re-scoring between them -- relevance recomputed by LRP on the pruned,
+    fine-tuned model over the same inference samples -- with ``pcfg.fine_tune_epochs`` epochs after
+    every step; masks only shrink. Returns ``{"val", "test", "sparsity"}`` of the final model."""
+    config = {
+        **_mask_config(setup, delta, p, pcfg),
+        "eval": setup.eval_id,
+        "fine_tune": _fine_tune_config(pcfg, setup.cfg.seed),
+        "steps": int(steps),
+        "aggregate": pcfg.aggregate,
+        "target": pcfg.lrp_target,
+        "control": pcfg.relevance_control,
+        "samples": pcfg.inference_samples,
+    }
+
+    def compute() -> dict:
+        model = setup.fresh_model()
+        x, y = tensors(setup.data.inference, pcfg.inference_samples)
+        dev = select_device(device)
+        for step, p_step in enumerate(iterative_steps(p, steps), start=1):
+            relevance = None
+            if delta > 0:
+                relevance = parameter_relevance(
+                    model.to(dev),
+                    x.to(dev),
+                    y.to(dev) if pcfg.lrp_target == "label" else None,
+                    composite=pcfg.composite,
+                    aggregate=pcfg.aggregate,
+                    batch_size=pcfg.lrp_batch_size,
+                )
+                if pcfg.relevance_control == "shuffled":
+                    relevance = shuffle_within_layers(relevance, seed=setup.cfg.seed + step)
+            scores = pruning_scores(model, method="flexrel", delta=delta, normalize=pcfg.normalize, relevance=relevance)
+            prune(model, scores, p_step, scope=pcfg.scope)
+            train(
+                model,
+                setup.data.train,
+                epochs=pcfg.fine_tune_epochs,
+                lr=pcfg.fine_tune_lr,
+                batch_size=pcfg.fine_tune_batch_size,
+                optimizer=pcfg.fine_tune_optimizer,
+                seed=setup.cfg.seed * 1_000 + step,
+                device=device,
+                show_progress=False,
+            )
+        return {
+            "val": evaluate(model, setup.data.val, device=device),
+            "test": evaluate(model, setup.data.test, device=device),
+            "sparsity": sparsity(model)["overall"],
+        }
+
+    return cached(cache_dir("iterative", dict_hash(config), cache_root) / "point.pt", compute, config=config)

@@ -23,6 +23,13 @@ def test_every_configuration_reads_its_fields_from_a_mapping():
     assert FedConfig.from_mapping(params) == FedConfig(nodes=3)
 
 
+def test_prune_config_refuses_unknown_variants():
+    with pytest.raises(ValueError, match="lrp_target"):
+        PruneConfig(lrp_target="oracle")
+    with pytest.raises(ValueError, match="relevance_control"):
+        PruneConfig(relevance_control="random")
+
+
 def test_fed_config_refuses_bad_values():
     with pytest.raises(ValueError, match="partition"):
         FedConfig(partition="weird")
@@ -30,3 +37,5 @@ def test_fed_config_refuses_bad_values():
         FedConfig(bandwidth_bps=0)
     with pytest.raises(ValueError):
         FedConfig(rounds=0)
+    with pytest.raises(ValueError, match="local_steps"):
+        FedConfig(local_steps=0)

@@ -4,8 +4,10 @@ magnitude point fine-tuned once serves both conditions."""
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 
 import pandas as pd
+import pytest
 import torch
 
 from flexrel_core.data import tensors
@@ -53,3 +55,34 @@ def test_magnitude_fine_tuned_once_for_both_conditions(sweep, tmp_path, monkeypa
     )
     # in-distribution: magnitude, relevance, FlexRel; shifted: relevance and FlexRel only (new relevance)
     assert sorted(calls) == [0.0, 0.5, 0.5, 1.0, 1.0]
+
+
+def test_iterative_steps_remove_the_same_fraction_of_the_remaining_weights():
+    assert pipeline.iterative_steps(0.9, 1) == [0.9]
+    steps = pipeline.iterative_steps(0.96, 2)
+    assert steps[0] == pytest.approx(0.8) and steps[1] == 0.96  # 1 - sqrt(0.04), then the target
+
+
+def test_iterative_point_reaches_the_pruning_factor_and_rescores(sweep, monkeypatch, tmp_path):
+    setup = prepare(sweep.base, sweep.pcfg, cache_root=sweep.cache, device="cpu")
+    calls = []
+    real = pipeline.parameter_relevance
+    monkeypatch.setattr(pipeline, "parameter_relevance", lambda m, *a, **k: calls.append(1) or real(m, *a, **k))
+    point = pipeline.iterative_point(setup, 0.5, 0.9, sweep.pcfg, 2, cache_root=tmp_path, device="cpu")
+    assert len(calls) == 2  # relevance recomputed on the pruned model at every step
+    assert point["sparsity"] == pytest.approx(0.9, abs=1e-3) and 0 <= point["test"] <= 1
+    again = pipeline.iterative_point(setup, 0.5, 0.9, sweep.pcfg, 2, cache_root=tmp_path, device="cpu")
+    assert again == point and len(calls) == 2  # cached
+
+
+def test_relevance_variants_have_their_own_identity(sweep):
+    plain = prepare(sweep.base, sweep.pcfg, cache_root=sweep.cache, device="cpu")
+    label = prepare(sweep.base, replace(sweep.pcfg, lrp_target="label"), cache_root=sweep.cache, device="cpu")
+    shuffled = prepare(sweep.base, replace(sweep.pcfg, relevance_control="shuffled"), cache_root=sweep.cache)
+    assert len({plain.relevance_id, label.relevance_id, shuffled.relevance_id}) == 3
+    x, y = tensors(plain.data.inference, sweep.pcfg.inference_samples)
+    expected = parameter_relevance(plain.fresh_model(), x, y)  # from the true labels
+    for name, rel in label.relevance.items():
+        torch.testing.assert_close(rel, expected[name])
+    for name, rel in shuffled.relevance.items():
+        assert torch.equal(torch.sort(rel.flatten()).values, torch.sort(plain.relevance[name].flatten()).values)
