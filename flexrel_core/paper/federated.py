@@ -1,31 +1,31 @@
 """Cooperative learning of a pruned model over a bandwidth-limited network: the simulator behind Figure 3.
 
-N learner nodes each hold a shard of the training data and train
-in rounds of federated averaging (FedAvg: every node starts the round from the global model, trains
-``local_epochs`` on its shard, sends its model back; the server averages them weighted by shard
-size). After ``warmup_rounds`` dense rounds the server prunes the global model to a factor p with
-a technique (magnitude, relevance or FlexRel; relevance computed on the *inference* split, the data
-held where the model is deployed); the masks then stay fixed: nodes keep pruned weights at zero
-(``training.train``) and so does the average.
+N learner nodes each hold a shard of the training split. The scenario starts from the dense model
+trained to convergence (the cached model of the Figure 2 pipeline, ``pipeline.prepare``: the paper
+prunes a trained VGG16, and every figure then prunes the same model); the server prunes it once to
+a factor p with a technique (magnitude, relevance or FlexRel; relevance computed on the inference
+split, the data held where the model is deployed) and learning goes on by federated averaging
+(FedAvg: every node starts a round from the global model, trains ``local_steps`` mini-batches, or
+``local_epochs`` passes, on its shard, sends its model back; the server averages them weighted by
+shard size) with the masks fixed: nodes keep pruned weights at zero (``training.train``) and so does
+the average. The unpruned model ("dense") runs the same rounds as the reference.
 
 What travels is real: the model goes down to and up from every node as ``encode_sparse`` bytes,
 and each side continues from the decoded copy (so ``half=True`` costs its rounding). Per round,
 
-    compute_i  = 3 * FLOPs(non-zero weights, one sample) * samples_i * local_epochs / node_flops
+    compute_i  = 3 * FLOPs(non-zero weights, one sample) * samples_i / node_flops
     transfer_i = 8 * bytes_down / bandwidth_bps + latency_s + 8 * bytes_up_i / bandwidth_bps + latency_s
     elapsed    = max_i compute_i + max_i transfer_i
 
 (3x forward FLOPs for forward + backward; a multiply-add is 2 FLOPs; biases, activations and
-pooling are not counted; with ``shared_link`` all nodes' bytes share one link). A target accuracy
-counts as reached at the first *pruned* round whose test accuracy meets it; the warm-up's time and
-bytes are part of every total. ``fig3.select_for_targets`` then picks, for each target and
-technique, the pruning factor that gets there with the least data.
+pooling are not counted; with ``shared_link`` all nodes' bytes share one link). Round 0 is the
+model just pruned at the server (nothing sent yet); an accuracy target counts as reached at the
+first round of learning (round >= 1) whose test accuracy meets it.
 """
 
 from __future__ import annotations
 
 import copy
-import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -34,16 +34,18 @@ import torch
 from torch import nn
 from torch.utils.data import Subset
 
-from ..data import DataSplits, labels_of, tensors
+from ..data import labels_of
 from ..encoding import decode_sparse, encode_sparse
 from ..layers import prunable_layers
 from ..masks import apply_masks, prune
-from ..scores import METHODS, pruning_scores
+from ..scores import METHODS, method_delta, pruning_scores
 from ..training import evaluate, torch_threads, train
 from ..workbook.cache import cached
-from ..workbook.config import PARTITIONS, FedConfig, TrainConfig, as_dict, dict_hash
+from ..workbook.config import PARTITIONS, FedConfig, PruneConfig, as_dict, config_hash, dict_hash
 from ..workbook.paths import REPO_ROOT, cache_dir
-from ..workbook.pipeline import data_for, new_model
+from ..workbook.pipeline import Setup
+
+TECHNIQUES = (*METHODS, "dense")
 
 
 # --------------------------------------------------------------------------- cost model
@@ -66,9 +68,9 @@ def forward_flops(model: nn.Module, input_shape: Sequence[int]) -> float:
     return float(sum(2 * int((m.weight != 0).sum()) * positions[n] for n, m in prunable_layers(model).items()))
 
 
-def compute_time_s(flops_per_sample: float, samples: int, epochs: int, node_flops: float) -> float:
-    """Local training time: forward + backward = 3 x forward FLOPs, per sample and epoch."""
-    return 3.0 * flops_per_sample * samples * epochs / node_flops
+def compute_time_s(flops_per_sample: float, samples: int, node_flops: float) -> float:
+    """Local training time: forward + backward = 3 x forward FLOPs per sample processed."""
+    return 3.0 * flops_per_sample * samples / node_flops
 
 
 def transfer_time_s(nbytes: float, bandwidth_bps: float, latency_s: float) -> float:
@@ -117,12 +119,18 @@ def partition_indices(labels: np.ndarray, nodes: int, partition: str = "iid", al
 
 
 # --------------------------------------------------------------------------- one FedAvg round
+def local_samples(shard_size: int, cfg: FedConfig) -> int:
+    """Samples a node processes in one round (for its compute time)."""
+    full = shard_size * cfg.local_epochs
+    return full if cfg.local_steps is None else min(full, cfg.local_steps * cfg.local_batch_size)
+
+
 def fedavg_round(
-    model: nn.Module, shards: list[Subset], data: DataSplits, cfg: FedConfig, index: int, device: str = "cpu"
-) -> tuple:
+    model: nn.Module, shards: list[Subset], test, cfg: FedConfig, index: int, seed: int, device: str = "cpu"
+) -> tuple[dict, list[dict]]:
     """Run round ``index`` on ``model`` in place: returns (round record, per-node traffic records)."""
     blob_down = encode_sparse(model, half=cfg.half)
-    flops = forward_flops(model, data.input_shape)
+    flops = forward_flops(model, tuple(test[0][0].shape))
     states, weights, ups, computes, traffic = [], [], [], [], []
     for i, shard in enumerate(shards):
         local = decode_sparse(blob_down, copy.deepcopy(model))
@@ -130,10 +138,11 @@ def fedavg_round(
             local,
             shard,
             epochs=cfg.local_epochs,
+            max_steps=cfg.local_steps,
             lr=cfg.local_lr,
             batch_size=cfg.local_batch_size,
             optimizer=cfg.local_optimizer,
-            seed=cfg.seed * 1_000_003 + index * 1_009 + i,
+            seed=seed * 1_000_003 + index * 1_009 + i,
             device=device,
             show_progress=False,  # one outer bar shows the simulation's progress
         )
@@ -141,7 +150,7 @@ def fedavg_round(
         states.append(decode_sparse(blob_up, copy.deepcopy(model)).state_dict())
         weights.append(len(shard))
         ups.append(len(blob_up))
-        computes.append(compute_time_s(flops, len(shard), cfg.local_epochs, cfg.node_flops))
+        computes.append(compute_time_s(flops, local_samples(len(shard), cfg), cfg.node_flops))
         traffic.append(
             {"round": index, "node": i, "samples": len(shard), "bytes_received": len(blob_down)}
             | {"bytes_sent": len(blob_up), "compute_s": computes[-1]}
@@ -157,117 +166,79 @@ def fedavg_round(
     down = [len(blob_down)] * len(shards)
     rec = {"round": index, "flops_per_sample": flops, "bytes_down": sum(down), "bytes_up": sum(ups)}
     rec |= round_time_s(computes, down, ups, cfg)
-    rec["accuracy"] = evaluate(model, data.test, device=device)
+    rec["accuracy"] = evaluate(model, test, device=device)
     return rec, traffic
 
 
-# --------------------------------------------------------------------------- simulation
-def _shards(data: DataSplits, cfg: FedConfig) -> list[Subset]:
-    parts = partition_indices(labels_of(data.train), cfg.nodes, cfg.partition, cfg.dirichlet_alpha, cfg.seed)
-    return [Subset(data.train, p.tolist()) for p in parts]
+# --------------------------------------------------------------------------- one run
+def shards_of(setup: Setup, cfg: FedConfig) -> list[Subset]:
+    """The nodes' shards of the training split (seeded by the setup's seed)."""
+    train_split = setup.data.train
+    parts = partition_indices(labels_of(train_split), cfg.nodes, cfg.partition, cfg.dirichlet_alpha, setup.cfg.seed)
+    return [Subset(train_split, p.tolist()) for p in parts]
 
 
-def _warmup(train_cfg: TrainConfig, cfg: FedConfig, data: DataSplits, cache_root: str | Path, device: str) -> dict:
-    """The dense warm-up rounds, shared by every technique and factor (cached)."""
-    post = ("rounds", "delta", "inference_samples", "composite", "aggregate", "normalize", "scope")
-    wcfg = dataclasses.replace(cfg, **{f: FedConfig.__dataclass_fields__[f].default for f in post})
-    key = {"stage": "fed_warmup", "train": as_dict(train_cfg), "fed": as_dict(wcfg)}
-
-    def compute() -> dict:
-        torch.manual_seed(cfg.seed)
-        model = new_model(train_cfg, data)
-        shards = _shards(data, cfg)
-        rounds, traffic = [], []
-        for r in range(1, cfg.warmup_rounds + 1):
-            rec, tr = fedavg_round(model, shards, data, cfg, r, device)
-            rounds.append(rec | {"phase": "dense"})
-            traffic += tr
-        return {
-            "state": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
-            "rounds": rounds,
-            "traffic": traffic,
-        }
-
-    return cached(cache_dir("federated", dict_hash(key), cache_root) / "warmup.pt", compute, config=key)
-
-
-def prune_global(model: nn.Module, data: DataSplits, cfg: FedConfig, technique: str, amount: float) -> None:
-    """Prune the global model in place to ``amount`` with ``technique``; relevance from the inference split."""
+def prune_for(setup: Setup, model: nn.Module, technique: str, amount: float, pcfg: PruneConfig, delta: float) -> None:
+    """Prune ``model`` in place to ``amount`` with ``technique`` (relevance: the setup's, computed on
+    the inference split); ``"dense"`` leaves it whole."""
+    if technique not in TECHNIQUES:
+        raise ValueError(f"technique must be one of {TECHNIQUES}, got {technique!r}")
     if technique == "dense":
         return
-    if technique not in METHODS:
-        raise ValueError(f"technique must be 'dense' or one of {METHODS}, got {technique!r}")
-    x = None
-    if technique != "magnitude":
-        x = tensors(data.inference, cfg.inference_samples)[0].to(next(model.parameters()).device)
+    d = method_delta(technique, delta)
     scores = pruning_scores(
-        model,
-        x,
-        method=technique,
-        delta=cfg.delta,
-        normalize=cfg.normalize,
-        composite=cfg.composite,
-        aggregate=cfg.aggregate,
+        model, method="flexrel", delta=d, normalize=pcfg.normalize, relevance=setup.relevance if d > 0 else None
     )
-    prune(model, scores, amount, scope=cfg.scope)
+    prune(model, scores, amount, scope=pcfg.scope)
 
 
 def simulate(
-    train_cfg: TrainConfig,
+    setup: Setup,
+    pcfg: PruneConfig,
     cfg: FedConfig,
     technique: str,
     amount: float,
     *,
-    data: DataSplits | None = None,
+    delta: float,
     cache_root: str | Path = REPO_ROOT / "cache",
     threads: int | None = 1,
     device: str = "cpu",
 ) -> dict:
-    """One cooperative-learning run (cached): warm-up, pruning to ``amount`` by ``technique``
-    (``"dense"``: no pruning), then ``cfg.rounds`` pruned rounds. Returns ``{"rounds": [...],
-    "traffic": [...], "state": final global state}``; round records carry cumulative
-    ``elapsed_s`` and ``mb`` (10^6 bytes, both directions, all nodes) and ``eligible`` (a round
-    after the warm-up, where a target may be reached). ``threads`` and ``device`` only say where it
-    runs and are not part of the cache key (as for ``pipeline.trained_model``)."""
-    data = data if data is not None else data_for(train_cfg)
+    """One cooperative-learning run (cached): the trained model of ``setup`` pruned to ``amount`` by
+    ``technique`` (``"dense"``: not pruned), then ``cfg.rounds`` FedAvg rounds with fixed masks.
+
+    Returns ``{"rounds": [...], "traffic": [...], "state": final global state}``; round records
+    carry cumulative ``elapsed_s`` and ``mb`` (10^6 bytes, both directions, all nodes) and
+    ``eligible`` (a round of learning, where a target may be reached). ``threads`` and ``device``
+    only say where it runs and are not part of the cache key."""
     amount = 0.0 if technique == "dense" else float(amount)
-    key = {"stage": "fed_run", "train": as_dict(train_cfg), "fed": as_dict(cfg), "technique": technique}
-    key["amount"] = amount
+    d = method_delta(technique, delta) if technique != "dense" else 0.0
+    key = {
+        "stage": "fed_run", "model": config_hash(setup.cfg), "eval": setup.eval_id, "technique": technique,
+        "amount": amount, "delta": d, "normalize": pcfg.normalize, "scope": pcfg.scope, "fed": as_dict(cfg),
+        "relevance": setup.relevance_id if d > 0 else None,
+    }  # fmt: skip
 
     def compute() -> dict:
-        warm = _warmup(train_cfg, cfg, data, cache_root, device)
-        model = new_model(train_cfg, data)
-        model.load_state_dict(warm["state"])
-        rounds = [dict(r) for r in warm["rounds"]]
-        traffic = [dict(t) for t in warm["traffic"]]
-        prune_global(model, data, cfg, technique, amount)
-        zero = {"flops_per_sample": forward_flops(model, data.input_shape), "bytes_down": 0, "bytes_up": 0}
-        zero |= {"compute_s": 0.0, "transfer_s": 0.0, "round_s": 0.0}
-        rounds.append({"round": cfg.warmup_rounds, "phase": "pruning"} | zero)
-        rounds[-1]["accuracy"] = evaluate(model, data.test, device=device)
-        shards = _shards(data, cfg)
-        for r in range(cfg.warmup_rounds + 1, cfg.warmup_rounds + cfg.rounds + 1):
-            rec, tr = fedavg_round(model, shards, data, cfg, r, device)
-            rounds.append(rec | {"phase": "dense" if technique == "dense" else "pruned"})
+        model = setup.fresh_model()
+        prune_for(setup, model, technique, amount, pcfg, delta)
+        rounds = [{"round": 0, "flops_per_sample": forward_flops(model, setup.data.input_shape), "bytes_down": 0}]
+        rounds[0] |= {"bytes_up": 0, "compute_s": 0.0, "transfer_s": 0.0, "round_s": 0.0}
+        rounds[0]["accuracy"] = evaluate(model, setup.data.test, device=device)
+        shards, traffic = shards_of(setup, cfg), []
+        for r in range(1, cfg.rounds + 1):
+            rec, tr = fedavg_round(model, shards, setup.data.test, cfg, r, setup.cfg.seed, device)
+            rounds.append(rec)
             traffic += tr
         elapsed = np.cumsum([r["round_s"] for r in rounds])
         mb = np.cumsum([(r["bytes_down"] + r["bytes_up"]) / 1e6 for r in rounds])
         for r, e, m in zip(rounds, elapsed, mb, strict=True):
-            r.update(
-                technique=technique,
-                amount=amount,
-                elapsed_s=float(e),
-                mb=float(m),
-                eligible=r["round"] > cfg.warmup_rounds,
-            )
+            r.update(technique=technique, amount=amount, seed=setup.cfg.seed, elapsed_s=float(e), mb=float(m))
+            r["eligible"] = r["round"] >= 1
         for t in traffic:
-            t.update(technique=technique, amount=amount)
-        return {
-            "rounds": rounds,
-            "traffic": traffic,
-            "state": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
-        }
+            t.update(technique=technique, amount=amount, seed=setup.cfg.seed)
+        state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+        return {"rounds": rounds, "traffic": traffic, "state": state}
 
-    folder = cache_dir("federated", dict_hash(key), cache_root)
     with torch_threads(threads):
-        return cached(folder / "run.pt", compute, config=key)
+        return cached(cache_dir("federated", dict_hash(key), cache_root) / "run.pt", compute, config=key)

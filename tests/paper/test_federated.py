@@ -8,22 +8,25 @@ import pytest
 import torch
 from torch import nn
 
+from flexrel_core.encoding import encode_sparse, information_bound_bits
 from flexrel_core.masks import get_masks, prune
 from flexrel_core.paper import federated as fl
 from flexrel_core.scores import pruning_scores
-from flexrel_core.workbook.config import PARTITIONS, FedConfig, TrainConfig
-from flexrel_core.workbook.pipeline import data_for, new_model
+from flexrel_core.workbook.config import PARTITIONS, FedConfig, PruneConfig, TrainConfig
+from flexrel_core.workbook.pipeline import prepare
 
-TINY = FedConfig(nodes=2, warmup_rounds=1, rounds=2, local_batch_size=64, inference_samples=32)
+TINY = FedConfig(nodes=2, rounds=2, local_steps=3, local_batch_size=32)
+PCFG = PruneConfig(inference_samples=32, fine_tune_epochs=0)
 
 
 @pytest.fixture(scope="module")
-def data():
-    return data_for(TrainConfig(image_size=8))
+def setup(tmp_path_factory):
+    """A briefly trained digits model, its relevance and its data (cached in a module folder)."""
+    return prepare(TrainConfig(image_size=8, epochs=2), PCFG, cache_root=tmp_path_factory.mktemp("fed"), device="cpu")
 
 
 def test_cost_model_arithmetic():
-    assert fl.compute_time_s(1e6, 100, 2, 1e9) == pytest.approx(3 * 1e6 * 100 * 2 / 1e9)
+    assert fl.compute_time_s(1e6, 200, 1e9) == pytest.approx(3 * 1e6 * 200 / 1e9)
     assert fl.transfer_time_s(125_000, 1e6, 0.05) == pytest.approx(1.0 + 0.05)
     cfg = FedConfig(bandwidth_bps=8e6, latency_s=0.01)
     r = fl.round_time_s([0.5, 2.0, 1.0], [1_000_000] * 3, [500_000, 1_000_000, 250_000], cfg)
@@ -37,9 +40,9 @@ def test_cost_model_arithmetic():
 @pytest.mark.parametrize("shared_link", [False, True])
 def test_round_time_is_monotone_in_bytes_and_flops(shared_link):
     cfg = FedConfig(shared_link=shared_link)
-    base = fl.round_time_s([fl.compute_time_s(1e6, 200, 1, cfg.node_flops)] * 2, [10_000] * 2, [10_000] * 2, cfg)
+    base = fl.round_time_s([fl.compute_time_s(1e6, 200, cfg.node_flops)] * 2, [10_000] * 2, [10_000] * 2, cfg)
     more_bytes = fl.round_time_s([base["compute_s"]] * 2, [20_000] * 2, [10_000] * 2, cfg)
-    more_flops = fl.round_time_s([fl.compute_time_s(2e6, 200, 1, cfg.node_flops)] * 2, [10_000] * 2, [10_000] * 2, cfg)
+    more_flops = fl.round_time_s([fl.compute_time_s(2e6, 200, cfg.node_flops)] * 2, [10_000] * 2, [10_000] * 2, cfg)
     assert more_bytes["round_s"] > base["round_s"] and more_bytes["compute_s"] == base["compute_s"]
     assert more_flops["round_s"] > base["round_s"] and more_flops["transfer_s"] == base["transfer_s"]
 
@@ -69,15 +72,20 @@ def test_partitions_cover_the_data_once(partition):
     assert all(np.array_equal(a, b) for a, b in zip(parts, again, strict=True))
 
 
-def test_masks_stay_fixed_and_pruned_weights_zero(data):
-    torch.manual_seed(0)
-    model = new_model(TrainConfig(image_size=8), data)
-    fl.prune_global(model, data, TINY, "magnitude", 0.8)
+def test_local_samples_follow_steps_or_epochs():
+    assert fl.local_samples(600, FedConfig(local_steps=4, local_batch_size=32)) == 128
+    assert fl.local_samples(600, FedConfig(local_steps=None, local_epochs=2)) == 1200
+    assert fl.local_samples(50, FedConfig(local_steps=4, local_batch_size=32)) == 50  # a small shard, one pass
+
+
+def test_masks_stay_fixed_and_pruned_weights_zero(setup):
+    model = setup.fresh_model()
+    fl.prune_for(setup, model, "magnitude", 0.8, PCFG, 0.5)
     masks = {k: v.clone() for k, v in get_masks(model).items()}
-    shards = fl._shards(data, TINY)
+    shards = fl.shards_of(setup, TINY)
     sizes = []
     for r in (1, 2):
-        rec, traffic = fl.fedavg_round(model, shards, data, TINY, r)
+        rec, traffic = fl.fedavg_round(model, shards, setup.data.test, TINY, r, seed=0)
         sizes.append(rec["bytes_down"])
         assert len(traffic) == TINY.nodes and all(t["bytes_sent"] > 0 for t in traffic)
         for name, m in get_masks(model).items():
@@ -86,30 +94,46 @@ def test_masks_stay_fixed_and_pruned_weights_zero(data):
     assert sizes[0] == sizes[1]  # the mask alone fixes the encoded size
 
 
-def test_simulation_is_deterministic_and_cached(data, tmp_path):
-    tc = TrainConfig(image_size=8)
-    a = fl.simulate(tc, TINY, "flexrel", 0.7, data=data, cache_root=tmp_path / "a")
-    b = fl.simulate(tc, TINY, "flexrel", 0.7, data=data, cache_root=tmp_path / "b")
+@pytest.mark.parametrize("p", [0.5, 0.9, 0.98])
+def test_equal_pruning_factors_send_equal_values_and_differ_only_by_mask_entropy(setup, p):
+    """At equal p every technique sends the same number of values; the messages differ only through the
+    information in their masks (log2 C(n, k) per layer: a technique that keeps whole layers has cheaper
+    masks), which the coder follows within 2 % (plus a few bytes of framing per layer)."""
+    sizes, bounds, kept = {}, {}, set()
+    for technique in ("magnitude", "flexrel", "relevance"):
+        model = setup.fresh_model()
+        fl.prune_for(setup, model, technique, p, PCFG, 0.5)
+        kept.add(sum(int(m.sum()) for m in get_masks(model).values()))
+        sizes[technique] = len(encode_sparse(model))
+        bounds[technique] = information_bound_bits(model) / 8
+        framing = 8 * len(get_masks(model))  # per layer: mode byte, Rice parameter, counts, byte rounding
+        assert bounds[technique] <= sizes[technique] <= 1.02 * bounds[technique] + framing
+    assert len(kept) == 1  # the same number of values travels
+    for a, b in (("flexrel", "magnitude"), ("relevance", "magnitude")):
+        assert abs((sizes[a] - sizes[b]) - (bounds[a] - bounds[b])) <= 0.02 * sizes[b] + framing
+
+
+def test_simulation_is_deterministic_and_cached(setup, tmp_path):
+    a = fl.simulate(setup, PCFG, TINY, "flexrel", 0.7, delta=0.5, cache_root=tmp_path / "a")
+    b = fl.simulate(setup, PCFG, TINY, "flexrel", 0.7, delta=0.5, cache_root=tmp_path / "b")
     assert pd.DataFrame(a["rounds"]).equals(pd.DataFrame(b["rounds"]))
     assert all(torch.equal(v, b["state"][k]) for k, v in a["state"].items())
     rounds = pd.DataFrame(a["rounds"])
-    assert list(rounds["phase"]) == ["dense", "pruning", "pruned", "pruned"]
-    assert list(rounds["eligible"]) == [False, False, True, True]
-    assert (np.diff(rounds["elapsed_s"]) >= 0).all() and (np.diff(rounds["mb"]) >= 0).all()
-    # time = compute + transfer each round; pruned rounds send less than the dense one
+    assert list(rounds["round"]) == [0, 1, 2] and list(rounds["eligible"]) == [False, True, True]
+    assert rounds["mb"].iloc[0] == 0 and rounds["elapsed_s"].iloc[0] == 0  # pruned at the server: nothing sent
+    assert (np.diff(rounds["elapsed_s"]) > 0).all() and (np.diff(rounds["mb"]) > 0).all()
     assert np.allclose(rounds["round_s"], rounds["compute_s"] + rounds["transfer_s"])
-    assert rounds["bytes_down"].iloc[2] < 0.5 * rounds["bytes_down"].iloc[0]
     assert rounds["mb"].iloc[-1] == pytest.approx((rounds["bytes_down"] + rounds["bytes_up"]).sum() / 1e6)
+    dense = pd.DataFrame(fl.simulate(setup, PCFG, TINY, "dense", 0.0, delta=0.5, cache_root=tmp_path / "a")["rounds"])
+    assert rounds["bytes_down"].iloc[1] < 0.5 * dense["bytes_down"].iloc[1]  # a pruned model travels lighter
     mask_keys = [k for k in a["state"] if k.endswith("flexrel_mask")]
     kept = sum(int(a["state"][k].sum()) for k in mask_keys)
     total = sum(a["state"][k].numel() for k in mask_keys)
     assert kept == total - round(0.7 * total)
-    cached = fl.simulate(tc, TINY, "flexrel", 0.7, data=None, cache_root=tmp_path / "a")  # from the cache
-    assert cached["rounds"] == a["rounds"]
+    again = fl.simulate(setup, PCFG, TINY, "flexrel", 0.7, delta=0.5, cache_root=tmp_path / "a")  # from the cache
+    assert again["rounds"] == a["rounds"]
 
 
-def test_other_seed_differs(data, tmp_path):
-    tc = TrainConfig(image_size=8)
-    a = fl.simulate(tc, TINY, "magnitude", 0.5, data=data, cache_root=tmp_path)
-    b = fl.simulate(tc, FedConfig(**{**TINY.__dict__, "seed": 1}), "magnitude", 0.5, data=data, cache_root=tmp_path)
-    assert not all(torch.equal(v, b["state"][k]) for k, v in a["state"].items())
+def test_unknown_technique_refused(setup):
+    with pytest.raises(ValueError, match="technique must be one of"):
+        fl.prune_for(setup, setup.fresh_model(), "random", 0.5, PCFG, 0.5)
