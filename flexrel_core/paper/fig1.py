@@ -44,7 +44,7 @@ def compute(
     layer: str,
     p: float,
     delta: float = 0.5,
-    normalize: str = "layer",
+    normalize: str = "global",
     scope: str = "global",
     max_rows: int | None = None,
     max_cols: int | None = None,

@@ -25,11 +25,13 @@ from ..scores import METHODS, method_delta
 from ..workbook.config import PruneConfig, TrainConfig
 from ..workbook.paths import REPO_ROOT
 from ..workbook.pipeline import evaluate_point, prepare
-from ..workbook.report import markdown_table, pct
+from ..workbook.report import pct
+from ..workbook.stats import direction, format_interval, paired_differences
 from .style import METHOD_ORDER, PALETTE, p_axis
 
 SCHEDULES = {"one-shot": "one_shot_accuracy", "fine-tuned": "fine_tuned_accuracy"}
 THRESHOLDS = (1.0, 2.0, 5.0)
+COMPARED = ("flexrel", "relevance")  # each compared with magnitude, the standard baseline
 
 
 def compute(
@@ -88,6 +90,26 @@ def compute(
     return pd.DataFrame(rows).sort_values(order, kind="stable", ignore_index=True)
 
 
+def long_form(df: pd.DataFrame) -> pd.DataFrame:
+    """One row per (condition, schedule, method, p, seed) with its ``accuracy`` and ``dense_accuracy``
+    (schedules without values, e.g. fine-tuned when fine-tuning is off, are left out)."""
+    df = df if "condition" in df else df.assign(condition="in-distribution")
+    parts = []
+    for schedule, column in SCHEDULES.items():
+        if column in df and df[column].notna().any():
+            part = df[["condition", "method", "p", "seed", "dense_accuracy"]].assign(
+                schedule=schedule, accuracy=df[column]
+            )
+            parts.append(part)
+    return pd.concat(parts, ignore_index=True)
+
+
+def differences(df: pd.DataFrame, base: str = "magnitude", others: Sequence[str] = COMPARED) -> pd.DataFrame:
+    """Per (condition, schedule, p): the paired per-seed accuracy difference of each of ``others``
+    minus ``base`` with its 95 % t-interval (``workbook.stats.paired_differences``; fractions)."""
+    return paired_differences(long_form(df), "accuracy", by=["condition", "schedule", "p"], base=base, others=others)
+
+
 def highest_p_within(drop_points: pd.Series, threshold: float) -> float:
     """Highest p of the grid up to which the accuracy drop (points, indexed by p) stays within
     ``threshold`` at *every* p of the grid; NaN if the smallest p already leaves the band."""
@@ -99,84 +121,110 @@ def highest_p_within(drop_points: pd.Series, threshold: float) -> float:
     return best
 
 
-def summarize(df: pd.DataFrame, thresholds: Sequence[float] = THRESHOLDS) -> pd.DataFrame:
-    """Per (condition, schedule, threshold): each method's highest pruning factor whose mean
-    accuracy (over seeds) stays within ``threshold`` points of the mean dense accuracy
-    (``highest_p_within``), and ``flexrel_gain`` = FlexRel's p minus magnitude's p.
-
-    Columns: condition, schedule, threshold_points, dense_accuracy, max_p_<method>..., flexrel_gain.
-    """
-    df = df if "condition" in df else df.assign(condition="in-distribution")
-    methods = [m for m in METHODS if m in set(df["method"])] + sorted(set(df["method"]) - set(METHODS))
+def reach(df: pd.DataFrame, thresholds: Sequence[float] = THRESHOLDS) -> pd.DataFrame:
+    """Per (condition, schedule, threshold, method, seed): ``max_p``, the highest pruning factor up to
+    which that seed's accuracy stays within ``threshold`` points of that seed's dense accuracy
+    (``highest_p_within``) -- "the pruning factor reached at the same accuracy"."""
     rows = []
-    for condition, g in df.groupby("condition", sort=False):
-        dense = float(g.groupby("seed")["dense_accuracy"].first().mean())
-        for schedule, column in SCHEDULES.items():
-            if column not in g or g[column].isna().all():
-                continue
-            drop = (100.0 * (g["dense_accuracy"] - g[column])).groupby([g["method"], g["p"]]).mean()
-            for t in thresholds:
-                row = {"condition": condition, "schedule": schedule, "threshold_points": float(t)}
-                row["dense_accuracy"] = dense
-                for m in methods:
-                    row[f"max_p_{m}"] = highest_p_within(drop.loc[m], t)
-                if "flexrel" in methods and "magnitude" in methods:
-                    row["flexrel_gain"] = round(row["max_p_flexrel"] - row["max_p_magnitude"], 10)
-                rows.append(row)
+    long = long_form(df)
+    long = long.assign(drop=100.0 * (long["dense_accuracy"] - long["accuracy"]))
+    for key, g in long.groupby(["condition", "schedule", "method", "seed"], sort=False):
+        drop = g.set_index("p")["drop"]
+        for t in thresholds:
+            row = dict(zip(("condition", "schedule", "method", "seed"), key, strict=True))
+            rows.append(row | {"threshold_points": float(t), "max_p": highest_p_within(drop, t)})
     return pd.DataFrame(rows)
 
 
-def curve_differences(df: pd.DataFrame, margin_points: float = 1.0) -> dict[tuple[str, str], tuple[list, list]]:
-    """Per (condition, schedule): the pruning factors at which FlexRel's mean accuracy (over seeds)
-    beats magnitude's by more than ``margin_points``, and those where magnitude beats FlexRel."""
-    df = df if "condition" in df else df.assign(condition="in-distribution")
-    out = {}
-    for condition, g in df.groupby("condition", sort=False):
-        for schedule, column in SCHEDULES.items():
-            if column not in g or g[column].isna().all():
+def summarize(
+    df: pd.DataFrame,
+    thresholds: Sequence[float] = THRESHOLDS,
+    base: str = "magnitude",
+    others: Sequence[str] = COMPARED,
+) -> pd.DataFrame:
+    """Per (condition, schedule, threshold): each method's pruning factor reached within the
+    threshold (mean over seeds, ``reach``) and, for each of ``others``, the paired per-seed gain
+    over ``base`` -- mean, 95 % t-interval and what the interval supports (``stats.direction``).
+
+    Columns: condition, schedule, threshold_points, n_seeds, max_p_<method>..., and per other
+    ``gain_<other>``, ``gain_<other>_ci_low``, ``gain_<other>_ci_high``, ``verdict_<other>``."""
+    r = reach(df, thresholds)
+    methods = [m for m in METHODS if m in set(r["method"])]
+    diffs = paired_differences(
+        r, "max_p", by=["condition", "schedule", "threshold_points"], base=base, others=others
+    ).set_index(["condition", "schedule", "threshold_points", "comparison"])
+    rows = []
+    for key, g in r.groupby(["condition", "schedule", "threshold_points"], sort=False):
+        row = dict(zip(("condition", "schedule", "threshold_points"), key, strict=True))
+        row["n_seeds"] = int(g["seed"].nunique())
+        row |= {f"max_p_{m}": float(g.loc[g["method"] == m, "max_p"].mean()) for m in methods}
+        for other in others:
+            if (*key, f"{other} - {base}") not in diffs.index:
                 continue
-            mean = 100 * g.groupby(["method", "p"])[column].mean()
-            diff = (mean.loc["flexrel"] - mean.loc["magnitude"]).sort_index()
-            out[(condition, schedule)] = (
-                [float(p) for p, d in diff.items() if d > margin_points],
-                [float(p) for p, d in diff.items() if d < -margin_points],
-            )
-    return out
+            d = diffs.loc[(*key, f"{other} - {base}")]
+            row |= {f"gain_{other}": d["mean"], f"gain_{other}_ci_low": d["ci_low"]}
+            row |= {f"gain_{other}_ci_high": d["ci_high"], f"verdict_{other}": direction(d["ci_low"], d["ci_high"])}
+        rows.append(row)
+    return pd.DataFrame(rows)
 
 
-def claim_verdict(gains: Sequence[float]) -> tuple[str, str]:
-    """Whether FlexRel reaches higher pruning factors than magnitude at the same accuracy, from its
-    gains (one per threshold): ``(short verdict, plain-words sentence)``."""
-    g = np.asarray([x for x in gains if not np.isnan(x)], dtype=float)
-    if g.size == 0:
-        return "undetermined", "no threshold could be evaluated"
-    if (g > 0).all():
-        return "holds", "FlexRel reaches a higher pruning factor than magnitude at every accuracy threshold"
-    if (g >= 0).all() and (g > 0).any():
-        return "holds partly", "FlexRel reaches a higher pruning factor at some thresholds and the same at the others"
-    if (g == 0).all():
-        return "does not hold", "FlexRel and magnitude reach the same pruning factor at every threshold"
-    if (g < 0).all():
-        return "does not hold", "magnitude reaches a higher pruning factor than FlexRel at every threshold"
-    if (g <= 0).all():
+def claim_verdict(directions: Sequence[str]) -> tuple[str, str]:
+    """Whether FlexRel reaches higher pruning factors than magnitude at the same accuracy, from what
+    the interval of its gain supports at each threshold (``stats.direction``): ``(short, sentence)``."""
+    d = [x for x in directions if x != "undetermined"]
+    if not d:
+        return "undetermined", "too few seeds for an interval at any threshold"
+    higher, lower = d.count("higher"), d.count("lower")
+    if higher == len(d):
+        return "holds", "FlexRel reaches a higher pruning factor than magnitude at every threshold"
+    if higher and not lower:
+        return (
+            "holds partly",
+            "FlexRel reaches a higher pruning factor at some thresholds, no detectable difference at the others",
+        )
+    if lower == len(d):
+        return "reversed", "magnitude reaches a higher pruning factor than FlexRel at every threshold"
+    if lower and not higher:
         return (
             "does not hold",
-            "magnitude reaches a higher pruning factor at some thresholds and the same at the others",
+            "magnitude reaches a higher pruning factor at some thresholds, no detectable difference at the others",
         )
+    if not higher and not lower:
+        return "not supported", "no detectable difference between FlexRel and magnitude at any threshold"
     return "mixed", "FlexRel is ahead at some thresholds and behind at others"
 
 
+def _points(mean: float, low: float, high: float) -> str:
+    return format_interval(mean, low, high, scale=100, unit="points", digits=1)
+
+
+def _significant(diff: pd.DataFrame, comparison: str) -> tuple[str, str]:
+    """The pruning factors where the accuracy difference's interval lies above / below zero, with effects."""
+    d = diff[diff["comparison"] == comparison]
+    ahead = d[d["ci_low"] > 0]
+    behind = d[d["ci_high"] < 0]
+
+    def fmt(rows: pd.DataFrame) -> str:
+        return "; ".join(f"p = {r.p:g}: {_points(r.mean, r.ci_low, r.ci_high)}" for r in rows.itertuples()) or "none"
+
+    return fmt(ahead), fmt(behind)
+
+
 def report(df: pd.DataFrame, summary: pd.DataFrame, *, delta: float, fine_tune_epochs: int) -> str:
-    """The Figure 2 section of REPORT.md: dense accuracy, each method's highest p within 1, 2 and 5
-    points, FlexRel's gain over magnitude, and in plain words whether the paper's claim holds."""
+    """The Figure 2 section of REPORT.md: dense accuracy; per condition and schedule, the pruning
+    factor each method reaches within 1, 2 and 5 points of dense accuracy and FlexRel's paired gain
+    over magnitude with its 95 % interval; where the accuracy curves differ; and the verdict on the
+    paper's claim computed from those intervals."""
     seeds = sorted(df["seed"].unique())
     grid = sorted(df["p"].unique())
     lines = [
         "## Figure 2 — accuracy against pruning factor",
         "",
-        f"FlexRel with δ = {delta:g}; {len(seeds)} seed(s) (each its own data split and trained model); "
-        f"pruning factors {', '.join(f'{p:g}' for p in grid)}; fine-tuning {fine_tune_epochs} epoch(s) "
-        "with masks fixed (skipped at p = 0).",
+        f"FlexRel with δ = {delta:g}; baseline: standard global magnitude pruning (δ = 0, one threshold over the "
+        f"whole model); {len(seeds)} seeds (each its own data split and trained model, every method on the same "
+        f"ones); pruning factors {', '.join(f'{p:g}' for p in grid)}; fine-tuning {fine_tune_epochs} epoch(s) "
+        "with masks fixed (skipped at p = 0). Comparisons are paired over seeds, with 95 % t-intervals "
+        "(`fig2_differences.csv`, `fig2_summary.csv`).",
         "",
     ]
     for condition, g in df.groupby("condition", sort=False):
@@ -184,96 +232,90 @@ def report(df: pd.DataFrame, summary: pd.DataFrame, *, delta: float, fine_tune_e
         lines.append(
             f"- Dense test accuracy, {condition}: **{pct(dense.mean())}** (seeds: {', '.join(pct(a) for a in dense)})."
         )
-    methods = [c.removeprefix("max_p_") for c in summary.columns if c.startswith("max_p_")]
-    table = summary.rename(columns={f"max_p_{m}": m for m in methods}).rename(
-        columns={"threshold_points": "within (points)", "flexrel_gain": "FlexRel − magnitude"}
-    )
-    table = table.drop(columns=["dense_accuracy"])
-    lines += [
-        "",
-        "Highest pruning factor whose mean accuracy (over seeds) stays within 1, 2 and 5 points of the dense "
-        "accuracy at every pruning factor of the grid up to it (`fig2_summary.csv`):",
-        "",
-        markdown_table(table, ".4g"),
-        "",
-    ]
+    diff = differences(df)
     verdicts = {}
-    for (condition, schedule), g in summary.groupby(["condition", "schedule"], sort=False):
-        verdicts[(condition, schedule)] = claim_verdict(g["flexrel_gain"].tolist())
-        thresholds = "/".join(f"{t:g}" for t in g["threshold_points"])
-        kept = "; ".join(
-            f"{m} {'/'.join(_kept(p) for p in g[f'max_p_{m}'])}" for m in ("flexrel", "magnitude") if m in methods
-        )
-        lines.append(
-            f"- {condition}, {schedule}: {verdicts[(condition, schedule)][1]} "
-            f"(weights kept within {thresholds} points: {kept})."
-        )
     lines += [
         "",
-        "Where the mean curves of FlexRel and magnitude differ by more than 1 point (any accuracy level):",
+        "Pruning factor reached within 1, 2 and 5 points of the dense accuracy (mean over seeds of each seed's "
+        "highest p whose accuracy, at every p of the grid up to it, stays within the band), and FlexRel's paired "
+        "gain over magnitude:",
         "",
+        "| condition | schedule | within (points) | magnitude | relevance | FlexRel | FlexRel − magnitude [95 % CI] "
+        "| supports |",
+        "|---|---|---|---|---|---|---|---|",
     ]
-    for (condition, schedule), (ahead, behind) in curve_differences(df).items():
+    for r in summary.itertuples():
+        gain = format_interval(r.gain_flexrel, r.gain_flexrel_ci_low, r.gain_flexrel_ci_high, digits=3)
         lines.append(
-            f"- {condition}, {schedule}: FlexRel more accurate at p = {', '.join(f'{p:g}' for p in ahead) or 'none'}; "
-            f"magnitude more accurate at p = {', '.join(f'{p:g}' for p in behind) or 'none'}."
+            f"| {r.condition} | {r.schedule} | {r.threshold_points:g} | {r.max_p_magnitude:.3f} | "
+            f"{getattr(r, 'max_p_relevance', np.nan):.3f} | {r.max_p_flexrel:.3f} | {gain} | {r.verdict_flexrel} |"
         )
-    ind = {s: v for (c, s), v in verdicts.items() if c == "in-distribution"}
-    short = {v[0] for v in ind.values()}
-    if short == {"holds"}:
-        overall = "**holds here**: on in-distribution data FlexRel prunes further than magnitude at every threshold"
-    elif short <= {"does not hold", "undetermined"}:
-        overall = "**does not hold here**: on in-distribution data FlexRel never prunes further than magnitude"
-    else:
-        overall = "**holds only partly here**: on in-distribution data, " + "; ".join(
-            f"{schedule}: {sentence}" for schedule, (_, sentence) in ind.items()
+    lines.append("")
+    for (condition, schedule), g in summary.groupby(["condition", "schedule"], sort=False):
+        verdicts[(condition, schedule)] = claim_verdict(g["verdict_flexrel"].tolist())
+        sub = diff[(diff["condition"] == condition) & (diff["schedule"] == schedule)]
+        ahead, behind = _significant(sub, "flexrel - magnitude")
+        lines.append(
+            f"- {condition}, {schedule}: **{verdicts[(condition, schedule)][0]}** — "
+            f"{verdicts[(condition, schedule)][1]}. Accuracy, FlexRel − magnitude, where the interval excludes 0: "
+            f"higher at {ahead}; lower at {behind}."
         )
-    shifted = [f"{s} — {v[0]}" for (c, s), v in verdicts.items() if c == "shifted"]
+    ind = [f"{s}: {v[0]}" for (c, s), v in verdicts.items() if c == "in-distribution"]
+    shifted = [f"{s}: {v[0]}" for (c, s), v in verdicts.items() if c == "shifted"]
     lines += [
         "",
-        f'The paper\'s claim ("FlexRel reaches higher pruning factors at the same accuracy") {overall}.'
-        + (f" Under the inference shift, per schedule: {'; '.join(shifted)}." if shifted else "")
-        + " Gains are measured on the grid of pruning factors above, so a gain of 0 means the same grid point.",
+        "**The paper's claim** (“FlexRel reaches higher pruning factors at the same accuracy”), against global "
+        f"magnitude pruning, from the intervals above — in-distribution: {'; '.join(ind)}"
+        + (f"; under the inference shift: {'; '.join(shifted)}" if shifted else "")
+        + ". Pruning factors are read on the grid above, so equal grid points give a gain of 0.",
     ]
     return "\n".join(lines)
 
 
-def _kept(p: float) -> str:
-    """Percentage of weights kept at pruning factor ``p``."""
-    return "—" if np.isnan(p) else f"{100 * (1 - p):.3g} %"
-
-
-def plot(df: pd.DataFrame) -> Figure:
-    """Test accuracy against pruning factor per method, mean ± one standard deviation
-    over seeds; columns one-shot / fine-tuned, rows in-distribution / shifted inference data."""
+def plot(df: pd.DataFrame, diff: pd.DataFrame) -> Figure:
+    """Per condition (rows) and schedule (columns): test accuracy against pruning factor per method
+    (mean ± one standard deviation over seeds) and, under it, the paired difference to magnitude
+    pruning of FlexRel and of relevance pruning (mean and 95 % interval, in points)."""
     conditions = list(dict.fromkeys(df["condition"]))
-    schedules = [(s, c) for s, c in (("one-shot", "one_shot_accuracy"), ("fine-tuned", "fine_tuned_accuracy"))]
-    schedules = [(s, c) for s, c in schedules if df[c].notna().any()]
+    schedules = [s for s in SCHEDULES if s in set(diff["schedule"])]
     fig, axes = plt.subplots(
-        len(conditions), len(schedules), figsize=(6 * len(schedules), 4 * len(conditions)), squeeze=False
+        2 * len(conditions),
+        len(schedules),
+        figsize=(6.5 * len(schedules), 7.5 * len(conditions)),
+        squeeze=False,
+        gridspec_kw={"height_ratios": [1.6, 1.0] * len(conditions)},
     )
     methods = [m for m in METHOD_ORDER if m in set(df["method"])]
     for i, condition in enumerate(conditions):
         sub = df[df["condition"] == condition]
         dense = 100 * sub.groupby("seed")["dense_accuracy"].first().mean()
-        for j, (schedule, column) in enumerate(schedules):
-            ax = axes[i, j]
-            data = sub.assign(accuracy=100 * sub[column])
+        for j, schedule in enumerate(schedules):
+            ax, ax_diff = axes[2 * i, j], axes[2 * i + 1, j]
+            data = sub.assign(accuracy=100 * sub[SCHEDULES[schedule]])
             sns.lineplot(
-                data=data,
-                x="p",
-                y="accuracy",
-                hue="method",
-                hue_order=methods,
-                palette=PALETTE,
-                errorbar="sd",
-                marker="o",
-                ax=ax,
-            )
+                data=data, x="p", y="accuracy", hue="method", hue_order=methods, palette=PALETTE, errorbar="sd",
+                marker="o", ax=ax,
+            )  # fmt: skip
             ax.axhline(dense, color="k", ls="--", lw=1, label=f"dense ({dense:.1f} %)")
             p_axis(ax, data["p"])
             ax.set_ylabel("test accuracy (%)")
-            ax.set_title(f"{schedule}, {condition} (mean ± sd over {sub['seed'].nunique()} seed(s))")
-            ax.legend(loc="best")
+            ax.set_title(f"{schedule}, {condition} (mean ± sd over {sub['seed'].nunique()} seeds)")
+            ax.legend(loc="lower left", fontsize=8)
+            d = diff[(diff["condition"] == condition) & (diff["schedule"] == schedule)].sort_values("p")
+            for other in COMPARED:
+                part = d[d["comparison"] == f"{other} - magnitude"]
+                if part.empty:
+                    continue
+                ax_diff.plot(
+                    part["p"], 100 * part["mean"], "o-", ms=3, color=PALETTE[other], label=f"{other} − magnitude"
+                )
+                ax_diff.fill_between(
+                    part["p"], 100 * part["ci_low"], 100 * part["ci_high"], color=PALETTE[other], alpha=0.2, lw=0
+                )
+            ax_diff.axhline(0, color="k", lw=0.8)
+            p_axis(ax_diff, d["p"])
+            ax_diff.set_ylabel("difference (points)")
+            ax_diff.set_title("paired difference to magnitude, mean and 95 % interval", fontsize=9)
+            ax_diff.legend(loc="lower left", fontsize=8)
     fig.tight_layout()
     return fig

@@ -41,7 +41,7 @@ def compute(
     methods: Sequence[str] = METHODS,
     delta: float = 0.5,
     p: float = 0.9,
-    normalize: str = "layer",
+    normalize: str = "global",
     scope: str = "global",
     composite: str = "epsilon_plus_flat",
     aggregate: str = "abs",

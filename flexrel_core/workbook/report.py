@@ -19,7 +19,7 @@ from .cache import write_text
 from .outputs import git_commit
 from .paths import REPO_ROOT, profile_dir, results_dir
 
-ORDER = ("fig1", "fig2", "fig3", "fig4", "table1", "explore")
+ORDER = ("fig1", "fig2", "fig3", "fig4", "ablations", "table1", "explore")
 
 
 def markdown_table(df: pd.DataFrame, floatfmt: str = ".3g") -> str:
