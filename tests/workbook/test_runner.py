@@ -13,7 +13,7 @@ def test_failing_notebook_reports_traceback_and_leaves_no_output(tmp_path, monke
     nb = write_notebook(
         tmp_path / "boom.ipynb", 'profile: str = "quick"\nresults_root: str = "results"', "raise RuntimeError('kaput')"
     )
-    monkeypatch.setattr("flexrel_core.workbook.profiles.read_profile", lambda p: {})
+    monkeypatch.setattr("flexrel_core.workbook.profiles.read_profile", lambda *args: {})
     with pytest.raises(NotebookFailed, match="kaput"):
         run_notebook(nb, "quick", tmp_path / "results")
     assert not (tmp_path / "results" / "quick" / "notebooks" / "boom.ipynb").exists()
