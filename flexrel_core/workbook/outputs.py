@@ -6,13 +6,12 @@ All writes are atomic (``cache.atomic_write``).
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 import pandas as pd
 
 from .cache import atomic_write, write_text
-from .paths import REPO_ROOT
+from .provenance import git_state
 
 
 def save_figure(fig, folder: str | Path, name: str, formats: tuple[str, ...] = ("png", "svg")) -> list[Path]:
@@ -39,14 +38,8 @@ def write_report_section(folder: str | Path, name: str, markdown: str) -> Path:
 
 
 def git_commit() -> str:
-    """The commit the code runs at (``+dirty`` when the tree has changes), or ``unknown``."""
-    try:
-        sha = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, check=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT, capture_output=True, text=True
-        ).stdout.strip()
-        return sha + ("+dirty" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
+    """The commit the code runs at (``+dirty`` when the working tree has changes), or ``unknown``."""
+    state = git_state()
+    if state["commit"] is None:
         return "unknown"
+    return state["commit"] + ("+dirty" if state["dirty"] else "")
