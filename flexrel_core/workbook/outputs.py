@@ -13,17 +13,28 @@ import pandas as pd
 from .cache import atomic_write, write_text
 from .provenance import git_state
 
+# Metadata that would make the bytes differ between two drawings of the same numbers: dates
+# (SVG, PDF). PNG carries only the matplotlib version.
+_METADATA = {"svg": {"Date": None}, "pdf": {"CreationDate": None, "ModDate": None}, "png": {}}
+
 
 def save_figure(fig, folder: str | Path, name: str, formats: tuple[str, ...] = ("png", "svg")) -> list[Path]:
-    """Write ``fig`` as ``<folder>/<name>.<fmt>`` for each format; returns the paths."""
+    """Write ``fig`` as ``<folder>/<name>.<fmt>`` for each format; returns the paths.
+
+    Byte-stable: the same figure drawn twice gives the same bytes (no dates in the metadata, and
+    SVG element ids derived from a fixed salt rather than a random one), so rewriting results that
+    did not change leaves them unchanged in git.
+    """
+    import matplotlib
+
     paths = []
     for fmt in formats:
-        paths.append(
-            atomic_write(
-                Path(folder) / f"{name}.{fmt}",
-                lambda tmp, fmt=fmt: fig.savefig(tmp, format=fmt, dpi=150, bbox_inches="tight"),
-            )
-        )
+
+        def write(tmp: str, fmt: str = fmt) -> None:
+            with matplotlib.rc_context({"svg.hashsalt": name}):
+                fig.savefig(tmp, format=fmt, dpi=150, bbox_inches="tight", metadata=_METADATA.get(fmt))
+
+        paths.append(atomic_write(Path(folder) / f"{name}.{fmt}", write))
     return paths
 
 
