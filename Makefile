@@ -31,7 +31,7 @@ export MPLBACKEND := Agg
 NOTEBOOKS := $(foreach n,fig1 fig2 fig3 fig4 table1 explore,$(if $(wildcard notebooks/$(n).ipynb),$(n)))
 RESULTS := results/$(PROFILE)
 
-.PHONY: setup test test-browser lint reproduce bench lab clean
+.PHONY: setup test test-browser lint check-profile reproduce bench lab clean
 setup: $(STAMP)
 
 # The stamp is named by a hash of requirements.txt: a changed pin makes a new stamp, re-running this recipe.
@@ -59,7 +59,11 @@ NB_OUT := $(patsubst %,$(RESULTS)/notebooks/%.ipynb,$(NOTEBOOKS))
 LIBRARY := $(shell find flexrel_core -name "*.py")
 reproduce: $(RESULTS)/REPORT.md
 
-$(RESULTS)/notebooks/%.ipynb: notebooks/%.ipynb $(LIBRARY) $(wildcard profiles/$(PROFILE)/*.yaml) | $(STAMP)
+# Every notebook's parameters are checked (types, documented ranges) before the first one runs.
+check-profile: setup
+	$(PY) -m flexrel_core.workbook.profiles $(PROFILE)
+
+$(RESULTS)/notebooks/%.ipynb: notebooks/%.ipynb $(LIBRARY) $(wildcard profiles/$(PROFILE)/*.yaml) | check-profile
 	$(PY) -m flexrel_core.workbook.runner $< --profile $(PROFILE)
 
 $(RESULTS)/REPORT.md: $(NB_OUT) | $(STAMP)
@@ -73,5 +77,6 @@ lab: setup
 
 clean:
 	rm -rf results/*/notebooks results/*/*.log .pytest_cache
+	find results cache -name '.*.tmp*' -type f -delete 2>/dev/null || true
 	find cache -mindepth 1 -maxdepth 1 ! -name models -exec rm -rf {} + 2>/dev/null || true
 	if [ "$(MODELS)" = "1" ]; then rm -rf cache; fi
