@@ -17,11 +17,9 @@ PY := $(VENV)/bin/python
 REQ_HASH := $(shell sha256sum requirements.txt | cut -c1-16)
 STAMP := $(VENV)/.installed-$(REQ_HASH)
 
-# Thread counts are explicit (2 cores); the repo root is importable without installing it, so a
-# cached virtual environment can serve several clones; JUPYTER_PATH makes kernel `python3` this venv.
+# Thread counts are explicit (2 cores); JUPYTER_PATH makes kernel `python3` this venv.
 export OMP_NUM_THREADS ?= 2
 export MKL_NUM_THREADS ?= 2
-export PYTHONPATH := $(CURDIR)
 export JUPYTER_PATH := $(abspath $(VENV))/share/jupyter
 export JUPYTER_PLATFORM_DIRS := 1
 export PYDEVD_DISABLE_FILE_VALIDATION := 1
@@ -32,7 +30,20 @@ NOTEBOOKS := $(foreach n,fig1 fig2 fig3 fig4 table1 explore,$(if $(wildcard note
 RESULTS := results/$(PROFILE)
 
 .PHONY: setup test test-browser lint check-profile reproduce bench lab clean
+
+# The project is installed in the venv in editable mode, so `import flexrel_core` works from any
+# folder and any kernel. One venv may serve several checkouts (CI keeps it outside the clone): when
+# the install points at another checkout, it is re-pointed here: offline with the venv's setuptools,
+# else with one fetched from the package index.
+# `-P` keeps the current folder off sys.path, so the check sees what other folders see.
+INSTALLED := import importlib.util as u, os, sys; s = u.find_spec("flexrel_core"); \
+	sys.exit(not s or os.path.realpath(s.origin) != os.path.realpath(sys.argv[1]))
 setup: $(STAMP)
+	@if ! $(PY) -P -c '$(INSTALLED)' "$(CURDIR)/flexrel_core/__init__.py"; then \
+	  echo "installing flexrel_core from $(CURDIR) into $(VENV) (pip install -e .)"; \
+	  $(PY) -m pip install --quiet --no-deps --no-build-isolation --no-index -e . \
+	    || $(PY) -m pip install --quiet --no-deps -e .; \
+	fi
 
 # The stamp is named by a hash of requirements.txt: a changed pin makes a new stamp, re-running this recipe.
 $(STAMP):
@@ -66,7 +77,7 @@ check-profile: setup
 $(RESULTS)/notebooks/%.ipynb: notebooks/%.ipynb $(LIBRARY) $(wildcard profiles/$(PROFILE)/*.yaml) | check-profile
 	$(PY) -m flexrel_core.workbook.runner $< --profile $(PROFILE)
 
-$(RESULTS)/REPORT.md: $(NB_OUT) | $(STAMP)
+$(RESULTS)/REPORT.md: $(NB_OUT) | setup
 	$(PY) -m flexrel_core.workbook.report --profile $(PROFILE)
 
 bench: setup

@@ -1,6 +1,12 @@
-"""The project itself: pins in one place, clean source notebooks, and the package's three floors."""
+"""The project itself: pins in one place, clean source notebooks, the package's three floors, and an
+installed package."""
 
 from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import nbformat
 import yaml
@@ -77,3 +83,15 @@ def test_imports_only_go_down_the_three_floors():
     assert {
         _floor(m) for m in ("flexrel_core.scores", "flexrel_core.workbook.cache", "flexrel_core.paper.fig1")
     } == set(FLOORS)
+
+
+def test_package_imports_from_any_folder(tmp_path):
+    """``make setup`` installs the project: a Python of this environment started elsewhere, with no
+    PYTHONPATH, imports this checkout's package (as a kernel of a JupyterLab a user starts would)."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    code = "import flexrel_core, flexrel_core.workbook.runner, flexrel_core.paper.fig1; print(flexrel_core.__file__)"
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert out.returncode == 0, f"flexrel_core is not installed in {sys.prefix}; run `make setup`\n{out.stderr}"
+    assert Path(out.stdout.strip()).resolve() == REPO_ROOT / "flexrel_core" / "__init__.py", (
+        f"the environment's flexrel_core is {out.stdout.strip()}, not this checkout's; `make setup` re-points it"
+    )
