@@ -29,7 +29,7 @@ export MPLBACKEND := Agg
 NOTEBOOKS := $(foreach n,fig1 fig2 fig3 fig4 table1 explore,$(if $(wildcard notebooks/$(n).ipynb),$(n)))
 RESULTS := results/$(PROFILE)
 
-.PHONY: setup test test-browser lint check-profile reproduce bench lab clean
+.PHONY: setup test test-browser lint chromium check-profile reproduce bench lab clean
 
 # The project is installed in the venv in editable mode, so `import flexrel_core` works from any
 # folder and any kernel. One venv may serve several checkouts (CI keeps it outside the clone): when
@@ -57,11 +57,25 @@ lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-test: setup lint
+# `make test` is what CI runs: the browser test needs Debian's Chromium, installed here when it can
+# be (root + apt-get); otherwise the target fails with the command to run (never a silent skip).
+test: setup lint chromium
 	$(VENV)/bin/pytest
 
-test-browser: setup
+test-browser: setup chromium
 	$(VENV)/bin/pytest -m browser
+
+chromium:
+	@if [ ! -x /usr/bin/chromium ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing Debian's chromium for the browser test"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  else \
+	    echo "error: the browser test needs Debian's Chromium (/usr/bin/chromium); install it with:" >&2; \
+	    echo "  sudo apt-get install chromium" >&2; \
+	    exit 1; \
+	  fi; \
+	fi
 
 # File targets: an executed notebook is rebuilt only when its source, the library or the profile
 # changed (a rerun with nothing changed does nothing); the runner writes it under a temporary name

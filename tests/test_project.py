@@ -1,5 +1,5 @@
-"""The project itself: pins in one place, clean source notebooks, the package's three floors, and an
-installed package."""
+"""The project itself: pins in one place, clean source notebooks, the package's three floors, an
+installed package, and `make test` equal to CI."""
 
 from __future__ import annotations
 
@@ -95,3 +95,19 @@ def test_package_imports_from_any_folder(tmp_path):
     assert Path(out.stdout.strip()).resolve() == REPO_ROOT / "flexrel_core" / "__init__.py", (
         f"the environment's flexrel_core is {out.stdout.strip()}, not this checkout's; `make setup` re-points it"
     )
+
+
+def test_make_test_is_what_ci_runs():
+    """CI runs `make test` and nothing else; `make test` itself provides Chromium for the browser
+    test, runs the whole suite (browser test included) and needs no PYTHONPATH."""
+    ci = (REPO_ROOT / ".ci" / "run").read_text()
+    commands = [line for line in ci.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    assert commands[-1].startswith("make test ") and not any("apt-get" in c or "pytest" in c for c in commands)
+    plan = subprocess.run(
+        ["make", "-n", "test", f"VENV={sys.prefix}"], cwd=REPO_ROOT, capture_output=True, text=True, check=True
+    ).stdout
+    assert "/usr/bin/chromium" in plan and "apt-get install" in plan and "sudo apt-get install chromium" in plan
+    pytest_lines = [line for line in plan.splitlines() if line.strip().endswith("/bin/pytest")]
+    assert pytest_lines, plan  # the whole suite: no -m selection, nothing deselected
+    makefile = (REPO_ROOT / "Makefile").read_text()
+    assert "PYTHONPATH" not in makefile
