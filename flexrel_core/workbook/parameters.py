@@ -5,7 +5,7 @@ A notebook's ``parameters`` cell declares each parameter with a type annotation 
 
 - the **type** the annotation names (``int``, ``float``, ``str``, ``bool``, ``list``, ``dict``,
   unions with ``| None``; an int is a valid float, a bool is neither; a default of ``None`` also
-  admits ``None``; an unannotated parameter takes the type of its default);
+  admits ``None``; an unannotated parameter takes the type of its default, if not ``None``);
 - the **range** that ``RANGES`` documents for the parameter's name, when it has one.
 
 ``RANGES`` is the one table of constraints, shared by every notebook that uses a name: to document
@@ -234,12 +234,12 @@ def declarations(source: str) -> dict[str, Declaration]:
         elif isinstance(node, ast.Assign):
             try:
                 default = ast.literal_eval(node.value)
-            except ValueError:
-                default = ...
-            name = "None" if default is None else type(default).__name__
+            except (ValueError, TypeError, SyntaxError):
+                default = None
+            name = type(default).__name__  # a None default says nothing about the type: not checked
+            known = frozenset({name}) if default is not None and name in _TYPES else None
             for target in node.targets:
                 if isinstance(target, ast.Name):
-                    known = frozenset({name}) if name in _TYPES else None
                     out[target.id] = Declaration(target.id, name, known)
     return out
 

@@ -111,10 +111,10 @@ def test_parameters_with_union_annotations_are_declared(tmp_path):
 
 def test_declared_types():
     source = "a: int = 1\nb: float | None = None\nc: str = None\nd: list[int] = []\n"
-    d = declarations(source + "e: Optional[int] = 1\nf = 0.5\ng: Path = 1")
+    d = declarations(source + "e: Optional[int] = 1\nf = 0.5\ng: Path = 1\nh = None")
     assert d["a"].types == {"int"} and d["b"].types == {"float", "None"} and d["c"].types == {"str", "None"}
     assert d["d"].types == {"list"} and d["e"].types == {"int", "None"} and d["f"].types == {"float"}
-    assert d["g"].types is None  # not checkable: only its range (if any) is checked
+    assert d["g"].types is None and d["h"].types is None  # not checkable: only a range (if any) is checked
 
 
 def test_every_range_describes_itself():
