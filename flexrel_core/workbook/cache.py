@@ -62,7 +62,10 @@ def remove_stale_temporaries(path: str | Path) -> list[Path]:
     """
     path = Path(path)
     removed = []
-    pattern = re.compile(re.escape(f".{path.name}.") + r"(?:(\d+)\.)?[^/]*\.tmp")
+    # mkstemp's random part is 8 characters of [a-z0-9_]; the suffix pins the name to this target.
+    pattern = re.compile(
+        re.escape(f".{path.name}.") + r"(?:(\d+)\.)?[a-z0-9_]{8}" + re.escape(f".tmp{path.suffix}") + r"\Z"
+    )
     for tmp in path.parent.glob(f".{glob_escape(path.name)}.*.tmp*"):
         match = pattern.match(tmp.name)
         if match is None or (match.group(1) and _pid_alive(int(match.group(1)))):

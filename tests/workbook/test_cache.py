@@ -141,13 +141,17 @@ def _dead_pid() -> int:
 
 def test_temporaries_of_an_interrupted_run_are_removed_by_the_next(tmp_path):
     target = tmp_path / "fig1.ipynb"
-    stale = tmp_path / f".fig1.ipynb.{_dead_pid()}.k2j3h4.tmp.ipynb"
-    legacy = tmp_path / ".fig1.ipynb.abc123.tmp.ipynb"  # an older name without a process id
-    live = tmp_path / f".fig1.ipynb.{os.getpid()}.zz9.tmp.ipynb"  # a write still under way
-    other = tmp_path / f".fig2.ipynb.{_dead_pid()}.q.tmp.ipynb"  # another file's: left to its own writer
-    for p in (stale, legacy, live, other):
+    dead = _dead_pid()
+    stale = tmp_path / f".fig1.ipynb.{dead}.k2j3h4_x.tmp.ipynb"
+    legacy = tmp_path / ".fig1.ipynb.abc123_z.tmp.ipynb"  # an older name without a process id
+    live = tmp_path / f".fig1.ipynb.{os.getpid()}.zz9aaaaa.tmp.ipynb"  # a write still under way
+    others = [  # other files' temporaries: left to their own writers
+        tmp_path / f".fig2.ipynb.{dead}.qqqqqqqq.tmp.ipynb",
+        tmp_path / f".fig1.ipynb.json.{dead}.qqqqqqqq.tmp.json",
+    ]
+    for p in (stale, legacy, live, *others):
         p.write_text("half")
     write_text(target, "done")
     assert target.read_text() == "done"
     assert not stale.exists() and not legacy.exists()
-    assert live.exists() and other.exists()
+    assert live.exists() and all(p.exists() for p in others)
