@@ -150,10 +150,10 @@ def git_state(root: str | Path | None = None) -> dict:
 
 def describe_commit(state: dict, max_paths: int = 10) -> str:
     """One sentence: the commit and, when the tree was dirty, which paths differed from it."""
-    if state["commit"] is None:
+    if state.get("commit") is None:
         return "an unknown commit (not a git checkout)"
     text = f"commit `{state['commit']}`"
-    dirty = state["dirty"]
+    dirty = state.get("dirty") or []
     if dirty:
         shown = ", ".join(f"`{p}`" for p in dirty[:max_paths])
         if len(dirty) > max_paths:
