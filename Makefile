@@ -17,11 +17,9 @@ PY := $(VENV)/bin/python
 REQ_HASH := $(shell sha256sum requirements.txt | cut -c1-16)
 STAMP := $(VENV)/.installed-$(REQ_HASH)
 
-# Thread counts are explicit (2 cores); the repo root is importable without installing it, so a
-# cached virtual environment can serve several clones; JUPYTER_PATH makes kernel `python3` this venv.
+# Thread counts are explicit (2 cores); JUPYTER_PATH makes kernel `python3` this venv.
 export OMP_NUM_THREADS ?= 2
 export MKL_NUM_THREADS ?= 2
-export PYTHONPATH := $(CURDIR)
 export JUPYTER_PATH := $(abspath $(VENV))/share/jupyter
 export JUPYTER_PLATFORM_DIRS := 1
 export PYDEVD_DISABLE_FILE_VALIDATION := 1
@@ -31,8 +29,21 @@ export MPLBACKEND := Agg
 NOTEBOOKS := $(foreach n,fig1 fig2 fig3 fig4 ablations table1 explore,$(if $(wildcard notebooks/$(n).ipynb),$(n)))
 RESULTS := results/$(PROFILE)
 
-.PHONY: setup test test-browser lint reproduce bench lab clean
+.PHONY: setup test test-browser lint chromium check-profile reproduce bench lab clean
+
+# The project is installed in the venv in editable mode, so `import flexrel_core` works from any
+# folder and any kernel. One venv may serve several checkouts (CI keeps it outside the clone): when
+# the install points at another checkout, it is re-pointed here: offline with the venv's setuptools,
+# else with one fetched from the package index.
+# `-P` keeps the current folder off sys.path, so the check sees what other folders see.
+INSTALLED := import importlib.util as u, os, sys; s = u.find_spec("flexrel_core"); \
+	sys.exit(not s or os.path.realpath(s.origin) != os.path.realpath(sys.argv[1]))
 setup: $(STAMP)
+	@if ! $(PY) -P -c '$(INSTALLED)' "$(CURDIR)/flexrel_core/__init__.py"; then \
+	  echo "installing flexrel_core from $(CURDIR) into $(VENV) (pip install -e .)"; \
+	  $(PY) -m pip install --quiet --no-deps --no-build-isolation --no-index -e . \
+	    || $(PY) -m pip install --quiet --no-deps -e .; \
+	fi
 
 # The stamp is named by a hash of requirements.txt: a changed pin makes a new stamp, re-running this recipe.
 $(STAMP):
@@ -46,11 +57,25 @@ lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-test: setup lint
+# `make test` is what CI runs: the browser test needs Debian's Chromium, installed here when it can
+# be (root + apt-get); otherwise the target fails with the command to run (never a silent skip).
+test: setup lint chromium
 	$(VENV)/bin/pytest
 
-test-browser: setup
+test-browser: setup chromium
 	$(VENV)/bin/pytest -m browser
+
+chromium:
+	@if [ ! -x /usr/bin/chromium ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing Debian's chromium for the browser test"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  else \
+	    echo "error: the browser test needs Debian's Chromium (/usr/bin/chromium); install it with:" >&2; \
+	    echo "  sudo apt-get install chromium" >&2; \
+	    exit 1; \
+	  fi; \
+	fi
 
 # File targets: an executed notebook is rebuilt only when its source, the library or the profile
 # changed (a rerun with nothing changed does nothing); the runner writes it under a temporary name
@@ -59,10 +84,14 @@ NB_OUT := $(patsubst %,$(RESULTS)/notebooks/%.ipynb,$(NOTEBOOKS))
 LIBRARY := $(shell find flexrel_core -name "*.py")
 reproduce: $(RESULTS)/REPORT.md
 
-$(RESULTS)/notebooks/%.ipynb: notebooks/%.ipynb $(LIBRARY) $(wildcard profiles/$(PROFILE)/*.yaml) | $(STAMP)
+# Every notebook's parameters are checked (types, documented ranges) before the first one runs.
+check-profile: setup
+	$(PY) -m flexrel_core.workbook.profiles $(PROFILE)
+
+$(RESULTS)/notebooks/%.ipynb: notebooks/%.ipynb $(LIBRARY) $(wildcard profiles/$(PROFILE)/*.yaml) | check-profile
 	$(PY) -m flexrel_core.workbook.runner $< --profile $(PROFILE)
 
-$(RESULTS)/REPORT.md: $(NB_OUT) | $(STAMP)
+$(RESULTS)/REPORT.md: $(NB_OUT) | setup
 	$(PY) -m flexrel_core.workbook.report --profile $(PROFILE)
 
 bench: setup
@@ -73,5 +102,6 @@ lab: setup
 
 clean:
 	rm -rf results/*/notebooks results/*/*.log .pytest_cache
+	find results cache -name '.*.tmp*' -type f -delete 2>/dev/null || true
 	find cache -mindepth 1 -maxdepth 1 ! -name models -exec rm -rf {} + 2>/dev/null || true
 	if [ "$(MODELS)" = "1" ]; then rm -rf cache; fi

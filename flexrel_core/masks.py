@@ -1,10 +1,10 @@
 """Turning scores into masks, and owning those masks on the model.
 
 A pruning criterion is a tensor of scores per weight (``flexrel_core.scores``); this module turns
-scores into boolean masks (True = kept) by removing the lowest-scored weights, as in DESIGN.md
-item 7. Masks live on each pruned module as a boolean buffer ``flexrel_mask`` and are multiplied
+scores into boolean masks (True = kept) by removing the lowest-scored weights (``docs/method.md``,
+"Pruning factor"). Masks live on each pruned module as a boolean buffer ``flexrel_mask`` and are multiplied
 into ``weight`` -- no ``torch.nn.utils.prune`` reparametrisation, because LRP rules that modify
-``weight`` would act on a stale tensor (DESIGN.md, "Known pitfalls"). ``to_torch_prune`` exports
+``weight`` would act on a stale tensor (``docs/method.md``, "Pitfalls"). ``to_torch_prune`` exports
 the same masks to that module for users who want them there.
 """
 

@@ -14,7 +14,7 @@ before the sum over samples (default ``"abs"``: sum of absolute values). Because
 is applied per activation, each layer only needs ``A = sum_i phi(rel(a_i))`` and
 ``B = sum_i phi(rel(b_i))``: we reduce over samples inside the backward pass (tensor hooks) and
 unfold the reduced maps once, so the cost stays that of one LRP pass and memory does not grow
-with batch x positions x patch (DESIGN.md item 4).
+with batch x positions x patch (``docs/method.md``, "Convolutions as fully connected layers").
 """
 
 from __future__ import annotations
@@ -146,7 +146,7 @@ def _pads(conv: nn.Conv2d) -> tuple[int, int, int, int]:
 
 
 def conv_weight_relevance(conv: nn.Conv2d, a_sum: torch.Tensor, b_sum: torch.Tensor) -> torch.Tensor:
-    """Parameter relevance of a Conv2d from sample-summed relevance maps (conv-as-FC, DESIGN item 4).
+    """Parameter relevance of a Conv2d from sample-summed relevance maps (conv-as-FC).
 
     ``a_sum`` (C, H, W) and ``b_sum`` (J, H', W') are sum_i phi(rel(a_i)) and sum_i phi(rel(b_i)).
     Input term: for each tap, the unfolded input relevance summed over output positions (taps in

@@ -1,6 +1,6 @@
 """Training, fine-tuning with fixed masks, and evaluation, with explicit seeds and devices.
 
-Fine-tuning a pruned model (DESIGN.md item 8) keeps its masks fixed: gradients of pruned weights
+Fine-tuning a pruned model (``docs/method.md``, "Schedules") keeps its masks fixed: gradients of pruned weights
 are zeroed before every optimiser step and the masks are re-applied after it, so pruned weights
 stay exactly zero whatever the optimiser does with its state (momentum, Adam moments, weight decay).
 """

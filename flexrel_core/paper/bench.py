@@ -66,7 +66,7 @@ def cases(model: nn.Module, x: torch.Tensor) -> dict[str, Callable[[], object]]:
 
 
 def bench_model(name: str, model: nn.Module, x: torch.Tensor, device: torch.device, repeats: int) -> dict:
-    """Time and peak memory of every case for one model, and the ratios the issue targets."""
+    """Time and peak memory of every case for one model, and each case's ratio to the plain pass."""
     model = model.to(device).eval()
     x = x.to(device)
     row: dict = {"model": name, "input": list(x.shape), "device": str(device), "repeats": repeats}

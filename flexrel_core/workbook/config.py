@@ -1,11 +1,13 @@
 """Configurations as frozen dataclasses, hashed into the path of what they produce.
 
-As in open_lth: a canonical string of the *non-default* fields (plus the class name) is hashed,
-so adding a field with a default never changes the hash of an existing configuration and never
-silently invalidates cached results (``tests/workbook/test_config.py`` pins the hash of a known
-configuration). Every configuration of the workbook lives here: the dense model (``TrainConfig``),
-how points are scored, pruned and fine-tuned (``PruneConfig``) and Figure 3's cooperative-learning
-scenario (``FedConfig``); all read themselves from a notebook's parameters with ``from_mapping``.
+As in open_lth: a canonical string of the *non-default* fields (plus the class name) is hashed, so
+a configuration's hash does not depend on fields it leaves at their defaults
+(``tests/workbook/test_config.py`` pins the hash of a known configuration). A changed default
+would therefore go unnoticed by that hash: this module's source is part of the code hash of every
+cached stage (``provenance.STAGE_CODE``), so editing it recomputes what depends on it. Every
+configuration of the workbook lives here: the dense model (``TrainConfig``), how points are
+scored, pruned and fine-tuned (``PruneConfig``) and Figure 3's cooperative-learning scenario
+(``FedConfig``); all read themselves from a notebook's parameters with ``from_mapping``.
 """
 
 from __future__ import annotations

@@ -6,25 +6,35 @@ All writes are atomic (``cache.atomic_write``).
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 import pandas as pd
 
 from .cache import atomic_write, write_text
-from .paths import REPO_ROOT
+from .provenance import git_state
+
+# Metadata that would make the bytes differ between two drawings of the same numbers: dates
+# (SVG, PDF). PNG carries only the matplotlib version.
+_METADATA = {"svg": {"Date": None}, "pdf": {"CreationDate": None, "ModDate": None}, "png": {}}
 
 
 def save_figure(fig, folder: str | Path, name: str, formats: tuple[str, ...] = ("png", "svg")) -> list[Path]:
-    """Write ``fig`` as ``<folder>/<name>.<fmt>`` for each format; returns the paths."""
+    """Write ``fig`` as ``<folder>/<name>.<fmt>`` for each format; returns the paths.
+
+    Byte-stable: the same figure drawn twice gives the same bytes (no dates in the metadata, and
+    SVG element ids derived from a fixed salt rather than a random one), so rewriting results that
+    did not change leaves them unchanged in git.
+    """
+    import matplotlib
+
     paths = []
     for fmt in formats:
-        paths.append(
-            atomic_write(
-                Path(folder) / f"{name}.{fmt}",
-                lambda tmp, fmt=fmt: fig.savefig(tmp, format=fmt, dpi=150, bbox_inches="tight"),
-            )
-        )
+
+        def write(tmp: str, fmt: str = fmt) -> None:
+            with matplotlib.rc_context({"svg.hashsalt": name}):
+                fig.savefig(tmp, format=fmt, dpi=150, bbox_inches="tight", metadata=_METADATA.get(fmt))
+
+        paths.append(atomic_write(Path(folder) / f"{name}.{fmt}", write))
     return paths
 
 
@@ -39,14 +49,8 @@ def write_report_section(folder: str | Path, name: str, markdown: str) -> Path:
 
 
 def git_commit() -> str:
-    """The commit the code runs at (``+dirty`` when the tree has changes), or ``unknown``."""
-    try:
-        sha = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, check=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT, capture_output=True, text=True
-        ).stdout.strip()
-        return sha + ("+dirty" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
+    """The commit the code runs at (``+dirty`` when the working tree has changes), or ``unknown``."""
+    state = git_state()
+    if state["commit"] is None:
         return "unknown"
+    return state["commit"] + ("+dirty" if state["dirty"] else "")

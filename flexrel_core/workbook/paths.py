@@ -2,12 +2,15 @@
 
 - ``results/<profile>/``: figures (PNG + SVG), CSV tables, ``REPORT.md`` and report sections,
   executed notebooks under ``notebooks/``.
-- ``cache/``: trained models and every cached stage, named by configuration hash.
+- ``cache/<stage>/<key>-<code>/``: trained models and every cached stage, named by a hash of its
+  configuration (``key``) and of the code and libraries that compute it (``provenance.code_hash``).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+
+from .provenance import code_hash, stage_code
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PROFILES = ("quick", "default", "paper")
@@ -28,9 +31,19 @@ def results_dir(profile: str, results_root: str | Path = REPO_ROOT / "results") 
 
 
 def cache_dir(stage: str, key: str, cache_root: str | Path = REPO_ROOT / "cache") -> Path:
-    """``cache/<stage>/<key>/`` (created), e.g. ``cache/models/3f2a9c0d1e4b``."""
-    path = Path(cache_root) / stage / key
+    """``cache/<stage>/<key>-<code>/`` (created), e.g. ``cache/models/3f2a9c0d1e4b-9d0c2e71a5f3``.
+
+    ``key`` names the configuration; ``<code>`` is ``provenance.code_hash(stage)``, so a change to
+    the code the stage depends on (or to a library version) gives a new, empty folder. The folder
+    holds ``code.json``: the hash of every module and the library versions behind that code hash.
+    Raises ``KeyError`` for a stage missing from ``provenance.STAGE_CODE``.
+    """
+    from .cache import write_json
+
+    path = Path(cache_root) / stage / f"{key}-{code_hash(stage)}"
     path.mkdir(parents=True, exist_ok=True)
+    if not (path / "code.json").exists():
+        write_json(path / "code.json", {"stage": stage, **stage_code(stage)})
     return path
 
 

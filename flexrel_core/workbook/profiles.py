@@ -3,75 +3,141 @@
 A profile folder holds ``common.yaml`` (parameters every notebook gets when it declares them) and
 one ``<notebook>.yaml`` per notebook (its own parameters, overriding ``common``). Only the names
 a notebook's ``parameters`` cell declares are passed to it; a name that no notebook declares is
-refused (papermill itself would only warn).
+refused (papermill itself would only warn), and so is a value of the wrong type or out of its
+documented range (``parameters.RANGES``), with the file, the parameter, the value and what was
+expected. ``python -m flexrel_core.workbook.profiles PROFILE`` checks a whole profile against every
+notebook before a run starts.
 """
 
 from __future__ import annotations
 
+import argparse
+import sys
 from pathlib import Path
 
 import yaml
 
-from .paths import check_profile, profile_dir
+from .parameters import Declaration, check, declarations
+from .paths import REPO_ROOT, check_profile
+
+PROFILES_ROOT = REPO_ROOT / "profiles"
+NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
 
 
-def read_profile(profile: str) -> dict:
-    """``{"common": {...}, "<notebook>": {...}}`` from the files of ``profiles/<profile>/``."""
+class ProfileError(ValueError):
+    """A profile gives a notebook a parameter it does not declare, or a value it cannot take."""
+
+
+def _shown(path: Path) -> str:
+    """``path`` relative to the repository when inside it (messages never need the machine's layout)."""
+    try:
+        return str(path.resolve().relative_to(REPO_ROOT))
+    except ValueError:
+        return str(path)
+
+
+def read_profile(profile: str, profiles_root: str | Path = PROFILES_ROOT) -> dict:
+    """``{"common": {...}, "<notebook>": {...}}`` from the files of ``<profiles_root>/<profile>/``."""
     data = {}
-    for path in sorted(profile_dir(profile).glob("*.yaml")):
+    for path in sorted((Path(profiles_root) / check_profile(profile)).glob("*.yaml")):
         with open(path) as fh:
             section = yaml.safe_load(fh) or {}
         if not isinstance(section, dict):
-            raise ValueError(f"{path} must hold a mapping of parameter names to literals")
+            raise ProfileError(f"{_shown(path)} must hold a mapping of parameter names to literals")
         data[path.stem] = section
     return data
 
 
-def notebook_parameters(notebook: str | Path) -> set[str]:
-    """Names a notebook's ``parameters`` cell assigns.
+def notebook_declarations(notebook: str | Path) -> dict[str, Declaration]:
+    """What a notebook's ``parameters`` cell declares: each name with the types its annotation admits.
 
     Read with ``ast`` rather than ``papermill.inspect_notebook``, which skips annotated names it
     cannot parse (``data_root: str | None = None``) and would let their profile values vanish.
     """
-    import ast
-
     import nbformat
 
     nb = nbformat.read(str(notebook), as_version=4)
     cells = [c for c in nb.cells if c.cell_type == "code" and "parameters" in c.metadata.get("tags", [])]
     if len(cells) != 1:
-        raise ValueError(f"{notebook} must have exactly one cell tagged `parameters`, found {len(cells)}")
-    names = set()
-    for node in ast.parse(cells[0].source).body:
-        targets = (
-            node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(node, ast.AnnAssign) else []
-        )
-        names.update(t.id for t in targets if isinstance(t, ast.Name))
-    return names
+        raise ProfileError(f"{notebook} must have exactly one cell tagged `parameters`, found {len(cells)}")
+    return declarations(cells[0].source)
 
 
-def parameters_for(profile: str, notebook: str | Path) -> dict:
-    """The parameters ``notebook`` runs with under ``profile``, validated against its parameters cell."""
-    data = read_profile(check_profile(profile))
+def notebook_parameters(notebook: str | Path) -> set[str]:
+    """Names a notebook's ``parameters`` cell assigns."""
+    return set(notebook_declarations(notebook))
+
+
+def check_values(values: dict, declared: dict[str, Declaration], source: str) -> list[str]:
+    """One message per value in ``values`` that its declaration or ``RANGES`` refuses, prefixed by ``source``."""
+    problems = (check(name, value, declared.get(name)) for name, value in values.items())
+    return [f"{source}: {p}" for p in problems if p is not None]
+
+
+def parameters_for(profile: str, notebook: str | Path, profiles_root: str | Path = PROFILES_ROOT) -> dict:
+    """The parameters ``notebook`` runs with under ``profile``, validated against its parameters cell.
+
+    Raises ``ProfileError`` naming every problem: undeclared names, values of the wrong type or
+    outside their documented range (each with its file), missing ``profile``/``results_root``."""
+    folder = Path(profiles_root) / check_profile(profile)
+    data = read_profile(profile, profiles_root)
     name = Path(notebook).stem
-    declared = notebook_parameters(notebook)
+    declared = notebook_declarations(notebook)
     own = data.get(name) or {}
     unknown = sorted(set(own) - set(declared))
     if unknown:
-        raise ValueError(
-            f"profile {profile!r} gives {name} parameters it does not declare: {unknown}; "
+        raise ProfileError(
+            f"{_shown(folder / f'{name}.yaml')} gives {name} parameters it does not declare: {unknown}; "
             f"its parameters cell declares {sorted(declared)}"
         )
     common = data.get("common") or {}
     known = set().union(*(notebook_parameters(nb) for nb in sorted(Path(notebook).parent.glob("*.ipynb"))))
     if sorted(set(common) - known):
-        raise ValueError(
-            f"profile {profile!r} has common parameters no notebook declares: {sorted(set(common) - known)}"
+        raise ProfileError(
+            f"{_shown(folder / 'common.yaml')} has parameters no notebook declares: {sorted(set(common) - known)}"
         )
-    params = {k: v for k, v in common.items() if k in declared}
-    params.update(own)
     missing = {"profile", "results_root"} - set(declared)
     if missing:
-        raise ValueError(f"{notebook} must declare the parameters {sorted(missing)}")
-    params["profile"] = profile
+        raise ProfileError(f"{notebook} must declare the parameters {sorted(missing)}")
+    shared = {k: v for k, v in common.items() if k in declared and k not in own}
+    problems = check_values(shared, declared, _shown(folder / "common.yaml"))
+    problems += check_values(own, declared, _shown(folder / f"{name}.yaml"))
+    if problems:
+        raise ProfileError(f"profile {profile!r} cannot run {Path(notebook).name}:\n  " + "\n  ".join(problems))
+    return {**shared, **own, "profile": profile}
+
+
+def validate_profile(
+    profile: str, notebooks: list[str | Path] | None = None, profiles_root: str | Path = PROFILES_ROOT
+) -> dict[str, dict]:
+    """``parameters_for`` of every notebook (default: all of ``notebooks/``); one ``ProfileError``
+    lists the problems of all of them, so a run never starts on a profile that would fail later."""
+    notebooks = notebooks if notebooks is not None else sorted(NOTEBOOKS_DIR.glob("*.ipynb"))
+    params, problems = {}, []
+    for nb in notebooks:
+        try:
+            params[Path(nb).stem] = parameters_for(profile, nb, profiles_root)
+        except ProfileError as err:
+            problems += [line.strip() for line in str(err).splitlines()[1:]] or [str(err)]
+    if problems:
+        unique = list(dict.fromkeys(problems))
+        raise ProfileError(f"profile {profile!r} is not valid:\n  " + "\n  ".join(unique))
     return params
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Check a parameter profile against every notebook's parameters cell.")
+    parser.add_argument("profile")
+    parser.add_argument("notebooks", nargs="*", help="notebooks to check (default: all of notebooks/)")
+    args = parser.parse_args(argv)
+    try:
+        checked = validate_profile(args.profile, args.notebooks or None)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    print(f"profile {args.profile!r}: parameters of {', '.join(checked)} checked")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

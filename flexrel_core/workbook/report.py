@@ -3,7 +3,8 @@ the small formatting helpers those sections share.
 
 Each notebook writes ``results/<profile>/report/<notebook>.md`` (``outputs.write_report_section``)
 with its numbers and its plain-words verdict on the paper's claim; this module puts them in paper
-order under a header naming the profile, its parameters and the commit.
+order under a header naming the profile, its parameters and the commit (and, when the working tree
+had uncommitted changes, which files differed from it).
 """
 
 from __future__ import annotations
@@ -16,8 +17,8 @@ import numpy as np
 import pandas as pd
 
 from .cache import write_text
-from .outputs import git_commit
 from .paths import REPO_ROOT, profile_dir, results_dir
+from .provenance import describe_commit, git_state
 
 ORDER = ("fig1", "fig2", "fig3", "fig4", "ablations", "table1", "explore")
 
@@ -34,21 +35,37 @@ def pct(x: float | None) -> str:
     return "—" if x is None or np.isnan(x) else f"{100 * x:.1f} %"
 
 
+def notebook_runs(folder: str | Path) -> dict[str, str]:
+    """For each executed notebook under ``<folder>/notebooks/``, the commit sentence its run recorded."""
+    import json
+
+    runs = {}
+    for path in sorted(Path(folder, "notebooks").glob("*.ipynb")):
+        meta = json.loads(path.read_text()).get("metadata", {}).get("flexrel")
+        runs[path.stem] = describe_commit(meta) if meta else "an unrecorded commit"
+    return runs
+
+
 def assemble(profile: str, results_root: str | Path = REPO_ROOT / "results") -> Path:
     """Write REPORT.md from the available sections; returns its path."""
     folder = results_dir(profile, results_root)
     sections = sorted(
         (folder / "report").glob("*.md"), key=lambda p: (ORDER.index(p.stem) if p.stem in ORDER else len(ORDER), p.stem)
     )
+    now = describe_commit(git_state())
     header = [
         f"# FlexRel workbook report — profile `{profile}`",
         "",
-        "Produced by `make reproduce PROFILE=" + profile + "` at commit `" + git_commit() + "`.",
+        f"Produced by `make reproduce PROFILE={profile}` at {now}.",
         "Every number below was computed by that run; figures and CSVs sit beside this file.",
         "Paper: Chiasserini, Malandrino, Molner, Zhao, *Combining Relevance and Magnitude for",
         "Resource-Aware DNN Pruning* (arXiv 2405.13088).",
         "",
     ]
+    runs = notebook_runs(folder)
+    if any(commit != now for commit in runs.values()):
+        header += ["Not every notebook ran at that commit; each ran at:", ""]
+        header += [f"- `{nb}`: {commit}" for nb, commit in runs.items()] + [""]
     body = [p.read_text().strip() + "\n" for p in sections] or ["_No notebook has written a section yet._\n"]
     config = ["## Configuration", ""]
     for path in sorted(profile_dir(profile).glob("*.yaml")):

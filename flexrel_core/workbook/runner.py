@@ -1,9 +1,14 @@
 """Execute one notebook under a profile with papermill: ``python -m flexrel_core.workbook.runner NB --profile P``.
 
-The executed copy is written under a temporary name and moved to
-``results/<profile>/notebooks/<name>.ipynb`` only on success, so a failed run never leaves a
-notebook that looks complete; the failing cell's traceback goes to the terminal and the exit code
-is non-zero. Kernel ``python3``; progress bars in console mode; logs streamed (``--log-output``).
+The parameters are checked first (``profiles.parameters_for``: declared types and documented
+ranges), so a bad profile value stops the run before any work. The executed copy is written under
+a temporary name and moved to ``results/<profile>/notebooks/<name>.ipynb`` only on success, so a
+failed run never leaves a notebook that looks complete; the failing cell's traceback goes to the
+terminal and the exit code is non-zero. SIGTERM ends the run like Ctrl-C (the temporary copy is
+removed), and a temporary copy left by a run that was killed outright is removed by the next run.
+The executed copy records the commit it ran at, and whether the working tree differed from it, in
+a note under its title and in its metadata (``flexrel``). Kernel ``python3``; progress bars in
+console mode; logs streamed (``--log-output``).
 """
 
 from __future__ import annotations
@@ -11,13 +16,16 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 import time
 from pathlib import Path
 
 from .cache import atomic_write
+from .parameters import check
 from .paths import REPO_ROOT, results_dir
-from .profiles import parameters_for
+from .profiles import ProfileError, notebook_declarations, parameters_for
+from .provenance import describe_commit, git_state, library_versions
 
 
 def run_notebook(
@@ -29,10 +37,15 @@ def run_notebook(
 
     notebook = Path(notebook).resolve()
     params = parameters_for(profile, notebook)
+    declared = notebook_declarations(notebook)
+    problems = [p for k, v in (extra or {}).items() if (p := check(k, v, declared.get(k))) is not None]
+    if problems:
+        raise ProfileError(f"extra parameters for {notebook.name}: " + "; ".join(problems))
     params.update(extra or {})
     params["results_root"] = str(results_root)
     out = results_dir(profile, results_root) / "notebooks" / notebook.name
     os.environ.setdefault("FLEXREL_PROGRESS", "console")
+    provenance = {"profile": profile, **git_state(), "libraries": library_versions()}
 
     def execute(tmp: str) -> None:
         try:
@@ -51,6 +64,7 @@ def run_notebook(
                 f"{notebook.name} failed in cell {err.exec_count}:\n{err.ename}: {err.evalue}\n"
                 + "".join(err.traceback)
             ) from None
+        record_provenance(tmp, provenance)
 
     start = time.time()
     atomic_write(out, execute)
@@ -58,21 +72,47 @@ def run_notebook(
     return out
 
 
+def record_provenance(path: str | Path, provenance: dict) -> None:
+    """Write ``provenance`` (profile, commit, dirty paths, library versions) into the executed
+    notebook at ``path``: as ``metadata["flexrel"]`` and as a note after its first cell."""
+    import nbformat
+
+    nb = nbformat.read(str(path), as_version=4)
+    nb.metadata["flexrel"] = provenance
+    versions = ", ".join(f"{k} {v}" for k, v in provenance["libraries"].items())
+    note = nbformat.v4.new_markdown_cell(
+        f"*Executed under profile `{provenance['profile']}` at {describe_commit(provenance)}; {versions}.*"
+    )
+    note.metadata["tags"] = ["provenance"]
+    nb.cells.insert(1, note)
+    nbformat.write(nb, str(path))
+
+
 class NotebookFailed(RuntimeError):
     """A notebook cell raised; the message carries its traceback."""
+
+
+def _terminate(signum: int, frame: object) -> None:
+    """SIGTERM ends the run as Ctrl-C would, so that cleanup (the temporary notebook) runs."""
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("notebook")
     parser.add_argument("--profile", default="default")
+    parser.add_argument("--results-root", default=str(REPO_ROOT / "results"), help="results go to <this>/<profile>/")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
+    signal.signal(signal.SIGTERM, _terminate)
     try:
-        run_notebook(args.notebook, args.profile)
+        run_notebook(args.notebook, args.profile, args.results_root)
     except (NotebookFailed, ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
     return 0
 
 

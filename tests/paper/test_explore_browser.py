@@ -6,6 +6,9 @@ with the quick parameters injected (papermill, ``prepare_only``), runs all cells
 menu, moves the delta slider with the keyboard, and checks that the displayed pruned accuracy and
 mask changed. Saves ``results/explorer.png`` (shown in the README) and always stops the server.
 Nothing is downloaded: Chromium is Debian's ``/usr/bin/chromium``, background networking off.
+Without it the test fails rather than skips (``make test`` installs it where it can). The server
+gets no ``PYTHONPATH``: its kernel imports ``flexrel_core`` as installed by ``make setup``, as a
+JupyterLab that a user starts would.
 """
 
 from __future__ import annotations
@@ -54,6 +57,20 @@ SETTINGS = {
     "@jupyterlab/notebook-extension/tracker.jupyterlab-settings": {"windowingMode": "none"},
     "@jupyterlab/docmanager-extension/plugin.jupyterlab-settings": {"autosave": False},
 }
+
+
+def require_chromium(path: Path = CHROMIUM) -> None:
+    """Fail (never skip) when the browser is missing: `make test` installs it, so its absence is an error."""
+    if not path.exists():
+        pytest.fail(
+            f"the browser test needs Debian's Chromium ({path} is missing): run `make test` as root, "
+            "which installs it, or `sudo apt-get install chromium`"
+        )
+
+
+def test_missing_chromium_fails_rather_than_skips(tmp_path):
+    with pytest.raises(pytest.fail.Exception, match="sudo apt-get install chromium"):
+        require_chromium(tmp_path / "no-chromium")
 
 
 def free_port() -> int:
@@ -105,9 +122,7 @@ def stop_server(proc: subprocess.Popen, base: str, token: str) -> None:
 def lab(tmp_path, quick_cache):
     """A JupyterLab server on a copy of the explorer notebook (quick parameters, temporary cache
     and results); yields ``(base_url, token, results_root)`` and stops the server afterwards."""
-    if not CHROMIUM.exists():
-        pytest.skip(f"Debian's Chromium is not installed ({CHROMIUM} missing; apt-get install chromium)")
-    pytest.importorskip("playwright.sync_api", reason="Playwright for Python is not installed")
+    require_chromium()
     import papermill
 
     from flexrel_core.paper.explore import Explorer
@@ -138,7 +153,6 @@ def lab(tmp_path, quick_cache):
         "JUPYTER_CONFIG_DIR": str(tmp_path / "config"),
         "IPYTHONDIR": str(tmp_path / "ipython"),
         "JUPYTER_PATH": str(Path(sys.prefix) / "share" / "jupyter"),
-        "PYTHONPATH": str(REPO_ROOT),
         "FLEXREL_PROGRESS": "off",
         "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2"),
     }

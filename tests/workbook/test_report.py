@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pandas as pd
@@ -16,3 +17,16 @@ def test_markdown_table():
 
 def test_pct_is_nan_safe():
     assert pct(0.975) == "97.5 %" and pct(math.nan) == "—" and pct(None) == "—"
+
+
+def test_report_names_the_commit_and_notebooks_run_elsewhere(tmp_path):
+    from flexrel_core.workbook.provenance import describe_commit, git_state
+    from flexrel_core.workbook.report import assemble
+
+    folder = tmp_path / "quick"
+    (folder / "notebooks").mkdir(parents=True)
+    other = {"commit": "0123456789ab", "dirty": ["flexrel_core/relevance.py"]}
+    (folder / "notebooks" / "fig1.ipynb").write_text(json.dumps({"metadata": {"flexrel": other}, "cells": []}))
+    text = assemble("quick", tmp_path).read_text()
+    assert f"at {describe_commit(git_state())}." in text
+    assert "`fig1`: commit `0123456789ab` with uncommitted changes" in text and "`flexrel_core/relevance.py`" in text

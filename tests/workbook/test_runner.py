@@ -1,20 +1,88 @@
-"""The notebook runner: a failing cell reaches the terminal with its traceback and leaves no output."""
+"""The notebook runner: a failing cell reaches the terminal with its traceback and leaves no output;
+parameters are checked before the kernel starts; the executed copy records the commit; SIGTERM
+leaves no temporary notebook."""
 
 from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 from notebooks_util import write_notebook
 
+from flexrel_core.workbook.profiles import ProfileError
+from flexrel_core.workbook.provenance import git_state
 from flexrel_core.workbook.runner import NotebookFailed, run_notebook
+
+PARAMS = 'profile: str = "quick"\nresults_root: str = "results"\nepochs: int = 1'
+
+
+@pytest.fixture()
+def no_profile(monkeypatch):
+    """Profiles give nothing: the notebooks of these tests take their defaults."""
+    monkeypatch.setattr("flexrel_core.workbook.profiles.read_profile", lambda *args: {})
 
 
 @pytest.mark.notebook
-def test_failing_notebook_reports_traceback_and_leaves_no_output(tmp_path, monkeypatch):
-    nb = write_notebook(
-        tmp_path / "boom.ipynb", 'profile: str = "quick"\nresults_root: str = "results"', "raise RuntimeError('kaput')"
-    )
-    monkeypatch.setattr("flexrel_core.workbook.profiles.read_profile", lambda p: {})
+def test_failing_notebook_reports_traceback_and_leaves_no_output(tmp_path, no_profile):
+    nb = write_notebook(tmp_path / "boom.ipynb", PARAMS, "raise RuntimeError('kaput')")
     with pytest.raises(NotebookFailed, match="kaput"):
         run_notebook(nb, "quick", tmp_path / "results")
     assert not (tmp_path / "results" / "quick" / "notebooks" / "boom.ipynb").exists()
     assert not [p for p in (tmp_path / "results").rglob("*") if p.is_file()]
+
+
+def test_bad_parameters_are_refused_before_the_kernel_starts(tmp_path, no_profile):
+    nb = write_notebook(tmp_path / "nb.ipynb", PARAMS, "x = 1")
+    with pytest.raises(ProfileError, match=r"epochs = -1: expected an integer >= 0"):
+        run_notebook(nb, "quick", tmp_path / "results", extra={"epochs": -1})
+    assert not [p for p in tmp_path.rglob("*") if p.is_file() and p != nb]
+
+
+@pytest.mark.notebook
+def test_executed_notebook_records_the_commit(tmp_path, no_profile):
+    nb = write_notebook(tmp_path / "ok.ipynb", PARAMS, "x = epochs + 1")
+    out = run_notebook(nb, "quick", tmp_path / "results")
+    data = json.loads(out.read_text())
+    meta = data["metadata"]["flexrel"]
+    state = git_state()
+    assert meta["commit"] == state["commit"] and meta["dirty"] == state["dirty"] and meta["profile"] == "quick"
+    note = "".join(data["cells"][1]["source"])
+    assert state["commit"] in note and ("dirty" in note) == bool(state["dirty"])
+    assert out.stat().st_mode & 0o777 == 0o666 & ~_umask()
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+@pytest.mark.notebook
+def test_sigterm_leaves_no_temporary_notebook(tmp_path):
+    nb = write_notebook(tmp_path / "slow.ipynb", PARAMS, "import time\ntime.sleep(120)")
+    results = tmp_path / "results"
+    driver = (
+        "import sys, flexrel_core.workbook.profiles as p; p.read_profile = lambda *a: {}; "
+        "from flexrel_core.workbook.runner import main; sys.exit(main(sys.argv[1:]))"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", driver, str(nb), "--profile", "quick", "--results-root", str(results)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    folder = results / "quick" / "notebooks"
+    deadline = time.time() + 120
+    while not list(folder.glob(".slow.ipynb.*.tmp*")):  # the kernel is running the notebook
+        assert proc.poll() is None and time.time() < deadline, proc.stdout.read() if proc.stdout else ""
+        time.sleep(0.2)
+    time.sleep(2)
+    proc.send_signal(signal.SIGTERM)
+    output, _ = proc.communicate(timeout=60)
+    assert proc.returncode != 0, output
+    assert not [p.name for p in folder.iterdir()], output
