@@ -154,18 +154,19 @@ RANGES: dict[str, Rule] = {
     "fine_tune_lr": RATE,
     "shift_classes": list_of(COUNT, nonempty=False, distinct=True),
     "shift_weights": list_of(number(0)),
-    # Figure 1, Figure 4, Table 1
+    # Figure 1, Figure 4, the ablations, Table 1
     "max_rows": POSITIVE_COUNT,
     "max_cols": POSITIVE_COUNT,
-    "recommend_on": one_of(["one-shot", "fine-tuned"]),
+    "useful_within": number(0),
+    "steps": POSITIVE_COUNT,
     "repeats": POSITIVE_COUNT,
     # Figure 3: cooperative learning
     "nodes": POSITIVE_COUNT,
     "partition": one_of_library("flexrel_core.workbook.config", "PARTITIONS"),
     "dirichlet_alpha": RATE,
-    "warmup_rounds": COUNT,
     "rounds": POSITIVE_COUNT,
     "local_epochs": POSITIVE_COUNT,
+    "local_steps": POSITIVE_COUNT,
     "local_lr": RATE,
     "local_batch_size": POSITIVE_COUNT,
     "node_flops": RATE,

@@ -43,6 +43,7 @@ STAGE_CODE: dict[str, tuple[str, ...]] = {
     "dense_eval": _MODEL,
     "relevance": _RELEVANCE,
     "points": _POINTS,
+    "iterative": _POINTS,
     "costs": (*_POINTS, "encoding", "workbook.measure", "paper.table1"),
     "federated": (*_POINTS, "encoding", "paper.federated"),
 }
