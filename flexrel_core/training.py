@@ -49,6 +49,17 @@ def torch_threads(n: int | None) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
+@contextmanager
+def _out_of_memory_hint(what: str, batch_size: int, device: torch.device) -> Iterator[None]:
+    """Turn an out-of-memory error into one that says so and names the fix (a smaller batch size)."""
+    try:
+        yield
+    except torch.OutOfMemoryError as err:
+        raise torch.OutOfMemoryError(
+            f"out of memory on {device} during {what} with batch_size={batch_size}: use a smaller batch_size ({err})"
+        ) from err
+
+
 def seed_everything(seed: int) -> torch.Generator:
     """Seed Python, NumPy and torch; return a torch generator for data shuffling."""
     random.seed(seed)
@@ -98,8 +109,9 @@ def train(
             steps += 1
             x, y = x.to(dev), y.to(dev)
             opt.zero_grad(set_to_none=True)
-            loss = nn.functional.cross_entropy(model(x), y)
-            loss.backward()
+            with _out_of_memory_hint("training", batch_size, dev):
+                loss = nn.functional.cross_entropy(model(x), y)
+                loss.backward()
             mask_gradients(model)
             opt.step()
             apply_masks(model)
@@ -120,7 +132,8 @@ def predict(
     model.to(dev).eval()
     preds, labels = [], []
     for x, y in DataLoader(dataset, batch_size=batch_size):
-        preds.append(model(x.to(dev)).argmax(1).cpu())
+        with _out_of_memory_hint("evaluation", batch_size, dev):
+            preds.append(model(x.to(dev)).argmax(1).cpu())
         labels.append(y)
     model.train(was_training)
     return torch.cat(preds), torch.cat(labels)

@@ -69,3 +69,17 @@ def test_max_steps_stops_training_after_that_many_optimiser_steps():
     assert len(steps) == 3
     with pytest.raises(ValueError, match="max_steps"):
         train(model, data, epochs=1, max_steps=0, device="cpu")
+
+
+def test_out_of_memory_names_the_fix(monkeypatch):
+    model = small_cnn()
+    data = torch.utils.data.TensorDataset(torch.randn(8, 1, 6, 6), torch.randint(0, 5, (8,)))
+
+    def exhausted(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+    monkeypatch.setattr(model, "forward", exhausted)
+    with pytest.raises(torch.OutOfMemoryError, match="during training with batch_size=4: use a smaller batch_size"):
+        train(model, data, epochs=1, batch_size=4, device="cpu")
+    with pytest.raises(torch.OutOfMemoryError, match="during evaluation with batch_size=512"):
+        evaluate(model, data, device="cpu")

@@ -87,16 +87,19 @@ class Session:
     ) -> None:
         if not choices:
             raise ValueError("the explorer needs at least one inference-data choice")
-        self.model = model.eval()
+        self.device = select_device(device)
+        self.model = model.to(self.device).eval()  # scored on the device, never pruned
         self.normalize = normalize
         self.curve_deltas = tuple(check_delta(d) for d in curve_deltas)
-        self.device = select_device(device)
         self.threads = threads
-        self.dense = {n: m.weight.detach().clone() for n, m in prunable_layers(model).items()}
-        self.work = copy.deepcopy(model).to(self.device).eval()
+        self.dense = {n: m.weight.detach().clone() for n, m in prunable_layers(self.model).items()}
+        self.work = copy.deepcopy(self.model).eval()
         self._work_layers = prunable_layers(self.work)
         self.choices = {
-            k: InferenceData(v.relevance, v.x.to(self.device), v.y.to(self.device)) for k, v in choices.items()
+            k: InferenceData(
+                {n: r.to(self.device) for n, r in v.relevance.items()}, v.x.to(self.device), v.y.to(self.device)
+            )
+            for k, v in choices.items()
         }
         self._curves: dict[tuple, list[float]] = {}
         self.reset()
@@ -129,6 +132,7 @@ class Session:
                 seed=cfg.seed,
                 cache_root=cache_root,
                 device=get("device", "cpu"),
+                batch_size=get("lrp_batch_size", 256),
                 **opts,
             )
             for name, (d, tag) in datasets.items()
@@ -229,12 +233,13 @@ def inference_data(
     aggregate: str = "abs",
     cache_root: str | Path = REPO_ROOT / "cache",
     device: str = "cpu",
+    batch_size: int | None = 256,
 ) -> InferenceData:
     """Relevance of ``model`` on ``data.inference`` (cached under ``key``) and the test samples
     (a seeded random subset of ``eval_samples`` of them, if given) for one inference choice."""
     relevance = relevance_for(
         model, data, key, samples=samples, composite=composite, aggregate=aggregate, cache_root=cache_root,
-        device=device,
+        device=device, batch_size=batch_size,
     )  # fmt: skip
     test = data.test
     if eval_samples is not None and eval_samples < len(test):

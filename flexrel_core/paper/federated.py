@@ -220,7 +220,7 @@ def simulate(
     }  # fmt: skip
 
     def compute() -> dict:
-        model = setup.fresh_model()
+        model = setup.fresh_model(device)
         prune_for(setup, model, technique, amount, pcfg, delta)
         rounds = [{"round": 0, "flops_per_sample": forward_flops(model, setup.data.input_shape), "bytes_down": 0}]
         rounds[0] |= {"bytes_up": 0, "compute_s": 0.0, "transfer_s": 0.0, "round_s": 0.0}

@@ -139,6 +139,7 @@ RANGES: dict[str, Rule] = {
     "device": Rule(lambda: "'auto' or a torch device name ('cpu', 'cuda', 'cuda:1', ...)", _device),
     # relevance, scores, pruning, fine-tuning
     "inference_samples": POSITIVE_COUNT,
+    "lrp_batch_size": POSITIVE_COUNT,
     "composite": one_of_library("zennit.composites", "COMPOSITES"),
     "aggregate": one_of_library("flexrel_core.relevance", "AGGREGATES"),
     "normalize": one_of_library("flexrel_core.scores", "NORMALIZATIONS"),

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -122,9 +123,15 @@ def relevance_for(
     def compute() -> dict[str, torch.Tensor]:
         dev = select_device(device)
         targets = y.to(dev) if lrp_target == "label" else None
+        if dev.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(dev)
+        start = time.perf_counter()
         rel = parameter_relevance(
             model.to(dev), x.to(dev), targets, composite=composite, aggregate=aggregate, batch_size=batch_size
         )
+        peak = f", peak {torch.cuda.max_memory_allocated(dev) / 2**30:.2f} GiB" if dev.type == "cuda" else ""
+        log.info("relevance on %d samples (%s, batches of %s): %.1f s%s", len(x), dev, batch_size,
+                 time.perf_counter() - start, peak)  # fmt: skip
         model.cpu()
         return {k: v.cpu() for k, v in rel.items()}
 
@@ -144,10 +151,10 @@ class Setup:
     dense_val_accuracy: float
     dense_test_accuracy: float
 
-    def fresh_model(self) -> nn.Module:
-        """A new copy of the dense model (never downloads weights: the state is loaded)."""
+    def fresh_model(self, device: str | torch.device = "cpu") -> nn.Module:
+        """A new copy of the dense model on ``device`` (never downloads weights: the state is loaded)."""
         model = new_model(dataclasses.replace(self.cfg, pretrained=False), self.data)
-        return load_state(model, self.state).eval()
+        return load_state(model, self.state).to(select_device(device)).eval()
 
 
 def shift_spec(shift_classes: Sequence[int] | None = None, shift_weights: Sequence[float] | None = None) -> dict:
@@ -197,9 +204,10 @@ def prepare(
     return Setup(cfg, data, state, relevance, relevance_id, eval_id, dense["val"], dense["test"])
 
 
-def pruned_model(setup: Setup, delta: float, p: float, pcfg: PruneConfig) -> nn.Module:
-    """A fresh copy of the dense model pruned one-shot to factor ``p`` by s = (1-δ)·M_norm + δ·R_norm."""
-    model = setup.fresh_model()
+def pruned_model(setup: Setup, delta: float, p: float, pcfg: PruneConfig, device: str = "cpu") -> nn.Module:
+    """A fresh copy of the dense model pruned one-shot to factor ``p`` by s = (1-δ)·M_norm + δ·R_norm,
+    scored and pruned on ``device``."""
+    model = setup.fresh_model(device)
     scores = pruning_scores(
         model,
         method="flexrel",
@@ -250,7 +258,7 @@ def fine_tuned_state(
 
 
 def _fine_tune(setup: Setup, delta: float, p: float, pcfg: PruneConfig, device: str) -> dict[str, torch.Tensor]:
-    model = pruned_model(setup, delta, p, pcfg)
+    model = pruned_model(setup, delta, p, pcfg, device)
     train(
         model,
         setup.data.train,
@@ -295,13 +303,13 @@ def evaluate_point(
         }
 
     def compute() -> dict:
-        one_shot = measure(pruned_model(setup, delta, p, pcfg))
+        one_shot = measure(pruned_model(setup, delta, p, pcfg, device))
         if not fine_tune:
             return {"one_shot": one_shot, "fine_tuned": None}
         if p == 0:  # nothing pruned, nothing to recover: the dense model itself (module docstring)
             return {"one_shot": one_shot, "fine_tuned": dict(one_shot)}
         state = fine_tuned_state(setup, delta, p, pcfg, device=device, memo=memo)
-        return {"one_shot": one_shot, "fine_tuned": measure(load_state(setup.fresh_model(), state))}
+        return {"one_shot": one_shot, "fine_tuned": measure(load_state(setup.fresh_model(device), state))}
 
     return cached(cache_dir("points", dict_hash(config), cache_root) / "point.pt", compute, config=config)
 
@@ -340,9 +348,9 @@ def iterative_point(
     }
 
     def compute() -> dict:
-        model = setup.fresh_model()
-        x, y = tensors(setup.data.inference, pcfg.inference_samples)
         dev = select_device(device)
+        model = setup.fresh_model(dev)
+        x, y = tensors(setup.data.inference, pcfg.inference_samples)
         for step, p_step in enumerate(iterative_steps(p, steps), start=1):
             relevance = None
             if delta > 0:
