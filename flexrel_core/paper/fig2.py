@@ -272,6 +272,16 @@ def report(df: pd.DataFrame, summary: pd.DataFrame, *, delta: float, fine_tune_e
     return "\n".join(lines)
 
 
+def _difference_limits(ax, d: pd.DataFrame) -> None:
+    """Y range of a difference panel: every mean and FlexRel's interval, with a margin (relevance's
+    interval can be far wider; its band then leaves the panel)."""
+    flexrel = d[d["comparison"] == "flexrel - magnitude"]
+    values = pd.concat([d["mean"], flexrel["ci_low"], flexrel["ci_high"]]).dropna()
+    if len(values):
+        span = max(100 * values.abs().max() * 1.15, 1.0)
+        ax.set_ylim(-min(span, 100.0), min(span, 100.0))
+
+
 def plot(df: pd.DataFrame, diff: pd.DataFrame) -> Figure:
     """Per condition (rows) and schedule (columns): test accuracy against pruning factor per method
     (mean ± one standard deviation over seeds) and, under it, the paired difference to magnitude
@@ -313,6 +323,7 @@ def plot(df: pd.DataFrame, diff: pd.DataFrame) -> Figure:
                     part["p"], 100 * part["ci_low"], 100 * part["ci_high"], color=PALETTE[other], alpha=0.2, lw=0
                 )
             ax_diff.axhline(0, color="k", lw=0.8)
+            _difference_limits(ax_diff, d)
             p_axis(ax_diff, d["p"])
             ax_diff.set_ylabel("difference (points)")
             ax_diff.set_title("paired difference to magnitude, mean and 95 % interval", fontsize=9)

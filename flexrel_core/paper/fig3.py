@@ -90,13 +90,13 @@ def compute(
 
 def curves(rounds: pd.DataFrame) -> pd.DataFrame:
     """Accuracy against transmitted data and time: per (technique, amount, round), the mean over seeds
-    of accuracy (with its 95 % t-interval), cumulative megabytes and elapsed seconds."""
+    of accuracy (with its 95 % t-interval, clipped to [0, 1]), cumulative megabytes and elapsed seconds."""
     rows = []
     for (technique, amount, r), g in rounds.groupby(["technique", "amount", "round"], sort=False):
         acc = t_interval(g["accuracy"].tolist())
         rows.append(
             {"technique": technique, "amount": amount, "round": r, "n": acc["n"], "accuracy": acc["mean"]}
-            | {"accuracy_ci_low": acc["ci_low"], "accuracy_ci_high": acc["ci_high"]}
+            | {"accuracy_ci_low": max(acc["ci_low"], 0.0), "accuracy_ci_high": min(acc["ci_high"], 1.0)}
             | {"mb": float(g["mb"].mean()), "elapsed_s": float(g["elapsed_s"].mean())}
         )
     return pd.DataFrame(rows)
