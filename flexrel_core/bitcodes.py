@@ -11,8 +11,8 @@ second run that follows the first.
 Every function takes and returns torch tensors. On a GPU (any non-CPU device) they are a few
 vectorised torch passes (cumulative sums, scatters, shifts), so a GPU-resident mask is coded
 without leaving the GPU. On the CPU the same results come from numpy, which is several times
-faster there for these operations (boolean gathers, ``flatnonzero``, ``diff``, ``packbits``);
-``tests/test_bitcodes.py`` checks that both paths agree bit for bit.
+faster there for these operations (``hostarrays``); ``tests/test_bitcodes.py`` checks that both
+paths agree bit for bit.
 """
 
 from __future__ import annotations
@@ -22,14 +22,14 @@ import math
 import numpy as np
 import torch
 
+from .hostarrays import host_array as _host_array
+
 Bytes = bytes | bytearray | memoryview
-_NUMPY_DTYPES = (torch.bool, torch.uint8, torch.int16, torch.int32, torch.int64, torch.float16, torch.float32)
-_NUMPY_DTYPES += (torch.float64,)
 
 
 def host_array(t: torch.Tensor) -> np.ndarray | None:
-    """A numpy view of a CPU tensor whose dtype numpy has; None for any other tensor (use torch)."""
-    return t.numpy() if t.device.type == "cpu" and t.dtype in _NUMPY_DTYPES else None
+    """``hostarrays.host_array``: the numpy view of a CPU tensor, or None (take the torch path)."""
+    return _host_array(t)
 
 
 def as_bytes_tensor(data: Bytes | torch.Tensor, device: str | torch.device | None = None) -> torch.Tensor:

@@ -12,11 +12,14 @@ from __future__ import annotations
 
 import functools
 import math
+from types import SimpleNamespace
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn.utils import prune as torch_prune
 
+from .hostarrays import host_array
 from .layers import check_score_dict, prunable_layers
 
 MASK_BUFFER = "flexrel_mask"
@@ -57,11 +60,11 @@ def set_masks(model: nn.Module, masks: dict[str, torch.Tensor]) -> None:
 @torch.no_grad()
 def apply_masks(model: nn.Module) -> None:
     """Zero every pruned weight: exactly +0.0 (``mul_`` would leave -0.0 for negative weights, a
-    sign bit that a sparse encoding does not carry)."""
+    sign bit that a sparse encoding does not carry). One ``where`` in place: no inverted mask."""
     for m in prunable_layers(model).values():
         mask = getattr(m, MASK_BUFFER, None)
         if mask is not None:
-            m.weight.masked_fill_(~mask, 0.0)
+            torch.where(mask, m.weight, m.weight.new_zeros(()), out=m.weight)
 
 
 @torch.no_grad()
@@ -120,6 +123,21 @@ def prune(
 
 
 SAMPLE = 1 << 18  # scores drawn to bracket the threshold (selection cost does not depend on it)
+# The few array operations selection needs, for numpy arrays (CPU tensors, see ``hostarrays``) and torch tensors.
+_NUMPY = SimpleNamespace(
+    count=np.count_nonzero,
+    cat=np.concatenate,
+    positions=np.flatnonzero,
+    ones=lambda s: np.ones(len(s), dtype=bool),
+    copy=np.copy,
+)
+_TORCH = SimpleNamespace(
+    count=torch.count_nonzero,
+    cat=torch.cat,
+    positions=lambda m: torch.nonzero(m).squeeze(1),
+    ones=lambda s: torch.ones_like(s, dtype=torch.bool),
+    copy=torch.clone,
+)
 
 
 @torch.no_grad()
@@ -135,64 +153,80 @@ def lowest_k(scores: list[torch.Tensor], kept: list[torch.Tensor | None], k: int
     among them (the whole kept set if the bracket misses, which changes the time, not the result);
     a last pass writes the masks. Linear time, no sort, and no copy of the scores unless their
     dtypes differ (comparisons are then made in the promoted dtype, as a float64 conversion would:
-    every float converts exactly into a wider float, so no two scores merge or swap).
+    every float converts exactly into a wider float, so no two scores merge or swap). CPU tensors
+    are read through numpy (``hostarrays``), others with torch operations on their device.
     """
     dtype = functools.reduce(torch.promote_types, [s.dtype for s in scores])
     dtype = dtype if dtype.is_floating_point else torch.float64
     flat = [s.reshape(-1).to(dtype) for s in scores]
     kept = [None if m is None else m.reshape(-1).bool() for m in kept]
+    arrays = [host_array(s) for s in flat]
+    masks = [None if m is None else host_array(m) for m in kept]
+    if all(a is not None for a in arrays) and all(a is not None or m is None for a, m in zip(masks, kept, strict=True)):
+        return [torch.from_numpy(m) for m in _select(arrays, masks, k, _NUMPY)]
+    return _select(flat, kept, k, _TORCH)
+
+
+def _select(flat: list, kept: list, k: int, xp: SimpleNamespace) -> list:
+    """``lowest_k`` on numpy arrays or torch tensors (``xp`` names the operations that differ)."""
     pairs = list(zip(flat, kept, strict=True))
     if k == 0:
-        return [torch.ones_like(s, dtype=torch.bool) if m is None else m.clone() for s, m in pairs]
-    lo, hi = _bracket(flat, kept, k)
+        return [xp.ones(s) if m is None else xp.copy(m) for s, m in pairs]
+    lo, hi = _bracket(flat, kept, k, xp)
     below, inside = 0, []
     for s, m in pairs:
         low, high = s < lo, s <= hi
         if m is not None:
             low &= m
             high &= m
-        below += int(torch.count_nonzero(low))
-        inside.append(s[high.logical_xor_(low)])  # lo <= s <= hi (low is a subset of high)
-    cand = torch.cat(inside)
-    if not below < k <= below + cand.numel():  # the sample missed: select among every kept score
-        below, cand = 0, torch.cat([s if m is None else s[m] for s, m in pairs])
-    t = cand.kthvalue(k - below).values
-    tied = int(torch.count_nonzero(cand == t))
-    cut_ties = k - below - int(torch.count_nonzero(cand < t))  # the first cut_ties equal to t go, the rest stay
+        below += int(xp.count(low))
+        high ^= low  # lo <= s <= hi (low is a subset of high)
+        inside.append(s[high])
+    cand = xp.cat(inside)
+    if not below < k <= below + len(cand):  # the sample missed: select among every kept score
+        below, cand = 0, xp.cat([s if m is None else s[m] for s, m in pairs])
+    t = torch.as_tensor(cand).kthvalue(k - below).values.item()  # exact: a value of the scores' dtype
+    tied = int(xp.count(cand == t))
+    cut_ties = k - below - int(xp.count(cand < t))  # the first cut_ties equal to t go, the rest stay
     keep, seen = [], 0
     for s, m in pairs:
-        out = s > t if m is None else (s > t) & m
+        out = s > t
+        if m is not None:
+            out &= m
         if cut_ties < tied:
-            positions = (s == t if m is None else (s == t) & m).nonzero().squeeze(1)
+            tie = s == t
+            if m is not None:
+                tie &= m
+            positions = xp.positions(tie)
             out[positions[max(0, cut_ties - seen) :]] = True
-            seen += positions.numel()
+            seen += len(positions)
         keep.append(out)
     return keep
 
 
-def _bracket(flat: list[torch.Tensor], kept: list[torch.Tensor | None], k: int) -> tuple[float, float]:
+def _bracket(flat: list, kept: list, k: int, xp: SimpleNamespace) -> tuple[float, float]:
     """(lo, hi) likely to hold the ``k``-th smallest kept score: sample quantiles six standard
     errors either side of rank k (the whole line when there are few scores or the sample is thin)."""
-    n = sum(s.numel() for s in flat)
+    sizes = [len(s) for s in flat]
     inf = (-math.inf, math.inf)
-    if n <= SAMPLE:
+    if sum(sizes) <= SAMPLE:
         return inf
-    gen = torch.Generator().manual_seed(0)
-    idx = torch.randint(0, n, (SAMPLE,), generator=gen).sort().values
-    parts, offset = [], 0
-    for s, m in zip(flat, kept, strict=True):
-        local = idx[(idx >= offset) & (idx < offset + s.numel())].to(s.device) - offset
-        parts.append(s[local] if m is None else s[local][m[local]])
-        offset += s.numel()
-    sample = torch.cat(parts).sort().values
-    kept_total = sum(s.numel() if m is None else int(torch.count_nonzero(m)) for s, m in zip(flat, kept, strict=True))
-    q, size = k / kept_total, sample.numel()
-    spread = 6.0 * math.sqrt(size * q * (1.0 - q)) + 2.0
+    idx = np.sort(np.random.default_rng(0).integers(0, sum(sizes), SAMPLE))
+    parts = []
+    for s, m, start, stop in zip(flat, kept, np.cumsum([0] + sizes[:-1]), np.cumsum(sizes), strict=True):
+        local = idx[(idx >= start) & (idx < stop)] - start
+        local = local if xp is _NUMPY else torch.from_numpy(local).to(s.device)
+        v = s[local] if m is None else s[local][m[local]]
+        parts.append(v.astype(np.float64) if xp is _NUMPY else v.double().cpu().numpy())  # float64: exact
+    sample = np.sort(np.concatenate(parts))
+    kept_total = sum(n if m is None else int(xp.count(m)) for n, m in zip(sizes, kept, strict=True))
+    q, size = k / kept_total, len(sample)
     if size < 1000:
         return inf
+    spread = 6.0 * math.sqrt(size * q * (1.0 - q)) + 2.0
     first, last = math.floor(q * size - spread), math.ceil(q * size + spread)
-    lo = sample[first].item() if first > 0 else -math.inf
-    hi = sample[last].item() if last < size - 1 else math.inf
+    lo = float(sample[first]) if first > 0 else -math.inf
+    hi = float(sample[last]) if last < size - 1 else math.inf
     return lo, hi
 
 

@@ -118,6 +118,14 @@ def sorted_reference(model: nn.Module, scores: dict[str, torch.Tensor], amount: 
     return out
 
 
+@pytest.fixture(params=["numpy", "torch"])
+def path(request, monkeypatch):
+    """Selection through numpy (CPU tensors) or through torch operations (what runs on a GPU)."""
+    if request.param == "torch":
+        monkeypatch.setattr(masks_module, "host_array", lambda t: None)
+    return request.param
+
+
 def mixed_model() -> nn.Module:
     return nn.Sequential(nn.Conv2d(2, 3, 3), nn.ReLU(), nn.Flatten(), nn.Linear(12, 7), nn.Linear(7, 5, bias=False))
 
@@ -134,7 +142,7 @@ def tied_scores(model: nn.Module, gen: torch.Generator, levels: int, dtype: torc
 
 @pytest.mark.parametrize("scope", ["global", "layer"])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16, torch.int64])
-def test_selection_equals_a_stable_sort_with_ties_and_earlier_cuts(scope, dtype):
+def test_selection_equals_a_stable_sort_with_ties_and_earlier_cuts(scope, dtype, path):
     gen = torch.Generator().manual_seed(1)
     for case in range(40):
         model = mixed_model()
@@ -150,7 +158,7 @@ def test_selection_equals_a_stable_sort_with_ties_and_earlier_cuts(scope, dtype)
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("amount", [0.0, 0.05, 0.5, 0.9, 0.999])
-def test_selection_past_the_sampling_threshold(dtype, amount):
+def test_selection_past_the_sampling_threshold(dtype, amount, path):
     """Enough weights for the sampled bracket (more than ``SAMPLE``), with ties and a pre-pruned layer."""
     model = nn.Sequential(nn.Linear(512, 600), nn.Linear(600, 10))
     gen = torch.Generator().manual_seed(2)
@@ -163,7 +171,7 @@ def test_selection_past_the_sampling_threshold(dtype, amount):
     assert all(torch.equal(masks[n], expected[n]) for n in expected)
 
 
-def test_a_missed_bracket_changes_the_time_not_the_masks(monkeypatch):
+def test_a_missed_bracket_changes_the_time_not_the_masks(monkeypatch, path):
     model = nn.Sequential(nn.Linear(64, 40), nn.Linear(40, 10))
     gen = torch.Generator().manual_seed(3)
     scores = tied_scores(model, gen, levels=30, dtype=torch.float64)
@@ -174,10 +182,11 @@ def test_a_missed_bracket_changes_the_time_not_the_masks(monkeypatch):
         assert all(torch.equal(masks[n], expected[n]) for n in expected), bracket
 
 
-def test_float32_scores_are_compared_in_float32():
+def test_float32_scores_are_compared_in_float32(monkeypatch):
     """Selection in the scores' own dtype gives the float64 masks (a float widens exactly, so no two
-    scores merge or swap order) and never makes a float64 copy of them: a float32 model's 4-byte
-    scores stay 4-byte."""
+    scores merge or swap order) and never makes a float64 copy of them: float32 scores reach the
+    numpy selection (CPU) as float32, and the torch path (a GPU's) widens only the bounded sample
+    that brackets the threshold, never the scores."""
     from torch.utils._python_dispatch import TorchDispatchMode
 
     class Record(TorchDispatchMode):
@@ -195,7 +204,15 @@ def test_float32_scores_are_compared_in_float32():
     model = nn.Sequential(nn.Linear(512, 600), nn.Linear(600, 10))
     scores = tied_scores(model, torch.Generator().manual_seed(4), levels=100000, dtype=torch.float32)
     expected = sorted_reference(model, scores, 0.7, "global")
+    seen, select = [], masks_module._select
+    monkeypatch.setattr(
+        masks_module, "_select", lambda flat, *a: seen.extend(x.dtype for x in flat) or select(flat, *a)
+    )
+    masks = prune(copy.deepcopy(model), scores, 0.7)
+    assert all(torch.equal(masks[n], expected[n]) for n in expected)
+    assert seen and all(str(d) == "float32" for d in seen)
+    monkeypatch.setattr(masks_module, "host_array", lambda t: None)
     with Record() as record:
         masks = prune(model, scores, 0.7)
     assert all(torch.equal(masks[n], expected[n]) for n in expected)
-    assert record.float64 == 0
+    assert 0 < record.float64 <= masks_module.SAMPLE < prunable_count(model)  # float64: the sample's values only
