@@ -2,6 +2,7 @@
 #   make reproduce [PROFILE=default|quick|paper]   set up, then run every notebook in order
 #   make test                                      set up, then ruff + the whole pytest suite
 #   make bench                                     timing/memory ratios -> results/bench.json
+#   make bench-paper                               paper-profile stage times + estimated reproduce time
 #   make lab                                       JupyterLab on the notebooks
 #   make clean [MODELS=1]                          remove generated results (trained models kept unless MODELS=1)
 # Run without -j: the machine this targets has 2 cores and torch uses both.
@@ -31,7 +32,7 @@ export MPLBACKEND := Agg
 NOTEBOOKS := $(foreach n,fig1 fig2 fig3 fig4 table1 explore,$(if $(wildcard notebooks/$(n).ipynb),$(n)))
 RESULTS := results/$(PROFILE)
 
-.PHONY: setup test test-browser lint reproduce bench lab clean
+.PHONY: setup test test-browser lint reproduce bench bench-paper lab clean
 setup: $(STAMP)
 
 # The stamp is named by a hash of requirements.txt: a changed pin makes a new stamp, re-running this recipe.
@@ -67,6 +68,13 @@ $(RESULTS)/REPORT.md: $(NB_OUT) | $(STAMP)
 
 bench: setup
 	$(PY) -m flexrel_core.paper.bench --out results/bench.json
+
+# Each stage of the paper profile timed on VGG16 (random weights, a synthetic ImageNet-format folder in a
+# temporary directory), and the wall time of `make reproduce PROFILE=paper` on 50,000 images estimated from
+# those times. Small sizes on a CPU, the profile's on a GPU; e.g. BENCH_PAPER_ARGS="--image-size 224".
+BENCH_PAPER_ARGS ?=
+bench-paper: setup
+	$(PY) -m flexrel_core.paper.bench_paper --out results/bench_paper.json $(BENCH_PAPER_ARGS)
 
 lab: setup
 	$(VENV)/bin/jupyter lab --allow-root --notebook-dir=$(CURDIR)

@@ -97,3 +97,14 @@ def test_bit_codes_on_the_gpu_match_numpy():
     u_gpu, code_gpu = bitcodes.rice_encode(positions.cuda(), r)
     assert u_gpu == u and torch.equal(code_gpu.cpu(), code)
     assert torch.equal(bitcodes.rice_decode(code_gpu, len(positions), u, r, 200_000).cpu(), positions)
+
+
+def test_masks_live_on_the_weights_device_wherever_selection_runs():
+    model = build_model("digits_cnn")
+    scores = tied_scores(model, torch.float32, levels=30)
+    expected = prune(copy.deepcopy(model), scores, 0.6)
+    on_cpu = prune(copy.deepcopy(model), {n: s.cuda() for n, s in scores.items()}, 0.6)  # selected on the GPU
+    on_gpu = prune(copy.deepcopy(model).cuda(), scores, 0.6, device="cuda")  # CPU scores, selected on the GPU
+    for n in expected:
+        assert not on_cpu[n].is_cuda and torch.equal(on_cpu[n], expected[n])
+        assert on_gpu[n].is_cuda and torch.equal(on_gpu[n].cpu(), expected[n])
