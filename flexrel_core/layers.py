@@ -1,7 +1,7 @@
 """Which layers FlexRel prunes, and refusal of the ones it cannot handle.
 
 FlexRel (Chiasserini et al., 2025) scores the weights of fully connected and convolutional layers;
-biases and normalisation layers are never pruned (DESIGN.md, "The method").
+biases and normalisation layers are never pruned.
 """
 
 from __future__ import annotations

@@ -1,11 +1,12 @@
 """Turning scores into masks, and owning those masks on the model.
 
 A pruning criterion is a tensor of scores per weight (``flexrel_core.scores``); this module turns
-scores into boolean masks (True = kept) by removing the lowest-scored weights, as in DESIGN.md
-item 7. Masks live on each pruned module as a boolean buffer ``flexrel_mask`` and are multiplied
-into ``weight`` -- no ``torch.nn.utils.prune`` reparametrisation, because LRP rules that modify
-``weight`` would act on a stale tensor (DESIGN.md, "Known pitfalls"). ``to_torch_prune`` exports
-the same masks to that module for users who want them there.
+scores into boolean masks (True = kept) by removing the lowest-scored weights (a pruning factor p
+removes that fraction of the prunable weights), by selection in linear time on the scores' device
+(``lowest_k``). Masks live on each pruned module as a boolean buffer ``flexrel_mask`` and are
+multiplied into ``weight`` -- no ``torch.nn.utils.prune`` reparametrisation, because LRP rules that
+modify ``weight`` would act on a stale tensor. ``to_torch_prune`` exports the same masks to that
+module for users who want them there.
 """
 
 from __future__ import annotations
