@@ -2,6 +2,7 @@
 #   make reproduce [PROFILE=default|quick|paper]   set up, then run every notebook in order
 #   make test                                      set up, then ruff + the whole pytest suite
 #   make bench                                     timing/memory ratios -> results/bench.json
+#   make bench-paper                               paper-profile stage times + estimated reproduce time
 #   make lab                                       JupyterLab on the notebooks
 #   make clean [MODELS=1]                          remove generated results (trained models kept unless MODELS=1)
 # Run without -j: the machine this targets has 2 cores and torch uses both.
@@ -29,7 +30,7 @@ export MPLBACKEND := Agg
 NOTEBOOKS := $(foreach n,fig1 fig2 fig3 fig4 ablations table1 explore,$(if $(wildcard notebooks/$(n).ipynb),$(n)))
 RESULTS := results/$(PROFILE)
 
-.PHONY: setup test test-browser lint chromium check-profile reproduce bench lab clean
+.PHONY: setup test test-browser lint chromium check-profile reproduce bench bench-paper lab clean
 
 # The project is installed in the venv in editable mode, so `import flexrel_core` works from any
 # folder and any kernel. One venv may serve several checkouts (CI keeps it outside the clone): when
@@ -96,6 +97,13 @@ $(RESULTS)/REPORT.md: $(NB_OUT) | setup
 
 bench: setup
 	$(PY) -m flexrel_core.paper.bench --out results/bench.json
+
+# Each stage of the paper profile timed on VGG16 (random weights, a synthetic ImageNet-format folder in a
+# temporary directory), and the wall time of `make reproduce PROFILE=paper` on 50,000 images estimated from
+# those times. Small sizes on a CPU, the profile's on a GPU; e.g. BENCH_PAPER_ARGS="--image-size 224".
+BENCH_PAPER_ARGS ?=
+bench-paper: setup
+	$(PY) -m flexrel_core.paper.bench_paper --out results/bench_paper.json $(BENCH_PAPER_ARGS)
 
 lab: setup
 	$(VENV)/bin/jupyter lab --allow-root --notebook-dir=$(CURDIR)

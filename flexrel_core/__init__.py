@@ -1,7 +1,14 @@
 """FlexRel: pruning by a blend of weight magnitude and LRP relevance (Chiasserini et al., 2025)."""
 
 from .data import DATASETS, DataSplits, load_dataset
-from .encoding import decode_sparse, dense_size_bytes, encode_sparse, information_bound_bits
+from .encoding import (
+    MaskCodeCache,
+    decode_sparse,
+    dense_size_bytes,
+    encode_sparse,
+    encoded_size,
+    information_bound_bits,
+)
 from .layers import prunable_count, prunable_layers
 from .masks import apply_masks, from_torch_prune, get_masks, load_state, mask_gradients, prune, sparsity, to_torch_prune
 from .models import MODELS, build_model
@@ -13,6 +20,8 @@ __all__ = [
     "decode_sparse",
     "dense_size_bytes",
     "encode_sparse",
+    "encoded_size",
+    "MaskCodeCache",
     "information_bound_bits",
     "DATASETS",
     "DataSplits",

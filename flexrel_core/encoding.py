@@ -18,8 +18,14 @@ kept weights only:
 - ``RICE_KEPT`` / ``RICE_PRUNED``: Golomb-Rice codes of the gaps between the positions of the
   minority symbol (kept weights when sparse, pruned ones when dense), with the Rice parameter r
   chosen per layer by trying the values around log2(mean gap * ln 2). Unary parts and r-bit
-  remainders sit in two runs of bits, so both directions are a handful of vectorised numpy
-  operations (a VGG16-size layer codes in about a second).
+  remainders sit in two runs of bits (``bitcodes``), so both directions are a handful of
+  vectorised torch operations.
+
+**Where it runs.** Masks are coded and decoded on the weights' own device (a GPU-resident model
+leaves the GPU only as the bytes of kept values and mask codes); ``decode_sparse`` builds the
+tensors on the device of the model it loads into. ``encoded_size`` gives the blob's length
+without writing it, with a ``MaskCodeCache`` so that an unchanged mask is coded once (what
+Figure 3's per-message byte counts need).
 
 **Why a hand-written coder.** The information bound of a mask with k of N weights kept is
 log2 C(N, k) bits. For a random-looking mask the gaps are close to geometric, for which Golomb
@@ -35,17 +41,36 @@ keeps exact zeros and so cannot be read off the weights, which a dense layout ca
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
 import struct
+import weakref
 import zlib
 
 import numpy as np
 import torch
 from torch import nn
 
+from .bitcodes import (
+    Reader,
+    as_bytes_tensor,
+    mask_at,
+    pack_bits,
+    positions_of,
+    rice_cost,
+    rice_decode,
+    rice_encode,
+    select,
+    spread,
+    unpack_bits,
+    varint,
+    zero_counts,
+)
 from .layers import prunable_layers
 from .masks import MASK_BUFFER
+
+__all__ = ["rice_cost", "rice_decode", "rice_encode"]  # the mask codes, re-exported from bitcodes
 
 MAGIC = b"FRSE"
 VERSION = 1
@@ -74,180 +99,151 @@ def _stored_dtype(t: torch.Tensor, half: bool) -> torch.dtype:
     return torch.float16 if half and t.dtype.is_floating_point else t.dtype
 
 
+def _itemsize(dtype: torch.dtype) -> int:
+    return torch.empty(0, dtype=dtype).element_size()
+
+
 def _raw(t: torch.Tensor) -> np.ndarray:
-    """The tensor's bits as a flat numpy integer array (works for every dtype, bfloat16 included)."""
-    t = t.detach().cpu().contiguous().reshape(-1)
-    return t.view(_INT_VIEW[t.element_size()]).numpy() if t.dtype != torch.bool else t.numpy().view(np.uint8)
+    """The tensor's bits as a flat numpy integer array in host memory (every dtype, bfloat16 included)."""
+    t = t.detach().contiguous().reshape(-1)
+    return t.view(torch.uint8 if t.dtype == torch.bool else _INT_VIEW[t.element_size()]).cpu().numpy()
 
 
-def _from_raw(buf: bytes | memoryview, dtype: torch.dtype, n: int) -> torch.Tensor:
+def _from_raw(buf: memoryview, dtype: torch.dtype, n: int, device: torch.device) -> torch.Tensor:
+    """``n`` values of ``dtype`` from their raw bytes, on ``device``."""
     if n == 0:
-        return torch.empty(0, dtype=dtype)
-    flat = torch.frombuffer(bytearray(buf), dtype=torch.uint8)
+        return torch.empty(0, dtype=dtype, device=device)
+    flat = as_bytes_tensor(buf, device)
     return flat.view(dtype) if dtype != torch.bool else flat.bool()
 
 
-# --------------------------------------------------------------------------- varints and Rice codes
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, n = n & 0x7F, n >> 7
-        out.append(byte | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
+# --------------------------------------------------------------------------- choosing a layout
+@dataclasses.dataclass(frozen=True)
+class MaskCode:
+    """What the layout of a masked weight depends on in its mask: ``n`` weights, ``kept`` of them,
+    ``minority`` positions of the rarer symbol and their Golomb-Rice code (``rice_bits`` bits with
+    parameter ``rice_r``; None when a Rice code cannot beat the bitmap)."""
+
+    n: int
+    kept: int
+    minority: int = 0
+    rice_bits: int | None = None
+    rice_r: int = 0
+
+    @property
+    def minority_kept(self) -> bool:
+        return self.kept <= self.n - self.kept
 
 
-def _gaps(positions: np.ndarray) -> np.ndarray:
-    return np.diff(positions, prepend=-1) - 1
+def mask_code(mask: torch.Tensor) -> tuple[MaskCode, torch.Tensor | None]:
+    """The ``MaskCode`` of a flat boolean mask and its minority positions (None unless Rice-coded)."""
+    n, k = mask.numel(), int(torch.count_nonzero(mask))
+    minority = min(k, n - k)
+    if k == n or not minority < 0.45 * n:  # above 0.45 n a Rice code cannot beat the bitmap
+        return MaskCode(n, k, minority), None
+    positions = positions_of(mask if k <= n - k else ~mask)
+    bits, r = rice_cost(positions)
+    return MaskCode(n, k, minority, bits, r), positions
 
 
-def rice_cost(positions: np.ndarray) -> tuple[int, int]:
-    """(bits, r): the smallest Golomb-Rice code of the gaps between sorted ``positions``."""
-    c = len(positions)
-    if c == 0:
-        return 0, 0
-    gaps = _gaps(positions)
-    r0 = int(max(0.0, math.floor(math.log2(max(float(gaps.mean()), 1e-12) * math.log(2) + 1e-12))))
-    best = None
-    for r in range(max(0, r0 - 2), min(r0 + 3, 62)):
-        bits = int((gaps >> r).sum()) + c * (1 + r)
-        if best is None or bits < best[0]:
-            best = (bits, r)
-    return best
+def _weight_facts(w: torch.Tensor, m: torch.Tensor) -> tuple[bool, int]:
+    """(every pruned position holds a zero, number of non-zero values) of a flat weight in its stored dtype."""
+    count, kept = zero_counts(w, m)
+    return count == kept, count
 
 
-def rice_encode(positions: np.ndarray, r: int) -> tuple[int, bytes]:
-    """Rice-code the gaps between sorted ``positions``: (unary bit count U, bytes of U + c*r bits).
+def _layout(code: MaskCode, itemsize: int, clean: bool, nonzero: int) -> tuple[int, int, int]:
+    """(mode, r, record bytes) of a masked weight: the smallest candidate layout, ties to the lower mode.
 
-    Each gap g is q = g >> r zeros then a one (in the unary run), and g's low r bits (in the
-    remainder run that follows the unary run)."""
-    gaps = _gaps(positions).astype(np.int64)
-    q = gaps >> r
-    ends = np.cumsum(q + 1) - 1
-    u = int(ends[-1]) + 1 if len(ends) else 0
-    bits = np.zeros(u + len(gaps) * r, dtype=np.uint8)
-    bits[ends] = 1
-    if r:
-        rem = bits[u:].reshape(len(gaps), r)
-        for j in range(r):
-            rem[:, j] = (gaps >> (r - 1 - j)) & 1
-    return u, np.packbits(bits).tobytes()
+    ``clean``: pruned positions hold zeros only (then only kept values are sent); ``nonzero``: the
+    count of non-zero values (the dense layout needs the mask to be exactly ``weight != 0``)."""
+    n, k = code.n, code.kept
+    if k == n:
+        return ALL, 0, 1 + n * itemsize
+    value_bytes = (k if clean else n) * itemsize
+    candidates = [(1 + (n + 7) // 8 + value_bytes, BITMAP, 0, 1 + (n + 7) // 8 + value_bytes)]
+    if clean and nonzero == k:
+        candidates.append((1 + n * itemsize, NONZERO, 0, 1 + n * itemsize))
+    if code.rice_bits is not None:
+        c, bits, r = code.minority, code.rice_bits, code.rice_r
+        record = 2 + len(varint(c)) + len(varint(bits - c * r)) + (bits + 7) // 8 + value_bytes
+        # The choice has always counted one byte more than a Rice record takes; kept, so blobs stay the same.
+        candidates.append((record + 1, RICE_KEPT if code.minority_kept else RICE_PRUNED, r, record))
+    _, mode, r, size = min(candidates)
+    return mode, r, size
 
 
-def rice_decode(buf: bytes | memoryview, count: int, u: int, r: int, n: int) -> np.ndarray:
-    """Inverse of ``rice_encode``: the ``count`` sorted positions, refused unless all lie in [0, n)."""
-    bits = np.unpackbits(np.frombuffer(buf, dtype=np.uint8), count=u + count * r)
-    ends = np.flatnonzero(bits[:u])
-    if len(ends) != count or (count and ends[-1] != u - 1):
-        raise ValueError("corrupted blob: a Rice-coded mask does not hold the announced number of positions")
-    gaps = np.diff(ends, prepend=-1).astype(np.int64) - 1
-    if r:
-        gaps <<= r
-        rem = bits[u:].reshape(count, r).astype(np.int64)
-        for j in range(r):
-            gaps |= rem[:, j] << (r - 1 - j)
-    positions = np.cumsum(gaps + 1) - 1
-    if count and positions[-1] >= n:
-        raise ValueError("corrupted blob: a Rice-coded mask points past the end of its layer")
-    return positions
+class MaskCodeCache:
+    """``MaskCode`` of the masks already seen, for ``encoded_size``: a model whose masks did not change
+    costs one pass over its weights, not a new mask code. A mask is recognised as the same tensor
+    unmodified since (identity and version counter), or else by content (blake2b of its packed bits)."""
+
+    def __init__(self) -> None:
+        self._codes: dict[tuple[int, bytes], MaskCode] = {}
+        self._seen: dict[int, tuple[weakref.ref, int, tuple[int, bytes]]] = {}
+        self.computed = 0  # mask codes computed (the rest came from the cache)
+
+    def code(self, mask: torch.Tensor) -> MaskCode:
+        """The ``MaskCode`` of ``mask`` (any shape, True = kept)."""
+        seen = self._seen.get(id(mask))
+        if seen is not None and seen[0]() is mask and seen[1] == mask._version:
+            return self._codes[seen[2]]
+        m = mask.detach().reshape(-1).to(torch.bool)
+        key = (m.numel(), hashlib.blake2b(pack_bits(m).cpu().numpy(), digest_size=16).digest())
+        if key not in self._codes:
+            self._codes[key] = mask_code(m)[0]
+            self.computed += 1
+        self._seen = {i: s for i, s in self._seen.items() if s[0]() is not None}
+        self._seen[id(mask)] = (weakref.ref(mask), mask._version, key)
+        return self._codes[key]
 
 
 # --------------------------------------------------------------------------- one prunable weight
-def _encode_weight(weight: torch.Tensor, mask: torch.Tensor | None, half: bool) -> bytes:
-    """The smallest record (mode byte, mask code, values) for one prunable weight."""
-    w = weight.detach().cpu().to(_stored_dtype(weight, half)).reshape(-1)
-    n = w.numel()
-    vals = _raw(w)
-    itemsize = w.element_size()
-    has_mask = mask is not None
-    m = None if mask is None else mask.detach().cpu().reshape(-1).bool()
-    if m is None or bool(m.all()):
-        return bytes([ALL | has_mask << 4]) + vals.tobytes()
-    m_np = m.numpy()
-    k = int(m_np.sum())
-    nonzero = (w != 0).numpy()
-    pruned_clean = not (nonzero & ~m_np).any()  # pruned positions hold (signed) zeros only
-    candidates: list[tuple[int, int, int]] = []  # (bytes, mode, r)
-    if pruned_clean and bool((nonzero == m_np).all()):
-        candidates.append((1 + n * itemsize, NONZERO, 0))
-    value_bytes = (k if pruned_clean else n) * itemsize
-    candidates.append((1 + (n + 7) // 8 + value_bytes, BITMAP, 0))
-    minority_kept = k <= n - k
-    positions = np.flatnonzero(m_np if minority_kept else ~m_np)
-    if len(positions) < 0.45 * n:  # above this a Rice code cannot beat the bitmap
-        positions = positions.astype(np.int32 if n < 2**31 else np.int64)
-        bits, r = rice_cost(positions)
-        mode = RICE_KEPT if minority_kept else RICE_PRUNED
-        framing = 2 + len(_varint(len(positions))) + len(_varint(bits - len(positions) * r))
-        candidates.append((1 + framing + (bits + 7) // 8 + value_bytes, mode, r))
-    _, mode, r = min(candidates)
-    head = bytes([mode | (not pruned_clean and mode != NONZERO) << 3 | 1 << 4])
+def _encode_weight(weight: torch.Tensor, mask: torch.Tensor | None, half: bool) -> list:
+    """The smallest record (mode byte, mask code, values) for one prunable weight, as buffers."""
+    w = weight.detach().reshape(-1).to(_stored_dtype(weight, half))
+    if mask is None:
+        return [bytes([ALL]), _raw(w)]
+    m = mask.detach().reshape(-1).to(device=w.device, dtype=torch.bool)
+    code, positions = mask_code(m)
+    clean, nonzero = _weight_facts(w, m) if code.kept < code.n else (True, 0)
+    mode, r, _ = _layout(code, w.element_size(), clean, nonzero)
+    if mode == ALL:
+        return [bytes([ALL | 1 << 4]), _raw(w)]
+    head = bytes([mode | (not clean and mode != NONZERO) << 3 | 1 << 4])
     if mode == NONZERO:
-        return head + vals.tobytes()
-    kept = vals[m_np].tobytes() if pruned_clean else vals.tobytes()
+        return [head, _raw(w)]
+    kept = _raw(select(w, positions if mode == RICE_KEPT else m)) if clean else _raw(w)
     if mode == BITMAP:
-        return head + np.packbits(m_np).tobytes() + kept
-    u, code = rice_encode(positions, r)
-    return head + bytes([r]) + _varint(len(positions)) + _varint(u) + code + kept
+        return [head, pack_bits(m).cpu().numpy(), kept]
+    u, bits = rice_encode(positions, r)
+    return [head + bytes([r]) + varint(code.minority) + varint(u), bits.cpu().numpy(), kept]
 
 
-class _Reader:
-    """Sequential reads that refuse to run past the end of the payload."""
-
-    def __init__(self, buf: memoryview) -> None:
-        self.buf, self.pos = buf, 0
-
-    def take(self, n: int) -> memoryview:
-        if n < 0 or self.pos + n > len(self.buf):
-            raise ValueError(
-                f"truncated blob: needed {n} more bytes at payload offset {self.pos}, {len(self.buf)} in all"
-            )
-        out = self.buf[self.pos : self.pos + n]
-        self.pos += n
-        return out
-
-    def byte(self) -> int:
-        return self.take(1)[0]
-
-    def varint(self) -> int:
-        value, shift = 0, 0
-        while True:
-            b = self.byte()
-            value |= (b & 0x7F) << shift
-            shift += 7
-            if not b & 0x80:
-                return value
-            if shift > 63:
-                raise ValueError("corrupted blob: overlong integer")
-
-
-def _decode_weight(rd: _Reader, like: torch.Tensor, half: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
-    stored = _stored_dtype(like, half)
-    n, itemsize = like.numel(), torch.empty(0, dtype=stored).element_size()
+def _decode_weight(rd: Reader, like: torch.Tensor, half: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """One weight record, decoded on the device of ``like`` (the model's weight)."""
+    stored, dev = _stored_dtype(like, half), like.device
+    n, itemsize = like.numel(), _itemsize(stored)
     head = rd.byte()
     mode, values_all, has_mask = head & 7, bool(head >> 3 & 1), bool(head >> 4 & 1)
     if mode > RICE_PRUNED or head >> 5:
         raise ValueError(f"corrupted blob: unknown weight layout byte {head:#x}")
     if mode in (ALL, NONZERO):
-        w = _from_raw(rd.take(n * itemsize), stored, n)
-        mask = None if not has_mask else torch.ones(n, dtype=torch.bool) if mode == ALL else w != 0
+        w = _from_raw(rd.take(n * itemsize), stored, n, dev)
+        mask = None if not has_mask else torch.ones(n, dtype=torch.bool, device=dev) if mode == ALL else w != 0
     else:
         if mode == BITMAP:
-            m = np.unpackbits(np.frombuffer(rd.take((n + 7) // 8), dtype=np.uint8), count=n).astype(bool)
+            mask = index = unpack_bits(as_bytes_tensor(rd.take((n + 7) // 8), dev), n).bool()
+            k = int(torch.count_nonzero(mask))
         else:
             r, count = rd.byte(), rd.varint()
             u = rd.varint()
-            positions = rice_decode(rd.take((u + count * r + 7) // 8), count, u, r, n)
-            m = np.zeros(n, dtype=bool) if mode == RICE_KEPT else np.ones(n, dtype=bool)
-            m[positions] = mode == RICE_KEPT
-        mask = torch.from_numpy(m)
-        k = n if values_all else int(m.sum())
-        vals = _from_raw(rd.take(k * itemsize), stored, k)
-        if values_all:
-            w = vals
-        else:
-            w = torch.zeros(n, dtype=stored)
-            w[mask] = vals
+            positions = rice_decode(as_bytes_tensor(rd.take((u + count * r + 7) // 8), dev), count, u, r, n)
+            mask = mask_at(positions, n, mode == RICE_KEPT)
+            index, k = (positions, count) if mode == RICE_KEPT else (mask, n - count)
+        k = n if values_all else k
+        vals = _from_raw(rd.take(k * itemsize), stored, k, dev)
+        w = vals if values_all else spread(index, vals, n)
     shape = like.shape
     return w.to(like.dtype).reshape(shape), None if mask is None else mask.reshape(shape)
 
@@ -258,16 +254,40 @@ def encode_sparse(model: nn.Module, *, half: bool = False) -> bytes:
 
     ``half=True`` stores floating-point values as float16 (lossy; half the value bits)."""
     layers = prunable_layers(model)
-    parts = []
+    parts: list = []
     for name, t in _tensors(model).items():
         if name in layers:
-            parts.append(_encode_weight(t, getattr(layers[name], MASK_BUFFER, None), half))
+            parts += _encode_weight(t, getattr(layers[name], MASK_BUFFER, None), half)
         else:
-            parts.append(_raw(t.detach().cpu().to(_stored_dtype(t, half))).tobytes())
-    payload = b"".join(parts)
-    flags = FLAG_HALF if half else 0
-    head = _HEADER.pack(MAGIC, VERSION, flags, fingerprint(model), len(payload), 0)[:-4]
-    return head + struct.pack("<I", zlib.crc32(payload, zlib.crc32(head))) + payload
+            parts.append(_raw(t.detach().to(_stored_dtype(t, half))))
+    length = sum(memoryview(p).nbytes for p in parts)
+    head = _HEADER.pack(MAGIC, VERSION, FLAG_HALF if half else 0, fingerprint(model), length, 0)[:-4]
+    crc = zlib.crc32(head)
+    for p in parts:
+        crc = zlib.crc32(p, crc)
+    return b"".join([head, struct.pack("<I", crc), *parts])
+
+
+def encoded_size(model: nn.Module, *, half: bool = False, cache: MaskCodeCache | None = None) -> int:
+    """``len(encode_sparse(model, half=half))``, computed without writing the blob.
+
+    A weight's record length follows from its mask's ``MaskCode`` (looked up in ``cache`` when one
+    is given, so an unchanged mask is coded once) and two counts over its values in the stored
+    dtype: the non-zero values, and those at pruned positions. Passes run on the weights' device."""
+    cache = cache if cache is not None else MaskCodeCache()
+    layers = prunable_layers(model)
+    size = HEADER_BYTES
+    for name, t in _tensors(model).items():
+        stored = _stored_dtype(t, half)
+        mask = getattr(layers[name], MASK_BUFFER, None) if name in layers else None
+        if name not in layers or mask is None:
+            size += (name in layers) + t.numel() * _itemsize(stored)
+            continue
+        code = cache.code(mask)
+        w = t.detach().reshape(-1).to(stored)
+        clean, nonzero = _weight_facts(w, mask.reshape(-1).to(w.device)) if code.kept < code.n else (True, 0)
+        size += _layout(code, _itemsize(stored), clean, nonzero)[2]
+    return size
 
 
 def decode_sparse(blob: bytes, model: nn.Module) -> nn.Module:
@@ -278,7 +298,7 @@ def decode_sparse(blob: bytes, model: nn.Module) -> nn.Module:
     untouched then."""
     if not isinstance(blob, (bytes, bytearray, memoryview)):
         raise TypeError(f"blob must be bytes, got {type(blob).__name__}")
-    blob = bytes(blob)
+    blob = memoryview(blob).cast("B")
     if len(blob) < HEADER_BYTES:
         raise ValueError(f"truncated blob: {len(blob)} bytes, shorter than the {HEADER_BYTES}-byte header")
     magic, version, flags, fp, length, crc = _HEADER.unpack_from(blob)
@@ -299,7 +319,7 @@ def decode_sparse(blob: bytes, model: nn.Module) -> nn.Module:
         )
     half = bool(flags & FLAG_HALF)
     layers = prunable_layers(model)
-    rd = _Reader(memoryview(blob)[HEADER_BYTES:])
+    rd = Reader(blob[HEADER_BYTES:])
     values: dict[str, torch.Tensor] = {}
     masks: dict[str, torch.Tensor | None] = {}
     for name, t in _tensors(model).items():
@@ -307,14 +327,14 @@ def decode_sparse(blob: bytes, model: nn.Module) -> nn.Module:
             values[name], masks[name] = _decode_weight(rd, t, half)
         else:
             stored = _stored_dtype(t, half)
-            size = t.numel() * torch.empty(0, dtype=stored).element_size()
-            values[name] = _from_raw(rd.take(size), stored, t.numel()).to(t.dtype).reshape(t.shape)
+            raw = rd.take(t.numel() * _itemsize(stored))
+            values[name] = _from_raw(raw, stored, t.numel(), t.device).to(t.dtype).reshape(t.shape)
     if rd.pos != len(rd.buf):
         raise ValueError(f"corrupted blob: {len(rd.buf) - rd.pos} bytes left over after the last tensor")
     with torch.no_grad():
         state = model.state_dict()
         for name, v in values.items():
-            state[name].copy_(v.to(state[name].device))
+            state[name].copy_(v)
         for name, mask in masks.items():
             module = layers[name]
             if mask is None:
@@ -328,9 +348,7 @@ def decode_sparse(blob: bytes, model: nn.Module) -> nn.Module:
 
 def dense_size_bytes(model: nn.Module, *, half: bool = False) -> int:
     """Bytes of the dense encoding: the same container with every tensor's values raw (masks not sent)."""
-    value_bytes = sum(
-        t.numel() * torch.empty(0, dtype=_stored_dtype(t, half)).element_size() for t in _tensors(model).values()
-    )
+    value_bytes = sum(t.numel() * _itemsize(_stored_dtype(t, half)) for t in _tensors(model).values())
     return HEADER_BYTES + len(prunable_layers(model)) + value_bytes
 
 
@@ -339,11 +357,11 @@ def information_bound_bits(model: nn.Module, *, half: bool = False) -> float:
     layers = prunable_layers(model)
     bits = 0.0
     for name, t in _tensors(model).items():
-        item = torch.empty(0, dtype=_stored_dtype(t, half)).element_size() * 8
+        item = _itemsize(_stored_dtype(t, half)) * 8
         if name in layers:
             mask = getattr(layers[name], MASK_BUFFER, None)
             n = t.numel()
-            k = n if mask is None else int(mask.sum())
+            k = n if mask is None else int(torch.count_nonzero(mask))
             bits += (math.lgamma(n + 1) - math.lgamma(k + 1) - math.lgamma(n - k + 1)) / math.log(2) + k * item
         else:
             bits += t.numel() * item
@@ -354,5 +372,5 @@ def layer_modes(blob_model: nn.Module, *, half: bool = False) -> dict[str, str]:
     """Which mask layout ``encode_sparse`` picks for each prunable weight (for inspection and tests)."""
     out = {}
     for name, m in prunable_layers(blob_model).items():
-        out[name] = MODE_NAMES[_encode_weight(m.weight, getattr(m, MASK_BUFFER, None), half)[0] & 7]
+        out[name] = MODE_NAMES[_encode_weight(m.weight, getattr(m, MASK_BUFFER, None), half)[0][0] & 7]
     return out

@@ -1,21 +1,27 @@
 """Turning scores into masks, and owning those masks on the model.
 
 A pruning criterion is a tensor of scores per weight (``flexrel_core.scores``); this module turns
-scores into boolean masks (True = kept) by removing the lowest-scored weights (``docs/method.md``,
-"Pruning factor"). Masks live on each pruned module as a boolean buffer ``flexrel_mask`` and are multiplied
-into ``weight`` -- no ``torch.nn.utils.prune`` reparametrisation, because LRP rules that modify
-``weight`` would act on a stale tensor (``docs/method.md``, "Pitfalls"). ``to_torch_prune`` exports
-the same masks to that module for users who want them there.
+scores into boolean masks (True = kept) by removing the lowest-scored weights (a pruning factor p
+removes that fraction of the prunable weights; ``docs/method.md``, "Pruning factor"), by selection
+in linear time on the scores' device (``lowest_k``). Masks live on each pruned module as a boolean
+buffer ``flexrel_mask`` and are multiplied into ``weight`` -- no ``torch.nn.utils.prune``
+reparametrisation, because LRP rules that modify ``weight`` would act on a stale tensor
+(``docs/method.md``, "Pitfalls"). ``to_torch_prune`` exports the same masks to that module for users
+who want them there.
 """
 
 from __future__ import annotations
 
+import functools
 import math
+from types import SimpleNamespace
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn.utils import prune as torch_prune
 
+from .hostarrays import host_array
 from .layers import check_score_dict, prunable_layers
 
 MASK_BUFFER = "flexrel_mask"
@@ -56,11 +62,11 @@ def set_masks(model: nn.Module, masks: dict[str, torch.Tensor]) -> None:
 @torch.no_grad()
 def apply_masks(model: nn.Module) -> None:
     """Zero every pruned weight: exactly +0.0 (``mul_`` would leave -0.0 for negative weights, a
-    sign bit that a sparse encoding does not carry)."""
+    sign bit that a sparse encoding does not carry). One ``where`` in place: no inverted mask."""
     for m in prunable_layers(model).values():
         mask = getattr(m, MASK_BUFFER, None)
         if mask is not None:
-            m.weight.masked_fill_(~mask, 0.0)
+            torch.where(mask, m.weight, m.weight.new_zeros(()), out=m.weight)
 
 
 @torch.no_grad()
@@ -73,7 +79,12 @@ def mask_gradients(model: nn.Module) -> None:
 
 
 def prune(
-    model: nn.Module, scores: dict[str, torch.Tensor], amount: float, *, scope: str = "global"
+    model: nn.Module,
+    scores: dict[str, torch.Tensor],
+    amount: float,
+    *,
+    scope: str = "global",
+    device: str | torch.device | None = None,
 ) -> dict[str, torch.Tensor]:
     """Remove the ``round(amount * N)`` lowest-scored prunable weights and return the masks.
 
@@ -81,34 +92,144 @@ def prune(
     ``scope="layer"``), the count ``torch.nn.utils.prune`` uses. Weights already pruned count
     towards it and are removed first, so pruning a pruned model to a larger amount keeps every
     earlier cut. Ties are broken deterministically by position: layers in model order, then
-    row-major order inside a weight (a stable sort of the scores). The masks are attached to the
-    model (see ``set_masks``) and returned as ``{parameter name: bool tensor}``.
+    row-major order inside a weight -- the masks a stable sort of the scores gives, found here by
+    selection in linear time (``lowest_k``) without sorting. Scores are compared in their own dtype
+    (several dtypes: the promoted one; integers as float64) on ``device`` (default: the first
+    score's device). The masks are attached to the model (see ``set_masks``, on the weights'
+    devices) and returned as ``{parameter name: bool tensor}``.
     """
     amount = check_amount(amount)
     if scope not in SCOPES:
         raise ValueError(f"scope must be one of {SCOPES}, got {scope!r}")
     check_score_dict(model, scores)
-    old = get_masks(model)
-    groups = [list(old)] if scope == "global" else [[name] for name in old]
+    layers = prunable_layers(model)
+    old = {n: getattr(m, MASK_BUFFER, None) for n, m in layers.items()}
+    groups = [list(layers)] if scope == "global" else [[name] for name in layers]
+    dev = torch.device(device) if device is not None else scores[next(iter(layers))].device
     new: dict[str, torch.Tensor] = {}
     for names in groups:
-        flat = torch.cat(
-            [torch.where(old[n].flatten().cpu(), scores[n].detach().flatten().cpu().double(), -math.inf) for n in names]
-        )
-        k = round(amount * flat.numel())
-        already = int(torch.isinf(flat).sum())
+        total = sum(layers[n].weight.numel() for n in names)
+        k = round(amount * total)
+        already = sum(old[n].numel() - int(torch.count_nonzero(old[n])) for n in names if old[n] is not None)
         if k < already:
             raise ValueError(
                 f"{', '.join(names) if scope == 'layer' else 'the model'} already has {already} of "
-                f"{flat.numel()} weights pruned, more than amount={amount} removes ({k}); masks only shrink, "
+                f"{total} weights pruned, more than amount={amount} removes ({k}); masks only shrink, "
                 "so ask for an amount at least the current sparsity"
             )
-        keep = torch.ones(flat.numel(), dtype=torch.bool)
-        keep[torch.sort(flat, stable=True).indices[:k]] = False
-        for n, part in zip(names, torch.split(keep, [old[n].numel() for n in names]), strict=True):
-            new[n] = part.view_as(old[n])
+        kept = [None if old[n] is None else old[n].to(dev) for n in names]
+        keep = lowest_k([scores[n].detach().to(dev) for n in names], kept, k - already)
+        new.update({n: part.view_as(layers[n].weight) for n, part in zip(names, keep, strict=True)})
     set_masks(model, new)
     return {n: m.clone() for n, m in get_masks(model).items()}
+
+
+SAMPLE = 1 << 18  # scores drawn to bracket the threshold (selection cost does not depend on it)
+# The few array operations selection needs, for numpy arrays (CPU tensors, see ``hostarrays``) and torch tensors.
+_NUMPY = SimpleNamespace(
+    count=np.count_nonzero,
+    cat=np.concatenate,
+    positions=np.flatnonzero,
+    ones=lambda s: np.ones(len(s), dtype=bool),
+    copy=np.copy,
+)
+_TORCH = SimpleNamespace(
+    count=torch.count_nonzero,
+    cat=torch.cat,
+    positions=lambda m: torch.nonzero(m).squeeze(1),
+    ones=lambda s: torch.ones_like(s, dtype=torch.bool),
+    copy=torch.clone,
+)
+
+
+@torch.no_grad()
+def lowest_k(scores: list[torch.Tensor], kept: list[torch.Tensor | None], k: int) -> list[torch.Tensor]:
+    """Flat keep-masks after removing the ``k`` lowest of the kept scores, ties by position.
+
+    ``scores`` are tensors on one device, read in order as one flat sequence (each row-major);
+    ``kept[i]`` is a boolean mask of the positions still in play (``None``: all of them). The
+    removed positions are exactly the first ``k`` kept ones of a stable ascending sort: every kept
+    score below the ``k``-th smallest kept score t, then the first of the scores equal to t in
+    position order. t is found by selection: a seeded sample of the scores brackets it in
+    [lo, hi], one pass counts the scores below lo and gathers those inside, ``kthvalue`` picks t
+    among them (the whole kept set if the bracket misses, which changes the time, not the result);
+    a last pass writes the masks. Linear time, no sort, and no copy of the scores unless their
+    dtypes differ (comparisons are then made in the promoted dtype, as a float64 conversion would:
+    every float converts exactly into a wider float, so no two scores merge or swap). CPU tensors
+    are read through numpy (``hostarrays``), others with torch operations on their device.
+    """
+    dtype = functools.reduce(torch.promote_types, [s.dtype for s in scores])
+    dtype = dtype if dtype.is_floating_point else torch.float64
+    flat = [s.reshape(-1).to(dtype) for s in scores]
+    kept = [None if m is None else m.reshape(-1).bool() for m in kept]
+    arrays = [host_array(s) for s in flat]
+    masks = [None if m is None else host_array(m) for m in kept]
+    if all(a is not None for a in arrays) and all(a is not None or m is None for a, m in zip(masks, kept, strict=True)):
+        return [torch.from_numpy(m) for m in _select(arrays, masks, k, _NUMPY)]
+    return _select(flat, kept, k, _TORCH)
+
+
+def _select(flat: list, kept: list, k: int, xp: SimpleNamespace) -> list:
+    """``lowest_k`` on numpy arrays or torch tensors (``xp`` names the operations that differ)."""
+    pairs = list(zip(flat, kept, strict=True))
+    if k == 0:
+        return [xp.ones(s) if m is None else xp.copy(m) for s, m in pairs]
+    lo, hi = _bracket(flat, kept, k, xp)
+    below, inside = 0, []
+    for s, m in pairs:
+        low, high = s < lo, s <= hi
+        if m is not None:
+            low &= m
+            high &= m
+        below += int(xp.count(low))
+        high ^= low  # lo <= s <= hi (low is a subset of high)
+        inside.append(s[high])
+    cand = xp.cat(inside)
+    if not below < k <= below + len(cand):  # the sample missed: select among every kept score
+        below, cand = 0, xp.cat([s if m is None else s[m] for s, m in pairs])
+    t = torch.as_tensor(cand).kthvalue(k - below).values.item()  # exact: a value of the scores' dtype
+    tied = int(xp.count(cand == t))
+    cut_ties = k - below - int(xp.count(cand < t))  # the first cut_ties equal to t go, the rest stay
+    keep, seen = [], 0
+    for s, m in pairs:
+        out = s > t
+        if m is not None:
+            out &= m
+        if cut_ties < tied:
+            tie = s == t
+            if m is not None:
+                tie &= m
+            positions = xp.positions(tie)
+            out[positions[max(0, cut_ties - seen) :]] = True
+            seen += len(positions)
+        keep.append(out)
+    return keep
+
+
+def _bracket(flat: list, kept: list, k: int, xp: SimpleNamespace) -> tuple[float, float]:
+    """(lo, hi) likely to hold the ``k``-th smallest kept score: sample quantiles six standard
+    errors either side of rank k (the whole line when there are few scores or the sample is thin)."""
+    sizes = [len(s) for s in flat]
+    inf = (-math.inf, math.inf)
+    if sum(sizes) <= SAMPLE:
+        return inf
+    idx = np.sort(np.random.default_rng(0).integers(0, sum(sizes), SAMPLE))
+    parts = []
+    for s, m, start, stop in zip(flat, kept, np.cumsum([0] + sizes[:-1]), np.cumsum(sizes), strict=True):
+        local = idx[(idx >= start) & (idx < stop)] - start
+        local = local if xp is _NUMPY else torch.from_numpy(local).to(s.device)
+        v = s[local] if m is None else s[local][m[local]]
+        parts.append(v.astype(np.float64) if xp is _NUMPY else v.double().cpu().numpy())  # float64: exact
+    sample = np.sort(np.concatenate(parts))
+    kept_total = sum(n if m is None else int(xp.count(m)) for n, m in zip(sizes, kept, strict=True))
+    q, size = k / kept_total, len(sample)
+    if size < 1000:
+        return inf
+    spread = 6.0 * math.sqrt(size * q * (1.0 - q)) + 2.0
+    first, last = math.floor(q * size - spread), math.ceil(q * size + spread)
+    lo = float(sample[first]) if first > 0 else -math.inf
+    hi = float(sample[last]) if last < size - 1 else math.inf
+    return lo, hi
 
 
 @torch.no_grad()
@@ -118,7 +239,7 @@ def sparsity(model: nn.Module) -> dict:
     Measured on the weights themselves (what is stored and transmitted), not on the masks.
     """
     layers = prunable_layers(model)
-    zeros = {n: int((m.weight == 0).sum()) for n, m in layers.items()}
+    zeros = {n: m.weight.numel() - int(torch.count_nonzero(m.weight)) for n, m in layers.items()}
     total = sum(m.weight.numel() for m in layers.values())
     return {
         "overall": sum(zeros.values()) / total,

@@ -3,6 +3,7 @@ encoding, refusal of truncated / corrupted / foreign blobs."""
 
 from __future__ import annotations
 
+import copy
 import time
 
 import numpy as np
@@ -12,16 +13,18 @@ from torch import nn
 
 from flexrel_core.encoding import (
     HEADER_BYTES,
+    MaskCodeCache,
     decode_sparse,
     dense_size_bytes,
     encode_sparse,
+    encoded_size,
     information_bound_bits,
     layer_modes,
     rice_cost,
     rice_decode,
     rice_encode,
 )
-from flexrel_core.masks import MASK_BUFFER, get_masks, prune
+from flexrel_core.masks import MASK_BUFFER, apply_masks, get_masks, prune
 from flexrel_core.models import build_model
 from flexrel_core.scores import pruning_scores
 
@@ -168,6 +171,58 @@ def test_layout_follows_density():
     assert layer_modes(model) == {"0.weight": "rice_kept"}
     model = pruned(lambda: nn.Sequential(nn.Linear(500, 400)), 0.05, random_mask=True)
     assert layer_modes(model) == {"0.weight": "rice_pruned"}
+
+
+@pytest.mark.parametrize("name", sorted(BUILDERS))
+@pytest.mark.parametrize("amount", [None, 0.0, 0.01, 0.5, 0.9, 0.99, "one"])
+@pytest.mark.parametrize("half", [False, True])
+def test_encoded_size_is_the_blob_length(name, amount, half):
+    builder = BUILDERS[name]
+    model = pruned(builder, one_kept(builder) if amount == "one" else amount, random_mask=True)
+    assert encoded_size(model, half=half) == len(encode_sparse(model, half=half))
+
+
+def test_encoded_size_follows_values_and_masks_through_a_cache():
+    """One cache across changing weights: a mask is coded once while it stays the same tensor or
+    the same content, again when it changes; the size always equals the blob's length."""
+    model = pruned(mlp, 0.8)
+    cache = MaskCodeCache()
+
+    def same_size(m: nn.Module) -> None:
+        for half in (False, True):
+            assert encoded_size(m, half=half, cache=cache) == len(encode_sparse(m, half=half))
+
+    same_size(model)
+    assert cache.computed == 2
+    layer, mask = model[1], getattr(model[1], MASK_BUFFER)
+    with torch.no_grad():
+        layer.weight.mul_(1.5)  # values change (a training step), masks do not
+        layer.weight[mask.nonzero()[0].tolist()] = 0.0  # a kept weight that is exactly zero
+        layer.weight[mask.nonzero()[1].tolist()] = 1e-9  # kept, but zero once stored as float16
+    same_size(model)
+    same_size(copy.deepcopy(model))  # other mask tensors, same content
+    assert cache.computed == 2
+    with torch.no_grad():
+        layer.weight[(~mask).nonzero()[0].tolist()] = 3.0  # a value at a pruned position
+    same_size(model)
+    mask[0, :7] = ~mask[0, :7]  # the mask itself changes, in place
+    apply_masks(model)
+    same_size(model)
+    assert cache.computed == 3
+    del model[3].flexrel_mask  # one dense layer beside a masked one
+    same_size(model)
+
+
+def test_encoded_size_of_the_dense_layout_and_kept_zeros():
+    model = nn.Sequential(nn.Linear(300, 200))
+    scores = {"0.weight": torch.arange(60000, dtype=torch.float64).reshape(200, 300)}
+    prune(model, scores, 1 / 60000)  # one weight pruned: the mask is `weight != 0`, dense layout
+    assert layer_modes(model) == {"0.weight": "nonzero"}
+    assert encoded_size(model) == len(encode_sparse(model)) == dense_size_bytes(model)
+    with torch.no_grad():
+        model[0].weight[5, 5] = 0.0  # a kept zero: the mask is no longer `weight != 0`
+    assert layer_modes(model) != {"0.weight": "nonzero"}
+    assert encoded_size(model) == len(encode_sparse(model))
 
 
 @pytest.fixture()

@@ -11,6 +11,7 @@ import torch
 from nets import small_cnn, torch_masks
 from torch import nn
 
+import flexrel_core.masks as masks_module
 from flexrel_core import (
     from_torch_prune,
     get_masks,
@@ -99,3 +100,119 @@ def test_unknown_scope():
     model = small_cnn()
     with pytest.raises(ValueError, match=r"scope must be one of \('global', 'layer'\)"):
         prune(model, pruning_scores(model, method="magnitude"), 0.5, scope="channel")
+
+
+# --------------------------------------------------------------------------- selection against a full sort
+def sorted_reference(model: nn.Module, scores: dict[str, torch.Tensor], amount: float, scope: str) -> dict:
+    """The masks ``prune`` gives, computed naively: pruned weights set to -inf, every score in
+    float64, one full stable sort per group, the first round(amount * N) removed."""
+    old = get_masks(model)
+    groups = [list(old)] if scope == "global" else [[name] for name in old]
+    out = {}
+    for names in groups:
+        flat = torch.cat([torch.where(old[n].flatten(), scores[n].flatten().double(), -math.inf) for n in names])
+        keep = torch.ones(flat.numel(), dtype=torch.bool)
+        keep[torch.sort(flat, stable=True).indices[: round(amount * flat.numel())]] = False
+        for n, part in zip(names, torch.split(keep, [old[n].numel() for n in names]), strict=True):
+            out[n] = part.view_as(old[n])
+    return out
+
+
+@pytest.fixture(params=["numpy", "torch"])
+def path(request, monkeypatch):
+    """Selection through numpy (CPU tensors) or through torch operations (what runs on a GPU)."""
+    if request.param == "torch":
+        monkeypatch.setattr(masks_module, "host_array", lambda t: None)
+    return request.param
+
+
+def mixed_model() -> nn.Module:
+    return nn.Sequential(nn.Conv2d(2, 3, 3), nn.ReLU(), nn.Flatten(), nn.Linear(12, 7), nn.Linear(7, 5, bias=False))
+
+
+def tied_scores(model: nn.Module, gen: torch.Generator, levels: int, dtype: torch.dtype) -> dict:
+    """Scores drawn from ``levels`` values (many ties), with +0.0 and -0.0 both present."""
+    out = {}
+    for n, m in prunable_layers(model).items():
+        s = torch.randint(-levels // 2, levels // 2 + 1, m.weight.shape, generator=gen).to(dtype) / 4
+        s[torch.rand(m.weight.shape, generator=gen) < 0.2] = -0.0
+        out[n] = s
+    return out
+
+
+@pytest.mark.parametrize("scope", ["global", "layer"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16, torch.int64])
+def test_selection_equals_a_stable_sort_with_ties_and_earlier_cuts(scope, dtype, path):
+    gen = torch.Generator().manual_seed(1)
+    for case in range(40):
+        model = mixed_model()
+        steps = sorted(torch.rand(1 + case % 3, generator=gen).tolist())  # one to three successive cuts
+        for amount in steps:
+            scores = tied_scores(model, gen, levels=1 + case % 7, dtype=dtype)
+            if dtype == torch.int64:
+                scores = {n: (s * 4).long() for n, s in scores.items()}
+            expected = sorted_reference(model, scores, amount, scope)
+            masks = prune(model, scores, amount, scope=scope)
+            assert all(torch.equal(masks[n], expected[n]) for n in expected), (case, amount)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("amount", [0.0, 0.05, 0.5, 0.9, 0.999])
+def test_selection_past_the_sampling_threshold(dtype, amount, path):
+    """Enough weights for the sampled bracket (more than ``SAMPLE``), with ties and a pre-pruned layer."""
+    model = nn.Sequential(nn.Linear(512, 600), nn.Linear(600, 10))
+    gen = torch.Generator().manual_seed(2)
+    assert prunable_count(model) > masks_module.SAMPLE
+    prune(model, {n: torch.rand(m.weight.shape, generator=gen) for n, m in prunable_layers(model).items()}, 0.0)
+    prune(model, tied_scores(model, gen, levels=5000, dtype=dtype), amount / 2)
+    scores = tied_scores(model, gen, levels=20000, dtype=dtype)
+    expected = sorted_reference(model, scores, amount, "global")
+    masks = prune(model, scores, amount)
+    assert all(torch.equal(masks[n], expected[n]) for n in expected)
+
+
+def test_a_missed_bracket_changes_the_time_not_the_masks(monkeypatch, path):
+    model = nn.Sequential(nn.Linear(64, 40), nn.Linear(40, 10))
+    gen = torch.Generator().manual_seed(3)
+    scores = tied_scores(model, gen, levels=30, dtype=torch.float64)
+    expected = sorted_reference(model, scores, 0.6, "global")
+    for bracket in [(-math.inf, -100.0), (100.0, math.inf), (0.5, 0.5)]:
+        monkeypatch.setattr(masks_module, "_bracket", lambda *args, b=bracket: b)
+        masks = prune(copy.deepcopy(model), scores, 0.6)
+        assert all(torch.equal(masks[n], expected[n]) for n in expected), bracket
+
+
+def test_float32_scores_are_compared_in_float32(monkeypatch):
+    """Selection in the scores' own dtype gives the float64 masks (a float widens exactly, so no two
+    scores merge or swap order) and never makes a float64 copy of them: float32 scores reach the
+    numpy selection (CPU) as float32, and the torch path (a GPU's) widens only the bounded sample
+    that brackets the threshold, never the scores."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Record(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.float64 = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            for t in out if isinstance(out, (tuple, list)) else [out]:
+                if isinstance(t, torch.Tensor) and t.dtype == torch.float64:
+                    self.float64 = max(self.float64, t.numel())
+            return out
+
+    model = nn.Sequential(nn.Linear(512, 600), nn.Linear(600, 10))
+    scores = tied_scores(model, torch.Generator().manual_seed(4), levels=100000, dtype=torch.float32)
+    expected = sorted_reference(model, scores, 0.7, "global")
+    seen, select = [], masks_module._select
+    monkeypatch.setattr(
+        masks_module, "_select", lambda flat, *a: seen.extend(x.dtype for x in flat) or select(flat, *a)
+    )
+    masks = prune(copy.deepcopy(model), scores, 0.7)
+    assert all(torch.equal(masks[n], expected[n]) for n in expected)
+    assert seen and all(str(d) == "float32" for d in seen)
+    monkeypatch.setattr(masks_module, "host_array", lambda t: None)
+    with Record() as record:
+        masks = prune(model, scores, 0.7)
+    assert all(torch.equal(masks[n], expected[n]) for n in expected)
+    assert 0 < record.float64 <= masks_module.SAMPLE < prunable_count(model)  # float64: the sample's values only

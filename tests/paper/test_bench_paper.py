@@ -1,0 +1,92 @@
+"""The paper-scale estimate: stage counts against a hand count, counts that follow the profile's keys,
+the cache shared between notebooks, and a small end-to-end run of the benchmark."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from flexrel_core.data import load_dataset
+from flexrel_core.paper import bench_paper
+from flexrel_core.paper.reproduce_estimate import SPLITS, STAGES, estimate, stage_counts
+
+TINY = {
+    "common": {"epochs": 0, "inference_samples": 100, "seed": 0},
+    "fig2": {
+        "seeds": [0, 1],
+        "methods": ["magnitude", "flexrel"],
+        "pruning_factors": [0.0, 0.5],
+        "delta": 0.5,
+        "fine_tune_epochs": 1,
+        "shift_classes": [0],
+    },
+}
+
+
+def test_fig2_counts_by_hand():
+    """1,000 images in 10 classes: train 600, val 100, inference 150, test 150; the shift keeps one
+    class (15 inference and 15 test images). Per seed: setup = 100 val + (100 val + 150 test) +
+    (100 val + 15 test) evaluated, 100 + 15 relevance samples; magnitude: 2 points at p = 0 and at
+    p = 0.5 one-shot in both conditions plus one shared fine-tune (5 scorings); FlexRel: the same
+    with one fine-tune per condition (6 scorings); each evaluation is val + test of its condition."""
+    counts = stage_counts(TINY, images=1000, classes=10)["fig2"]
+    per_seed_eval = 100 + 250 + 115 + 2 * (365 + 730)
+    assert dict(counts) == {
+        "train_image": 2 * 3 * 600,
+        "evaluate_image": 2 * per_seed_eval,
+        "load_image": 2 * 115,
+        "relevance_sample": 2 * 115,
+        "scoring": 2 * 11,
+        "prune": 2 * 11,
+    }
+
+
+def test_counts_follow_the_profile_keys():
+    base = stage_counts(TINY, images=1000, classes=10)["fig2"]
+    more = {**TINY, "fig2": {**TINY["fig2"], "seeds": [0, 1, 2, 3]}}
+    assert stage_counts(more, images=1000, classes=10)["fig2"] == base + base
+    fig3 = {"nodes": 4, "warmup_rounds": 1, "rounds": 3, "techniques": ["magnitude"], "amounts": [0.9]}
+    one = stage_counts({"common": TINY["common"], "fig3": fig3}, images=1000, classes=10)["fig3"]
+    assert one["encode"] == (1 + 2 * 3) * (1 + 4) + 2 * 2  # rounds x (down + one up per node), half check
+    assert one["train_image"] == (1 + 2 * 3) * 600
+    two = stage_counts({"common": TINY["common"], "fig3": {**fig3, "seeds": [0, 1]}}, images=1000, classes=10)
+    assert two["fig3"] == one + one
+
+
+def test_cached_stages_count_once_across_notebooks():
+    """fig1 trains and scores seed 0; fig2 then reuses that model, relevance and dense accuracy."""
+    alone = stage_counts(TINY, images=1000, classes=10)["fig2"]
+    both = stage_counts({**TINY, "fig1": {"seed": 0}}, images=1000, classes=10)
+    assert both["fig1"]["relevance_sample"] == 100
+    assert both["fig2"]["relevance_sample"] == alone["relevance_sample"] - 100
+    assert both["fig2"]["evaluate_image"] == alone["evaluate_image"] - 100 - 250
+
+
+def test_paper_profile_counts_every_notebook_and_estimate_adds_up():
+    counts = stage_counts("paper")
+    assert set(counts) == {"fig1", "fig2", "fig3", "fig4", "table1", "explore"}
+    assert all(stage in STAGES and n >= 0 for c in counts.values() for stage, n in c.items())
+    est = estimate(counts, dict.fromkeys(STAGES, 1.0))
+    assert est["total_s"] == pytest.approx(sum(sum(c.values()) for c in counts.values()))
+
+
+def test_synthetic_folder_splits_as_the_estimate_assumes(tmp_path):
+    root = bench_paper.make_folder(tmp_path / "imagenet", 100, classes=4, size=(40, 30))
+    data = load_dataset("imagefolder", root, image_size=32)
+    assert data.input_shape == (3, 32, 32) and data.num_classes == 4
+    for split, fraction in SPLITS.items():
+        assert len(getattr(data, split)) == pytest.approx(100 * fraction, abs=2)
+
+
+@pytest.mark.slow
+def test_benchmark_runs_end_to_end_on_a_small_model(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    args = ["--model", "vgg_small", "--image-size", "32", "--samples", "4", "--eval-images", "4"]
+    args += ["--train-images", "4", "--source-size", "64", "48", "--nodes", "2", "--device", "cpu", "--out", str(out)]
+    assert bench_paper.main(args) == 0
+    result = json.loads(out.read_text())
+    assert all(result["seconds_at_profile_size"][s] > 0 for s in STAGES)
+    assert result["estimate"]["total_s"] > 0
+    printed = capsys.readouterr().out
+    assert "prune at p = 0.9" in printed and "estimated make reproduce PROFILE=paper" in printed
