@@ -15,6 +15,7 @@ away from the training distribution.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,14 +59,36 @@ def labels_of(ds: Dataset) -> np.ndarray:
     return np.array([int(ds[i][1]) for i in range(len(ds))])
 
 
+def in_memory(ds: Dataset) -> bool:
+    """Whether ``ds`` holds its samples as tensors (directly or through ``Subset``s), i.e. reading
+    a sample costs no decoding."""
+    while isinstance(ds, Subset):
+        ds = ds.dataset
+    return isinstance(ds, TensorDataset)
+
+
+def loader(
+    ds: Dataset, batch_size: int, *, shuffle: bool = False, generator: torch.Generator | None = None
+) -> torch.utils.data.DataLoader:
+    """A ``DataLoader`` over ``ds``; a dataset decoded from files (an image folder, torchvision's
+    formats) is read by worker processes (up to 8, one core left to the main process), in-memory
+    tensors by the main process. Workers change no sample and no order: the order comes from
+    ``generator`` in the main process."""
+    workers = 0 if in_memory(ds) else min(8, max((os.cpu_count() or 1) - 1, 0))
+    return torch.utils.data.DataLoader(
+        ds, batch_size=batch_size, shuffle=shuffle, generator=generator, num_workers=workers,
+        persistent_workers=False, pin_memory=False,
+    )  # fmt: skip
+
+
 def tensors(ds: Dataset, limit: int | None = None, batch_size: int = 512) -> tuple[torch.Tensor, torch.Tensor]:
     """Stack (the first ``limit`` samples of) a split into ``(x, y)`` tensors."""
     if isinstance(ds, TensorDataset):
         x, y = ds.tensors
         return (x, y) if limit is None else (x[:limit], y[:limit])
     n = len(ds) if limit is None else min(limit, len(ds))
-    loader = torch.utils.data.DataLoader(Subset(ds, range(n)), batch_size=batch_size)
-    xs, ys = zip(*loader, strict=True)
+    batches = loader(Subset(ds, range(n)), batch_size)
+    xs, ys = zip(*batches, strict=True)
     return torch.cat(xs), torch.cat(ys)
 
 

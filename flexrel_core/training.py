@@ -14,8 +14,9 @@ from contextlib import contextmanager
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
+from .data import loader
 from .masks import apply_masks, mask_gradients
 from .progress import progress
 
@@ -99,11 +100,11 @@ def train(
     generator = seed_everything(seed)
     model.to(dev).train()
     opt = OPTIMIZERS[optimizer](model.parameters(), lr=lr, weight_decay=weight_decay)
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, generator=generator)
+    batches = loader(dataset, batch_size, shuffle=True, generator=generator)
     losses, steps = [], 0
     for _ in progress(range(epochs), desc=desc, leave=False, disable=not show_progress):
         total, count = 0.0, 0
-        for x, y in loader:
+        for x, y in batches:
             if max_steps is not None and steps >= max_steps:
                 break
             steps += 1
@@ -131,7 +132,7 @@ def predict(
     was_training = model.training
     model.to(dev).eval()
     preds, labels = [], []
-    for x, y in DataLoader(dataset, batch_size=batch_size):
+    for x, y in loader(dataset, batch_size):
         with _out_of_memory_hint("evaluation", batch_size, dev):
             preds.append(model(x.to(dev)).argmax(1).cpu())
         labels.append(y)

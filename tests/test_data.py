@@ -102,3 +102,21 @@ def test_embedded_mnist_subset_splits_offline():
     x, _ = tensors(d.train)
     assert abs(float(x.mean())) < 1e-4 and abs(float(x.std()) - 1) < 1e-3  # standardised on the training split
     assert not torch.equal(tensors(load_dataset("mnist5k", seed=1).test)[0], tensors(d.test)[0])
+
+
+def test_files_are_read_by_workers_without_changing_a_sample(tmp_path):
+    from PIL import Image
+
+    from flexrel_core.data import in_memory, loader
+
+    rng = np.random.default_rng(0)
+    for c in range(2):
+        (tmp_path / f"c{c}").mkdir()
+        for i in range(6):
+            Image.fromarray(rng.integers(0, 255, (20, 24, 3), dtype=np.uint8)).save(tmp_path / f"c{c}" / f"{i}.png")
+    d = load_dataset("imagefolder", tmp_path, image_size=16)
+    assert not in_memory(d.train) and in_memory(load_dataset("digits").train)
+    assert loader(load_dataset("digits").train, 8).num_workers == 0
+    x, y = tensors(d.test)
+    assert torch.equal(x, torch.stack([d.test[i][0] for i in range(len(d.test))]))
+    assert y.tolist() == [d.test[i][1] for i in range(len(d.test))]

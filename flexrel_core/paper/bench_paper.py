@@ -33,7 +33,7 @@ from torch.utils.data import Subset
 from ..data import load_dataset, tensors
 from ..encoding import MaskCodeCache, decode_sparse, encode_sparse, encoded_size
 from ..layers import prunable_count, prunable_layers
-from ..masks import MASK_BUFFER, apply_masks, prune
+from ..masks import MASK_BUFFER, prune
 from ..models import build_model
 from ..relevance import lrp_backward, parameter_relevance
 from ..scores import pruning_scores
@@ -41,6 +41,7 @@ from ..training import evaluate, select_device, train
 from ..workbook.cache import write_json
 from ..workbook.measure import timings
 from ..workbook.profiles import read_profile
+from .federated import average
 from .reproduce_estimate import SPLITS, STAGES, estimate, format_estimate, stage_counts
 
 PRUNE_TARGET_S = {"cpu": 5.0, "cuda": 0.5}
@@ -71,18 +72,6 @@ def _best(fn, device: torch.device, repeats: int) -> float:
 def _drop_masks(model: torch.nn.Module) -> None:
     for m in prunable_layers(model).values():
         m._buffers.pop(MASK_BUFFER, None)
-
-
-def average(model: torch.nn.Module, states: list[dict], weights: list[int]) -> None:
-    """The server's step of a federated round: the weighted mean of the nodes' states, masks re-applied."""
-    with torch.no_grad():
-        total = float(sum(weights))
-        for name, t in model.state_dict().items():
-            if t.is_floating_point():
-                t.copy_(sum(s[name] * (w / total) for s, w in zip(states, weights, strict=True)))
-            elif not name.endswith(MASK_BUFFER):
-                t.copy_(states[0][name])
-        apply_masks(model)
 
 
 def time_model_stages(model, x: torch.Tensor, args, device: torch.device) -> dict:
@@ -124,7 +113,7 @@ def _time_encoding(model, args, device: torch.device) -> dict:
         "encoded_bytes": len(blob),
         "encode": _best(lambda: encode_sparse(model), device, args.repeats),
         "decode": _best(lambda: decode_sparse(blob, target), device, args.repeats),
-        "encoded_size_cached": _best(lambda: encoded_size(model, cache=cache), device, args.repeats),
+        "message": _best(lambda: encoded_size(model, cache=cache), device, args.repeats),
         "average": _best(lambda: average(model, states, [1] * len(states)), device, args.repeats),
     }
 
@@ -190,14 +179,14 @@ def resolve(args: argparse.Namespace, profile: dict, device: torch.device) -> ar
         "samples": int(common.get("inference_samples") or 1024) if gpu else 8,
         "eval_images": 1024 if gpu else 16,
         "train_images": 512 if gpu else 8,
-        "batch_size": int(common.get("relevance_batch_size") or common.get("batch_size") or 64),
+        "batch_size": int(common.get("lrp_batch_size") or common.get("batch_size") or 64),
         "repeats": 3 if gpu else 1,
         "nodes": int((profile.get("fig3") or {}).get("nodes", 5)),
     }
     for key, value in fill.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
-    args.normalize = common.get("normalize", "layer")
+    args.normalize = common.get("normalize", "global")
     args.profile_size = int(common.get("image_size", args.image_size))
     return args
 
@@ -249,7 +238,6 @@ def report(measured: dict, seconds: dict, counts: dict, est: dict, args, device:
         f"{'stage':>20} | {'measured s':>11} | {'at ' + str(args.profile_size) + ' px':>11} | unit",
     ]
     units = {**STAGES, "lrp_sample": "one inference sample through the plain zennit LRP pass"}
-    units["encoded_size_cached"] = "one encoded_size call, mask codes cached (Figure 3's message bytes)"
     for stage, unit in units.items():
         lines.append(f"{stage:>20} | {measured[stage]:11.5f} | {seconds[stage]:11.5f} | {unit}")
     lines += ["", f"encoded size at p = 0.9: {measured['encoded_bytes']:,} bytes", "", "targets:"]

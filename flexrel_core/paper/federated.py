@@ -10,8 +10,10 @@ split, the data held where the model is deployed) and learning goes on by federa
 shard size) with the masks fixed: nodes keep pruned weights at zero (``training.train``) and so does
 the average. The unpruned model ("dense") runs the same rounds as the reference.
 
-What travels is real: the model goes down to and up from every node as ``encode_sparse`` bytes,
-and each side continues from the decoded copy (so ``half=True`` costs its rounding). Per round,
+What travels is counted at its real size: the model goes down to and up from every node as
+``encode_sparse`` bytes (``encoded_size``: the exact length, with an unchanged mask coded once per
+run), and with ``half=True`` each side continues from the decoded float16 copy, so the rounding
+costs what it costs. Per round,
 
     compute_i  = 3 * FLOPs(non-zero weights, one sample) * samples_i / node_flops
     transfer_i = 8 * bytes_down / bandwidth_bps + latency_s + 8 * bytes_up_i / bandwidth_bps + latency_s
@@ -35,9 +37,9 @@ from torch import nn
 from torch.utils.data import Subset
 
 from ..data import labels_of
-from ..encoding import decode_sparse, encode_sparse
+from ..encoding import MaskCodeCache, decode_sparse, encode_sparse, encoded_size
 from ..layers import prunable_layers
-from ..masks import apply_masks, prune
+from ..masks import MASK_BUFFER, apply_masks, prune
 from ..scores import METHODS, method_delta, pruning_scores
 from ..training import evaluate, torch_threads, train
 from ..workbook.cache import cached
@@ -125,15 +127,46 @@ def local_samples(shard_size: int, cfg: FedConfig) -> int:
     return full if cfg.local_steps is None else min(full, cfg.local_steps * cfg.local_batch_size)
 
 
+def average(model: nn.Module, states: list[dict], weights: Sequence[float]) -> None:
+    """The server's step of a round, in place: the nodes' states averaged with ``weights`` (FedAvg:
+    shard sizes), non-float buffers taken from the first node, masks kept and re-applied."""
+    with torch.no_grad():
+        total = float(sum(weights))
+        for name, t in model.state_dict().items():
+            if t.is_floating_point():
+                t.copy_(sum(s[name] * (w / total) for s, w in zip(states, weights, strict=True)))
+            elif not name.endswith(MASK_BUFFER):
+                t.copy_(states[0][name])
+        apply_masks(model)
+
+
+def send(model: nn.Module, cfg: FedConfig, sizes: MaskCodeCache) -> tuple[nn.Module, int]:
+    """What the receiver gets of ``model`` and the bytes it travelled in: the decoded ``encode_sparse``
+    blob with ``half=True`` (float16 rounding is real), else an exact copy -- the lossless round trip
+    is bit-identical -- counted as ``encoded_size`` (``len(encode_sparse(model))`` without re-coding
+    an unchanged mask: ``sizes`` caches the mask codes)."""
+    if cfg.half:
+        blob = encode_sparse(model, half=True)
+        return decode_sparse(blob, copy.deepcopy(model)), len(blob)
+    return copy.deepcopy(model), encoded_size(model, cache=sizes)
+
+
 def fedavg_round(
-    model: nn.Module, shards: list[Subset], test, cfg: FedConfig, index: int, seed: int, device: str = "cpu"
+    model: nn.Module,
+    shards: list[Subset],
+    test,
+    cfg: FedConfig,
+    index: int,
+    seed: int,
+    device: str = "cpu",
+    sizes: MaskCodeCache | None = None,
 ) -> tuple[dict, list[dict]]:
     """Run round ``index`` on ``model`` in place: returns (round record, per-node traffic records)."""
-    blob_down = encode_sparse(model, half=cfg.half)
+    sizes = sizes if sizes is not None else MaskCodeCache()
     flops = forward_flops(model, tuple(test[0][0].shape))
-    states, weights, ups, computes, traffic = [], [], [], [], []
+    states, weights, downs, ups, computes, traffic = [], [], [], [], [], []
     for i, shard in enumerate(shards):
-        local = decode_sparse(blob_down, copy.deepcopy(model))
+        local, down = send(model, cfg, sizes)
         train(
             local,
             shard,
@@ -146,26 +179,19 @@ def fedavg_round(
             device=device,
             show_progress=False,  # one outer bar shows the simulation's progress
         )
-        blob_up = encode_sparse(local, half=cfg.half)
-        states.append(decode_sparse(blob_up, copy.deepcopy(model)).state_dict())
+        received, up = send(local, cfg, sizes)
+        states.append(received.state_dict())
         weights.append(len(shard))
-        ups.append(len(blob_up))
+        downs.append(down)
+        ups.append(up)
         computes.append(compute_time_s(flops, local_samples(len(shard), cfg), cfg.node_flops))
         traffic.append(
-            {"round": index, "node": i, "samples": len(shard), "bytes_received": len(blob_down)}
-            | {"bytes_sent": len(blob_up), "compute_s": computes[-1]}
+            {"round": index, "node": i, "samples": len(shard), "bytes_received": down}
+            | {"bytes_sent": up, "compute_s": computes[-1]}
         )
-    with torch.no_grad():
-        total = float(sum(weights))
-        for name, t in model.state_dict().items():
-            if t.is_floating_point():
-                t.copy_(sum(s[name] * (w / total) for s, w in zip(states, weights, strict=True)))
-            elif not name.endswith("flexrel_mask"):
-                t.copy_(states[0][name])
-        apply_masks(model)
-    down = [len(blob_down)] * len(shards)
-    rec = {"round": index, "flops_per_sample": flops, "bytes_down": sum(down), "bytes_up": sum(ups)}
-    rec |= round_time_s(computes, down, ups, cfg)
+    average(model, states, weights)
+    rec = {"round": index, "flops_per_sample": flops, "bytes_down": sum(downs), "bytes_up": sum(ups)}
+    rec |= round_time_s(computes, downs, ups, cfg)
     rec["accuracy"] = evaluate(model, test, device=device)
     return rec, traffic
 
@@ -225,9 +251,9 @@ def simulate(
         rounds = [{"round": 0, "flops_per_sample": forward_flops(model, setup.data.input_shape), "bytes_down": 0}]
         rounds[0] |= {"bytes_up": 0, "compute_s": 0.0, "transfer_s": 0.0, "round_s": 0.0}
         rounds[0]["accuracy"] = evaluate(model, setup.data.test, device=device)
-        shards, traffic = shards_of(setup, cfg), []
+        shards, traffic, sizes = shards_of(setup, cfg), [], MaskCodeCache()
         for r in range(1, cfg.rounds + 1):
-            rec, tr = fedavg_round(model, shards, setup.data.test, cfg, r, setup.cfg.seed, device)
+            rec, tr = fedavg_round(model, shards, setup.data.test, cfg, r, setup.cfg.seed, device, sizes)
             rounds.append(rec)
             traffic += tr
         elapsed = np.cumsum([r["round_s"] for r in rounds])

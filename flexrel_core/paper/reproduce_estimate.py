@@ -30,17 +30,17 @@ STAGES = {
     "prune": "one prune of the whole model at p = 0.9",
     "encode": "one encode_sparse of the model pruned at p = 0.9",
     "decode": "one decode_sparse of that blob",
+    "message": "one message's bytes in Figure 3 (encoded_size, mask codes cached)",
     "average": "one federated average of every node's state (Figure 3)",
 }
-NOTEBOOKS = ("fig1", "fig2", "fig3", "fig4", "table1", "explore")
+NOTEBOOKS = ("fig1", "fig2", "fig3", "fig4", "ablations", "table1", "explore")
 KEYS_READ = {
-    "common": ("seed", "epochs", "limit", "inference_samples"),
+    "common": ("seed", "seeds", "epochs", "limit", "inference_samples", "delta", "fine_tune_epochs", "fine_tune_lr"),
     "fig1": ("seed",),
-    "fig2": ("seeds", "methods", "pruning_factors", "delta", "fine_tune_epochs", "fine_tune_lr", "shift_classes")
-    + ("shift_weights",),
-    "fig3": ("seed", "seeds", "nodes", "warmup_rounds", "rounds", "local_epochs", "techniques", "amounts")
-    + ("inference_samples",),
-    "fig4": ("seeds", "deltas", "pruning_factors", "fine_tune_epochs", "fine_tune_lr", "pruning_factor"),
+    "fig2": ("methods", "pruning_factors", "shift_classes", "shift_weights"),
+    "fig3": ("nodes", "rounds", "local_epochs", "local_steps", "local_batch_size", "half", "techniques", "amounts"),
+    "fig4": ("deltas", "pruning_factors", "pruning_factor"),
+    "ablations": ("pruning_factors", "steps"),
     "table1": ("seed", "methods", "repeats", "inference_samples"),
     "explore": ("seed", "pruning_factor", "shift_classes", "eval_samples", "timing_moves", "static_points")
     + ("inference_samples",),
@@ -101,11 +101,13 @@ def stage_counts(
     - fig2: per seed, condition (in-distribution, shifted), method, pruning factor: scoring +
       prune + eval; with ``fine_tune_epochs`` and p > 0, fine-tuning (scoring + prune + epochs x
       train images, shared by the conditions for magnitude, whose masks ignore relevance) + eval.
-    - fig3: per seed, ``warmup_rounds`` dense rounds (shared), then per run (techniques x amounts,
-      plus one unpruned) relevance for non-magnitude techniques, scoring + prune, one test eval,
-      ``rounds`` rounds, and the half-precision check (2 encodes, 1 decode, 2 test evals). A round:
-      1 + nodes encodes, 2 x nodes decodes, ``local_epochs`` x train images trained, one average,
-      one test evaluation.
+    - fig3: per seed, the setup Figure 2 cached, then per run (techniques x amounts, plus one
+      unpruned) scoring + prune, a test evaluation after pruning and after each of ``rounds``
+      rounds; a round: 2 x nodes messages (their bytes, ``message``; with ``half`` an encode and a
+      decode each), ``nodes`` x ``min(local_steps x local_batch_size, shard x local_epochs)`` images
+      trained, one average; the first seed's runs add the half-precision check (2 encodes, 1
+      decode, 2 test evals).
+    - ablations: see ``_ablations``.
     - fig4: per seed, delta, pruning factor: as a fig2 point, in-distribution only; then the
       compact explorer (as in explore, without timing or static views).
     - table1: per method, ``repeats`` + 3 scoring calls (timed runs, warm-up, memory, pruning), each
@@ -158,11 +160,14 @@ def _setup(t: _Tally, nb: str, seed: int, shift: Mapping | None = None) -> None:
         _eval(t, nb, shift)
 
 
-def _point(t: _Tally, nb: str, s: Mapping, seed: int, delta: float, p: float, shift=None, memo=None) -> None:
-    """``pipeline.evaluate_point``: one-shot (and fine-tuned) accuracies of one pruned model (cached)."""
+def _point(
+    t: _Tally, nb: str, s: Mapping, seed: int, delta: float, p: float, shift=None, memo=None, variant: tuple = ()
+) -> None:
+    """``pipeline.evaluate_point``: one-shot (and fine-tuned) accuracies of one pruned model (cached;
+    ``variant``: the ablation's changes to how it is scored, part of its key)."""
     epochs = int(s.get("fine_tune_epochs") or 0)
     tune = (epochs, s.get("fine_tune_lr")) if epochs else None
-    if not t.first(("point", seed, _shift_key(shift), delta, p, tune)):
+    if not t.first(("point", seed, _shift_key(shift), delta, p, tune, variant)):
         return
     t.add(nb, "scoring", 1)
     t.add(nb, "prune", 1)
@@ -218,31 +223,60 @@ def _table1(t: _Tally, nb: str, s: Mapping) -> None:
 
 
 def _fig3(t: _Tally, nb: str, s: Mapping) -> None:
-    nodes, epochs = int(s.get("nodes", 5)), int(s.get("local_epochs", 1))
-
-    def rounds(n: int) -> None:
-        t.add(nb, "encode", n * (1 + nodes))
-        t.add(nb, "decode", n * 2 * nodes)
-        t.add(nb, "train_image", n * epochs * t.sizes["train"])
-        t.add(nb, "average", n)
-        t.add(nb, "evaluate_image", n * t.sizes["test"])
-
+    nodes, rounds = int(s.get("nodes", 5)), int(s.get("rounds", 5))
+    shard = t.sizes["train"] / nodes
+    per_node = shard * int(s.get("local_epochs", 1))
+    if s.get("local_steps"):
+        per_node = min(per_node, int(s["local_steps"]) * int(s.get("local_batch_size", 32)))
+    message = ("encode", "decode") if s.get("half") else ("message",)
     runs = [(tech, a) for tech in s.get("techniques", METHODS) for a in s.get("amounts", [])] + [("dense", 0.0)]
-    samples = t.samples(s.get("inference_samples"))
-    for _seed in s.get("seeds", [s.get("seed", 0)]):
-        rounds(int(s.get("warmup_rounds", 3)))
+    seeds = s.get("seeds", [s.get("seed", 0)])
+    for seed in seeds:
+        _setup(t, nb, int(seed))  # the trained model and relevance Figure 2 computed
         for technique, _amount in runs:
-            if technique not in ("dense", "magnitude"):
-                t.add(nb, "load_image", samples)
-                t.add(nb, "relevance_sample", samples)
             if technique != "dense":
                 t.add(nb, "scoring", 1)
                 t.add(nb, "prune", 1)
-            t.add(nb, "evaluate_image", t.sizes["test"])
-            rounds(int(s.get("rounds", 20)))
-            t.add(nb, "encode", 2)
-            t.add(nb, "decode", 1)
-            t.add(nb, "evaluate_image", 2 * t.sizes["test"])
+            t.add(nb, "evaluate_image", (1 + rounds) * t.sizes["test"])  # after pruning, after each round
+            for stage in message:
+                t.add(nb, stage, 2 * nodes * rounds)  # down and up, every node, every round
+            t.add(nb, "train_image", rounds * nodes * per_node)
+            t.add(nb, "average", rounds)
+            if seed == seeds[0]:  # the half-precision check on the first seed's final models
+                t.add(nb, "encode", 2)
+                t.add(nb, "decode", 1)
+                t.add(nb, "evaluate_image", 2 * t.sizes["test"])
+
+
+def _ablations(t: _Tally, nb: str, s: Mapping) -> None:
+    """Every variant of ``ablations.variants`` at every pruning factor and seed: points keyed by the
+    variant's changes (the baselines are Figure 2's points), relevance recomputed where a variant
+    changes it, and the iterative schedule's steps (relevance, scoring, prune, fine-tuning each)."""
+    from .ablations import variants
+
+    epochs = int(s.get("fine_tune_epochs") or 1)
+    steps = int(s.get("steps", 2))
+    for seed in s.get("seeds", [s.get("seed", 0)]):
+        _setup(t, nb, int(seed))
+        samples = t.samples(s.get("inference_samples"))
+        for v in variants(steps, epochs):
+            changes = dict(v.changes)
+            delta = method_delta(v.method, s.get("delta", 0.5))
+            relevance = {k: changes[k] for k in ("aggregate", "lrp_target") if k in changes}
+            if delta > 0 and relevance and t.first(("relevance", seed, repr(sorted(relevance.items())))):
+                t.add(nb, "load_image", samples)
+                t.add(nb, "relevance_sample", samples)
+            for p in s.get("pruning_factors", []):
+                if v.steps > 1:
+                    t.add(nb, "relevance_sample", v.steps * samples if delta > 0 else 0)
+                    t.add(nb, "scoring", v.steps)
+                    t.add(nb, "prune", v.steps)
+                    t.add(nb, "train_image", v.steps * epochs * t.sizes["train"])
+                    _eval(t, nb)
+                else:
+                    section = {**s, "fine_tune_epochs": changes.get("fine_tune_epochs", epochs)}
+                    variant = tuple(sorted((k, str(x)) for k, x in changes.items() if k != "fine_tune_epochs"))
+                    _point(t, nb, section, int(seed), delta, float(p), variant=variant)
 
 
 def _explorer(t: _Tally, nb: str, s: Mapping, shifted: bool = True) -> None:
@@ -285,7 +319,10 @@ def _explorer(t: _Tally, nb: str, s: Mapping, shifted: bool = True) -> None:
         update("as trained", p0)
 
 
-COUNTERS = {"fig1": _fig1, "fig2": _fig2, "fig3": _fig3, "fig4": _fig4, "table1": _table1, "explore": _explorer}
+COUNTERS = {
+    "fig1": _fig1, "fig2": _fig2, "fig3": _fig3, "fig4": _fig4, "ablations": _ablations, "table1": _table1,
+    "explore": _explorer,
+}  # fmt: skip
 
 
 def estimate(counts: Mapping[str, Mapping[str, float]], seconds: Mapping[str, float]) -> dict:

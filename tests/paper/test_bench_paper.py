@@ -46,12 +46,29 @@ def test_counts_follow_the_profile_keys():
     base = stage_counts(TINY, images=1000, classes=10)["fig2"]
     more = {**TINY, "fig2": {**TINY["fig2"], "seeds": [0, 1, 2, 3]}}
     assert stage_counts(more, images=1000, classes=10)["fig2"] == base + base
-    fig3 = {"nodes": 4, "warmup_rounds": 1, "rounds": 3, "techniques": ["magnitude"], "amounts": [0.9]}
+    fig3 = {"nodes": 4, "rounds": 3, "local_steps": 2, "local_batch_size": 10, "techniques": ["magnitude"]}
+    fig3["amounts"] = [0.9]
     one = stage_counts({"common": TINY["common"], "fig3": fig3}, images=1000, classes=10)["fig3"]
-    assert one["encode"] == (1 + 2 * 3) * (1 + 4) + 2 * 2  # rounds x (down + one up per node), half check
-    assert one["train_image"] == (1 + 2 * 3) * 600
-    two = stage_counts({"common": TINY["common"], "fig3": {**fig3, "seeds": [0, 1]}}, images=1000, classes=10)
-    assert two["fig3"] == one + one
+    assert one["message"] == 2 * (2 * 4 * 3)  # two runs (magnitude 0.9, dense) x down and up x nodes x rounds
+    assert one["encode"] == 2 * 2 and one["decode"] == 2  # the half-precision check, first seed
+    assert one["train_image"] == 2 * 3 * 4 * 20  # runs x rounds x nodes x local steps x batch
+    assert one["evaluate_image"] == 100 + 250 + 2 * (1 + 3) * 150 + 2 * 2 * 150  # setup, runs, half check
+    seeds = {**TINY["common"], "seeds": [0, 1]}
+    two = stage_counts({"common": seeds, "fig3": fig3}, images=1000, classes=10)["fig3"]
+    assert two["message"] == 2 * one["message"] and two["train_image"] == 2 * one["train_image"]
+    assert two["encode"] == one["encode"]  # the half-precision check runs on the first seed only
+
+
+def test_ablations_reuse_figure_2_points_and_count_their_variants():
+    common = {**TINY["common"], "seeds": [0], "delta": 0.5, "fine_tune_epochs": 1}
+    fig2 = {k: v for k, v in TINY["fig2"].items() if k not in ("seeds", "delta", "fine_tune_epochs")}
+    fig2 |= {"methods": ["magnitude", "flexrel"], "pruning_factors": [0.5], "shift_classes": None}
+    alone = stage_counts({"common": common, "ablations": {"pruning_factors": [0.5], "steps": 2}}, 1000, 10)
+    after = stage_counts({"common": common, "fig2": fig2, "ablations": {"pruning_factors": [0.5], "steps": 2}}, 1000, 10)
+    # magnitude and FlexRel at p = 0.5 are Figure 2's points: two one-shot and two fine-tuned scorings fewer
+    assert after["ablations"]["scoring"] == alone["ablations"]["scoring"] - 4
+    # two relevance variants (positive, signed) and the true-label one recompute relevance; iterative FlexRel twice
+    assert alone["ablations"]["relevance_sample"] == 100 + 3 * 100 + 2 * 100
 
 
 def test_cached_stages_count_once_across_notebooks():
@@ -65,7 +82,7 @@ def test_cached_stages_count_once_across_notebooks():
 
 def test_paper_profile_counts_every_notebook_and_estimate_adds_up():
     counts = stage_counts("paper")
-    assert set(counts) == {"fig1", "fig2", "fig3", "fig4", "table1", "explore"}
+    assert set(counts) == {"fig1", "fig2", "fig3", "fig4", "ablations", "table1", "explore"}
     assert all(stage in STAGES and n >= 0 for c in counts.values() for stage, n in c.items())
     est = estimate(counts, dict.fromkeys(STAGES, 1.0))
     assert est["total_s"] == pytest.approx(sum(sum(c.values()) for c in counts.values()))

@@ -137,3 +137,32 @@ def test_simulation_is_deterministic_and_cached(setup, tmp_path):
 def test_unknown_technique_refused(setup):
     with pytest.raises(ValueError, match="technique must be one of"):
         fl.prune_for(setup, setup.fresh_model(), "random", 0.5, PCFG, 0.5)
+
+
+def test_message_bytes_are_the_encoders_length_with_masks_coded_once(setup, monkeypatch):
+    seen = []
+    real = fl.encoded_size
+
+    def spy(model, **kwargs):
+        n = real(model, **kwargs)
+        seen.append((n, len(encode_sparse(model))))
+        return n
+
+    monkeypatch.setattr(fl, "encoded_size", spy)
+    model = setup.fresh_model()
+    fl.prune_for(setup, model, "flexrel", 0.9, PCFG, 0.5)
+    sizes = fl.MaskCodeCache()
+    rec, traffic = fl.fedavg_round(model, fl.shards_of(setup, TINY), setup.data.test, TINY, 1, seed=0, sizes=sizes)
+    assert len(seen) == 2 * TINY.nodes and all(a == b for a, b in seen)  # every message, down and up
+    assert rec["bytes_down"] + rec["bytes_up"] == sum(a for a, _ in seen)
+    assert sizes.computed == len(get_masks(model))  # each layer's mask coded once, then reused
+
+
+def test_half_precision_messages_travel_as_decoded_float16(setup):
+    model = setup.fresh_model()
+    fl.prune_for(setup, model, "magnitude", 0.5, PCFG, 0.5)
+    received, nbytes = fl.send(model, FedConfig(half=True), fl.MaskCodeCache())
+    assert nbytes == len(encode_sparse(model, half=True))
+    for (name, a), b in zip(model.state_dict().items(), received.state_dict().values(), strict=True):
+        if a.is_floating_point():
+            assert torch.equal(b, a.half().float()), name
