@@ -112,7 +112,7 @@ def test_files_are_read_by_workers_without_changing_a_sample(tmp_path):
     rng = np.random.default_rng(0)
     for c in range(2):
         (tmp_path / f"c{c}").mkdir()
-        for i in range(6):
+        for i in range(20):
             Image.fromarray(rng.integers(0, 255, (20, 24, 3), dtype=np.uint8)).save(tmp_path / f"c{c}" / f"{i}.png")
     d = load_dataset("imagefolder", tmp_path, image_size=16)
     assert not in_memory(d.train) and in_memory(load_dataset("digits").train)
