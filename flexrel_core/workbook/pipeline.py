@@ -259,6 +259,12 @@ def fine_tuned_state(
 
 def _fine_tune(setup: Setup, delta: float, p: float, pcfg: PruneConfig, device: str) -> dict[str, torch.Tensor]:
     model = pruned_model(setup, delta, p, pcfg, device)
+    _tune(setup, model, pcfg, setup.cfg.seed, device)
+    return {k: v.detach().cpu() for k, v in model.state_dict().items()}
+
+
+def _tune(setup: Setup, model: nn.Module, pcfg: PruneConfig, seed: int, device: str) -> None:
+    """Fine-tune ``model`` in place on the training split with its masks fixed, as ``pcfg`` says."""
     train(
         model,
         setup.data.train,
@@ -266,12 +272,20 @@ def _fine_tune(setup: Setup, delta: float, p: float, pcfg: PruneConfig, device: 
         lr=pcfg.fine_tune_lr,
         batch_size=pcfg.fine_tune_batch_size,
         optimizer=pcfg.fine_tune_optimizer,
-        seed=setup.cfg.seed,
+        seed=seed,
         device=device,
         desc="fine-tune",
         show_progress=False,  # hundreds of short fine-tunes: the sweep's own bar shows progress
     )
-    return {k: v.detach().cpu() for k, v in model.state_dict().items()}
+
+
+def _measure(setup: Setup, model: nn.Module, device: str) -> dict:
+    """Validation and test accuracy and measured sparsity of a pruned model."""
+    return {
+        "val": evaluate(model, setup.data.val, device=device),
+        "test": evaluate(model, setup.data.test, device=device),
+        "sparsity": sparsity(model)["overall"],
+    }
 
 
 def evaluate_point(
@@ -295,21 +309,17 @@ def evaluate_point(
         "fine_tune": _fine_tune_config(pcfg, setup.cfg.seed) if fine_tune else None,
     }
 
-    def measure(model: nn.Module) -> dict:
-        return {
-            "val": evaluate(model, setup.data.val, device=device),
-            "test": evaluate(model, setup.data.test, device=device),
-            "sparsity": sparsity(model)["overall"],
-        }
-
     def compute() -> dict:
-        one_shot = measure(pruned_model(setup, delta, p, pcfg, device))
+        one_shot = _measure(setup, pruned_model(setup, delta, p, pcfg, device), device)
         if not fine_tune:
             return {"one_shot": one_shot, "fine_tuned": None}
         if p == 0:  # nothing pruned, nothing to recover: the dense model itself (module docstring)
             return {"one_shot": one_shot, "fine_tuned": dict(one_shot)}
         state = fine_tuned_state(setup, delta, p, pcfg, device=device, memo=memo)
-        return {"one_shot": one_shot, "fine_tuned": measure(load_state(setup.fresh_model(device), state))}
+        return {
+            "one_shot": one_shot,
+            "fine_tuned": _measure(setup, load_state(setup.fresh_model(device), state), device),
+        }
 
     return cached(cache_dir("points", dict_hash(config), cache_root) / "point.pt", compute, config=config)
 
@@ -366,21 +376,7 @@ def iterative_point(
                     relevance = shuffle_within_layers(relevance, seed=setup.cfg.seed + step)
             scores = pruning_scores(model, method="flexrel", delta=delta, normalize=pcfg.normalize, relevance=relevance)
             prune(model, scores, p_step, scope=pcfg.scope)
-            train(
-                model,
-                setup.data.train,
-                epochs=pcfg.fine_tune_epochs,
-                lr=pcfg.fine_tune_lr,
-                batch_size=pcfg.fine_tune_batch_size,
-                optimizer=pcfg.fine_tune_optimizer,
-                seed=setup.cfg.seed * 1_000 + step,
-                device=device,
-                show_progress=False,
-            )
-        return {
-            "val": evaluate(model, setup.data.val, device=device),
-            "test": evaluate(model, setup.data.test, device=device),
-            "sparsity": sparsity(model)["overall"],
-        }
+            _tune(setup, model, pcfg, setup.cfg.seed * 1_000 + step, device)
+        return _measure(setup, model, device)
 
     return cached(cache_dir("iterative", dict_hash(config), cache_root) / "point.pt", compute, config=config)
