@@ -29,7 +29,9 @@ from zennit.composites import COMPOSITES, Composite
 
 from .graph import chain_steps
 from .layers import conv_padding, prunable_layers
+from .lrp_fast import walk
 from .lrp_inputs import check_inputs, is_out_of_memory, memory_error, start_relevance
+from .lrp_plan import make_plan
 
 AGGREGATES: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "abs": torch.abs,  # sum_i |rel|: magnitude of relevance, sign-agnostic (default)
@@ -146,6 +148,9 @@ def linear_weight_relevance(a_sum: torch.Tensor, b_sum: torch.Tensor) -> torch.T
     return b_sum[:, None] + a_sum[None, :]
 
 
+ENGINES = ("auto", "fast", "zennit")
+
+
 def parameter_relevance(
     model: nn.Module,
     inputs: torch.Tensor,
@@ -154,29 +159,38 @@ def parameter_relevance(
     composite: str | Composite = "epsilon_plus_flat",
     aggregate: str = "abs",
     batch_size: int | None = None,
+    engine: str = "auto",
 ) -> dict[str, torch.Tensor]:
     """rel(w) for every prunable weight: ``{"<module>.weight": tensor shaped like the weight}``.
 
     Implements rel(w_kj) = sum_i [rel(a_ik) + rel(b_ij)] (FlexRel's equation) for Linear weights
-    and its unfolded conv-as-FC form for Conv2d weights, with activation relevances from one zennit
-    LRP pass per batch (``composite``, default ``EpsilonPlusFlat``) started from the predicted
+    and its unfolded conv-as-FC form for Conv2d weights, with activation relevances from one LRP
+    pass per batch (``composite``, default ``EpsilonPlusFlat``) started from the predicted
     class's logit (or ``targets``). ``aggregate`` (``"abs"``, ``"positive"`` or ``"signed"``)
     is applied to each per-sample relevance before summing over samples. ``batch_size`` splits the
     inputs to bound memory; the result is the same sum. Sums accumulate in float64; values come in the
     weight's dtype.
 
-    Models that are not a plain chain of layers (skip connections, attention) are refused.
-    Works inside ``torch.no_grad()``.
+    ``engine``: ``"zennit"`` runs zennit's rule hooks (any composite); ``"fast"`` computes the same
+    rules directly (``lrp_fast``: zennit's values to rounding, at about the cost of a plain backward
+    pass) and refuses models or composites it does not handle; ``"auto"`` (default) takes the fast
+    engine where it applies and zennit otherwise. Either way, models that are not a plain chain of
+    layers (skip connections, attention) are refused. Works inside ``torch.no_grad()``.
     """
     if aggregate not in AGGREGATES:
         raise ValueError(f"unknown aggregate {aggregate!r}; expected one of {sorted(AGGREGATES)}")
+    if engine not in ENGINES:
+        raise ValueError(f"unknown engine {engine!r}; expected one of {ENGINES}")
     inputs = check_inputs(model, inputs)
-    chain_steps(model)
+    plan = _fast_plan(model, composite, engine)
     phi = AGGREGATES[aggregate]
     layers = prunable_layers(model)
     sums: dict[tuple[str, str], torch.Tensor] = {}
     for chunk, target in _batches(inputs, targets, batch_size):
-        _zennit_sums(model, chunk, target, composite, phi, layers, sums)
+        if plan is None:
+            _zennit_sums(model, chunk, target, composite, phi, layers, sums)
+        else:
+            _fast_sums(plan, model, chunk, target, phi, sums)
     relevance = {}
     for name, module in layers.items():
         a_sum, b_sum = sums[(name, "a")], sums[(name, "b")]
@@ -186,6 +200,19 @@ def parameter_relevance(
         else:
             relevance[name] = linear_weight_relevance(a_sum, b_sum)
     return relevance
+
+
+def _fast_plan(model: nn.Module, composite: str | Composite, engine: str) -> list | None:
+    """The fast engine's plan, or None for zennit; a model that is not a chain is refused by both."""
+    steps = chain_steps(model)
+    if engine == "zennit":
+        return None
+    try:
+        return make_plan(model, composite, steps)
+    except ValueError:
+        if engine == "fast":
+            raise
+        return None
 
 
 def _add(sums: dict, key: tuple[str, str], reduced: torch.Tensor) -> None:
@@ -211,6 +238,21 @@ def _zennit_sums(model, inputs, targets, composite, phi, layers, sums) -> None:
                 tensor.register_hook(accumulate((name, side)))
 
     _zennit_pass(model, inputs, targets, composite, register)
+
+
+def _fast_sums(plan, model, inputs, targets, phi, sums) -> None:
+    """The same sums from one fast-engine walk; rel(b) that equals the next layer's rel(a) (through
+    Pass, Flatten, Dropout) reuses that layer's reduction instead of reducing it again."""
+    previous: list[torch.Tensor] = []
+
+    def visit(name: str, rel_a: torch.Tensor, rel_b: torch.Tensor, b_is_previous_a: bool) -> None:
+        b_sum = previous.pop().view(rel_b.shape[1:]) if b_is_previous_a else phi(rel_b).sum(0).double()
+        a_sum = phi(rel_a).sum(0).double()
+        previous[:] = [a_sum]
+        _add(sums, (name, "a"), a_sum)
+        _add(sums, (name, "b"), b_sum)
+
+    walk(plan, model, inputs, targets, visit)
 
 
 def _batches(inputs: torch.Tensor, targets: torch.Tensor | None, batch_size: int | None):

@@ -106,17 +106,17 @@ def test_batchnorm_merges_follow_zennit():
     assert merges == {f"features.{i + 1}": f"features.{i}" for i in (0, 3, 7, 10, 14, 17)}
 
 
-@pytest.mark.parametrize("engine", ["zennit"])
+@pytest.mark.parametrize("engine", ["auto", "fast", "zennit"])
 def test_resnet18_is_refused_by_every_engine(engine):
     model = torchvision.models.resnet18(weights=None, num_classes=3)
     with pytest.raises(ValueError, match=r"ResNet is not a plain chain.*maxpool feeds 2 operations.*supported are"):
-        parameter_relevance(model, torch.randn(2, 3, 32, 32))
+        parameter_relevance(model, torch.randn(2, 3, 32, 32), engine=engine)
 
 
-@pytest.mark.parametrize("engine", ["zennit"])
+@pytest.mark.parametrize("engine", ["auto", "fast", "zennit"])
 def test_attention_from_linear_layers_is_refused(engine):
     with pytest.raises(ValueError, match=r"Attention is not a plain chain.*feeds 3 operations \(q, k, v\).*attention"):
-        parameter_relevance(Attention(), torch.randn(2, 5, 4))
+        parameter_relevance(Attention(), torch.randn(2, 5, 4), engine=engine)
 
 
 def test_lrp_backward_refuses_non_chains_too():

@@ -212,7 +212,7 @@ def _raise_cpu_oom(*args, **kwargs):
     raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 21474836480 bytes.")
 
 
-@pytest.mark.parametrize("engine", ["zennit"])
+@pytest.mark.parametrize("engine", ["fast", "zennit"])
 @pytest.mark.parametrize("where", ["forward", "backward"])
 def test_out_of_memory_says_so_and_suggests_a_smaller_batch(monkeypatch, engine, where):
     """Running out of memory is not a shape error: the message names memory and a smaller batch_size."""
@@ -224,14 +224,15 @@ def test_out_of_memory_says_so_and_suggests_a_smaller_batch(monkeypatch, engine,
     else:
         monkeypatch.setattr(torch.Tensor, "scatter_add_", _raise_cpu_oom)
     with pytest.raises(torch.OutOfMemoryError, match=r"ran out of CPU memory on a batch of 6 samples.*batch_size=3"):
-        parameter_relevance(model, torch.randn(10, 1, 6, 6), batch_size=6)
+        parameter_relevance(model, torch.randn(10, 1, 6, 6), batch_size=6, engine=engine)
 
 
-def test_works_inside_no_grad():
+@pytest.mark.parametrize("engine", ["fast", "zennit"])
+def test_works_inside_no_grad(engine):
     model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Flatten(), nn.Linear(2 * 4 * 4, 3)).double()
     x = torch.randn(4, 1, 6, 6, dtype=torch.float64)
-    expected = parameter_relevance(model, x)
+    expected = parameter_relevance(model, x, engine=engine)
     with torch.no_grad():
-        got = parameter_relevance(model, x)
+        got = parameter_relevance(model, x, engine=engine)
     for name in expected:
         assert torch.equal(got[name], expected[name])
