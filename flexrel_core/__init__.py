@@ -2,8 +2,8 @@
 
 from .data import DATASETS, DataSplits, load_dataset
 from .encoding import decode_sparse, dense_size_bytes, encode_sparse, information_bound_bits
+from .fast_engine import lrp_fast
 from .layers import prunable_count, prunable_layers
-from .lrp_fast import lrp_fast
 from .masks import apply_masks, from_torch_prune, get_masks, load_state, mask_gradients, prune, sparsity, to_torch_prune
 from .models import MODELS, build_model
 from .relevance import lrp_backward, parameter_relevance

@@ -27,11 +27,11 @@ from torch import nn
 from zennit.canonizers import SequentialMergeBatchNorm
 from zennit.composites import COMPOSITES, Composite
 
+from .fast_engine import walk
+from .fast_plan import make_plan
 from .graph import chain_steps
 from .layers import conv_padding, prunable_layers
-from .lrp_fast import walk
 from .lrp_inputs import check_inputs, is_out_of_memory, memory_error, start_relevance
-from .lrp_plan import make_plan
 
 AGGREGATES: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "abs": torch.abs,  # sum_i |rel|: magnitude of relevance, sign-agnostic (default)
@@ -172,9 +172,9 @@ def parameter_relevance(
     weight's dtype.
 
     ``engine``: ``"zennit"`` runs zennit's rule hooks (any composite); ``"fast"`` computes the same
-    rules directly (``lrp_fast``: zennit's values to rounding, at about the cost of a plain backward
-    pass) and refuses models or composites it does not handle; ``"auto"`` (default) takes the fast
-    engine where it applies and zennit otherwise. Either way, models that are not a plain chain of
+    rules directly (``fast_engine.lrp_fast``: zennit's values to rounding, at about 1.5x the cost of a
+    plain backward pass) and refuses models or composites it does not handle; ``"auto"`` (default)
+    takes the fast engine where it applies and zennit otherwise. Either way, models that are not a plain chain of
     layers (skip connections, attention) are refused. Works inside ``torch.no_grad()``.
     """
     if aggregate not in AGGREGATES:
@@ -245,12 +245,11 @@ def _fast_sums(plan, model, inputs, targets, phi, sums) -> None:
     Pass, Flatten, Dropout) reuses that layer's reduction instead of reducing it again."""
     previous: list[torch.Tensor] = []
 
-    def visit(name: str, rel_a: torch.Tensor, rel_b: torch.Tensor, b_is_previous_a: bool) -> None:
-        b_sum = previous.pop().view(rel_b.shape[1:]) if b_is_previous_a else phi(rel_b).sum(0).double()
-        a_sum = phi(rel_a).sum(0).double()
-        previous[:] = [a_sum]
-        _add(sums, (name, "a"), a_sum)
-        _add(sums, (name, "b"), b_sum)
+    def visit(name: str, side: str, rel: torch.Tensor, reused: bool) -> None:
+        reduced = previous[0].view(rel.shape[1:]) if reused else phi(rel).sum(0).double()
+        if side == "a":
+            previous[:] = [reduced]
+        _add(sums, (name, side), reduced)
 
     walk(plan, model, inputs, targets, visit)
 

@@ -9,8 +9,8 @@ import torchvision
 from torch import nn
 
 from flexrel_core import build_model, lrp_backward, parameter_relevance, pruning_scores
-from flexrel_core.lrp_fast import lrp_fast
-from flexrel_core.lrp_plan import make_plan
+from flexrel_core.fast_engine import lrp_fast
+from flexrel_core.fast_plan import make_plan
 
 Layers = dict[str, tuple[torch.Tensor, torch.Tensor]]
 

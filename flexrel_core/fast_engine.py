@@ -2,7 +2,7 @@
 
 zennit (Anders et al., "Software for Dataset-wide XAI", 2021) applies each LRP rule in a backward
 hook that re-runs the layer on modified copies of its input and parameters; ``ZPlus`` runs two
-(positive and negative parts). On a chain whose plan ``lrp_plan.make_plan`` can build, the same
+(positive and negative parts). On a chain whose plan ``fast_plan.make_plan`` can build, the same
 rules need far less: one forward that keeps each layer's input, then one walk backwards with
 
 - ``Conv2d``, z+ rule on inputs >= 0 (after a ReLU): ``z = conv(a, W+) + b+``,
@@ -26,12 +26,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .fast_plan import EPSILON, Op, conv_geometry, make_plan
 from .lrp_inputs import check_inputs, is_out_of_memory, memory_error, start_relevance
-from .lrp_plan import EPSILON, Op, conv_geometry, make_plan
 
-# visit(name, rel_a, rel_b, b_is_previous_a): called for every prunable layer, last layer first;
-# the flag says rel_b holds the same values as the previous call's rel_a (only reshaped).
-Visitor = Callable[[str, torch.Tensor, torch.Tensor, bool], None]
+# visit(name, side, rel, reused): for every prunable layer, last layer first, side "b" (the relevance
+# of its output, before its rule runs) then side "a" (of its input). ``reused``: this rel(b) holds the
+# values of the previous rel(a) (reshaped at most). The walk drops rel(b) as soon as the rule has used it.
+Visitor = Callable[[str, str, torch.Tensor, bool], None]
 
 
 def stabilize_(z: torch.Tensor, nonnegative: bool = False) -> torch.Tensor:
@@ -61,9 +62,15 @@ def lrp_fast(
     model or composite the engine does not handle. The model is only read.
     """
 
-    def visit(name: str, rel_a: torch.Tensor, rel_b: torch.Tensor, _: bool) -> None:
-        if layer_hooks is not None:
-            layer_hooks(name, rel_a, rel_b)
+    rel_b: dict[str, torch.Tensor] = {}
+
+    def visit(name: str, side: str, rel: torch.Tensor, _: bool) -> None:
+        if layer_hooks is None:
+            return
+        if side == "b":
+            rel_b[name] = rel
+        else:
+            layer_hooks(name, rel, rel_b.pop(name))
 
     return walk(make_plan(model, composite), model, inputs, targets, visit)
 
@@ -81,9 +88,11 @@ def walk(plan: list[Op], model: nn.Module, inputs: torch.Tensor, targets: torch.
                 op, keep = plan[i], saved[i]
                 saved[i] = None  # free the stored input as the walk passes the layer
                 if op.kind in ("conv", "linear"):
-                    rel_a = _RULES[op.rule](op, keep, rel)
-                    visit(op.name, rel_a, rel, same)
-                    rel, same = rel_a, True
+                    visit(op.name, "b", rel, same)
+                    held = [rel]  # the rule pops rel(b), which is then freed as soon as it has been used
+                    del rel
+                    rel, same = _RULES[op.rule](op, keep, held), True
+                    visit(op.name, "a", rel, False)
                 elif op.kind == "reshape":
                     rel = rel.reshape(keep)
                 elif op.kind != "pass":
@@ -201,53 +210,55 @@ _FORWARD = {
 }
 
 
-def _zplus(op: Op, x: torch.Tensor, rel: torch.Tensor) -> torch.Tensor:
+def _zplus(op: Op, x: torch.Tensor, held: list[torch.Tensor]) -> torch.Tensor:
     """ZPlus on inputs >= 0: x * conv^T(rel / stab(conv(x, W+) + b+), W+) (zennit.rules.ZPlus)."""
     w, b = op.positive
     g = stabilize_(_conv(op, x, w, b), nonnegative=True)
-    torch.div(rel, g, out=g)
+    torch.div(held.pop(), g, out=g)
     return _conv_transpose(op, x, w, g).mul_(x)
 
 
-def _zplus_signed(op: Op, x: torch.Tensor, rel: torch.Tensor) -> torch.Tensor:
+def _zplus_signed(op: Op, x: torch.Tensor, held: list[torch.Tensor]) -> torch.Tensor:
     """ZPlus on inputs of any sign: x+ * conv^T(g, W+) + x- * conv^T(g, W-),
     g = rel / stab(conv(x+, W+) + b+ + conv(x-, W-)) (zennit.rules.ZPlus, both parts)."""
     (wp, bp), wn = op.positive, op.weight.clamp(max=0)
     xp, xn = x.clamp(min=0), x.clamp(max=0)
     z = _conv(op, xp, wp, bp) + _conv(op, xn, wn, None)
-    g = torch.div(rel, stabilize_(z), out=z)
+    g = torch.div(held.pop(), stabilize_(z), out=z)
     return _conv_transpose(op, x, wp, g).mul_(xp).add_(_conv_transpose(op, x, wn, g).mul_(xn))
 
 
-def _flat_conv(op: Op, shape: torch.Size, rel: torch.Tensor) -> torch.Tensor:
+def _flat_conv(op: Op, shape: torch.Size, held: list[torch.Tensor]) -> torch.Tensor:
     """Flat: conv^T(rel / stab(conv(1, 1)), 1), bias dropped (zennit.rules.Flat). The all-ones
     kernel lets the sum over a group's output channels come first, so one small transposed conv remains."""
     conv = op.module
     n, groups, (kh, kw) = shape[0], conv.groups, conv.kernel_size
     per_group_in, per_group_out = conv.in_channels // groups, conv.out_channels // groups
-    ones = rel.new_ones(groups, 1, kh, kw)
-    taps = _conv(op, rel.new_ones(1, groups, *shape[2:]), ones, None)  # valid taps per position and group
+    out_shape = held[0].shape[2:]
+    ones = held[0].new_ones(groups, 1, kh, kw)
+    taps = _conv(op, ones.new_ones(1, groups, *shape[2:]), ones, None)  # valid taps per position and group
     z = stabilize_((taps * per_group_in).repeat_interleave(per_group_out, dim=1), nonnegative=True)
-    g = (rel / z).view(n, groups, per_group_out, *rel.shape[2:]).sum(2)
+    g = (held.pop() / z).view(n, groups, per_group_out, *out_shape).sum(2)
     r = _conv_transpose(op, (n, groups, *shape[2:]), ones, g)
     return r.repeat_interleave(per_group_in, dim=1)
 
 
-def _epsilon(op: Op, keep: tuple[torch.Tensor, torch.Tensor], rel: torch.Tensor) -> torch.Tensor:
+def _epsilon(op: Op, keep: tuple[torch.Tensor, torch.Tensor], held: list[torch.Tensor]) -> torch.Tensor:
     """Epsilon: a * ((rel / stab(z)) @ W), z = a W^T + b (zennit.rules.Epsilon)."""
     x, z = keep
-    g = torch.div(rel, stabilize_(z), out=z)
+    g = torch.div(held.pop(), stabilize_(z), out=z)
     return (g @ op.weight).mul_(x)
 
 
-def _flat_linear(op: Op, shape: torch.Size, rel: torch.Tensor) -> torch.Tensor:
+def _flat_linear(op: Op, shape: torch.Size, held: list[torch.Tensor]) -> torch.Tensor:
     """Flat on a Linear layer: z = K (inputs and weights ones, bias dropped); rel(a_k) = sum_j rel_j / stab(K)."""
+    rel = held.pop()
     z = stabilize_(rel.new_tensor(float(shape[1])), nonnegative=True)
     return (rel / z).sum(1, keepdim=True).expand(shape).contiguous()
 
 
-def _rule_flat(op: Op, keep, rel: torch.Tensor) -> torch.Tensor:
-    return _flat_conv(op, keep, rel) if op.kind == "conv" else _flat_linear(op, keep, rel)
+def _rule_flat(op: Op, keep, held: list[torch.Tensor]) -> torch.Tensor:
+    return _flat_conv(op, keep, held) if op.kind == "conv" else _flat_linear(op, keep, held)
 
 
 _RULES = {"zplus": _zplus, "zplus_signed": _zplus_signed, "epsilon": _epsilon, "flat": _rule_flat}
