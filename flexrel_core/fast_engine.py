@@ -86,18 +86,17 @@ def walk(plan: list[Op], model: nn.Module, inputs: torch.Tensor, targets: torch.
             same = False  # does rel hold the values of the last rel(a) visited?
             for i in range(len(plan) - 1, -1, -1):
                 op, keep = plan[i], saved[i]
-                saved[i] = None  # free the stored input as the walk passes the layer
+                saved[i] = None  # the stored input is freed as soon as the walk has used it
                 if op.kind in ("conv", "linear"):
                     visit(op.name, "b", rel, same)
                     held = [rel]  # the rule pops rel(b), which is then freed as soon as it has been used
                     del rel
-                    rel, same = _RULES[op.rule](op, keep, held), True
+                    rel, same, keep = _RULES[op.rule](op, keep, held), True, None
                     visit(op.name, "a", rel, False)
                 elif op.kind == "reshape":
                     rel = rel.reshape(keep)
                 elif op.kind != "pass":
-                    rel, same = _BACKWARD[op.kind](op, keep, rel), False
-                del keep
+                    rel, same, keep = _BACKWARD[op.kind](op, keep, rel), False, None
             return rel
     except RuntimeError as err:
         if is_out_of_memory(err):
