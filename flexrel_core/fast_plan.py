@@ -150,7 +150,7 @@ def _merge(model: nn.Module, ops: list[Op], step: Step, merges: dict[str, str]) 
         or layer.module is not dict(model.named_modules()).get(merges[step.name])
     ):
         raise refuse(model, f"BatchNorm {step.name} does not directly follow a Conv2d or Linear")
-    if bn.running_mean is None or bn.weight is None or layer.scale is not None:
+    if bn.running_mean is None or bn.weight is None:
         raise refuse(model, f"BatchNorm {step.name} has no running statistics or no affine parameters")
     scale = bn.weight.detach() / (bn.running_var + bn.eps) ** 0.5
     index = (slice(None),) + (None,) * (layer.weight.ndim - 1)
