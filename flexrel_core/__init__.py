@@ -9,6 +9,7 @@ from .encoding import (
     encoded_size,
     information_bound_bits,
 )
+from .fast_engine import lrp_fast
 from .layers import prunable_count, prunable_layers
 from .masks import apply_masks, from_torch_prune, get_masks, load_state, mask_gradients, prune, sparsity, to_torch_prune
 from .models import MODELS, build_model
@@ -36,6 +37,7 @@ __all__ = [
     "get_masks",
     "load_state",
     "lrp_backward",
+    "lrp_fast",
     "magnitude",
     "mask_gradients",
     "normalize_scores",

@@ -52,6 +52,21 @@ def prunable_layers(model: nn.Module) -> dict[str, nn.Module]:
     return layers
 
 
+def conv_padding(conv: nn.Conv2d) -> tuple[int, int, int, int]:
+    """(left, right, top, bottom) zero padding a Conv2d applies, for ``F.pad``; ``"same"`` pads
+    ``dilation * (kernel - 1)`` in total, the extra one on the right/bottom, as ``F.conv2d`` does."""
+    if conv.padding == "valid":
+        return 0, 0, 0, 0
+    if conv.padding == "same":
+        (top, bottom), (left, right) = (
+            (d * (k - 1) // 2, d * (k - 1) - d * (k - 1) // 2)
+            for k, d in zip(conv.kernel_size, conv.dilation, strict=True)
+        )
+        return left, right, top, bottom
+    ph, pw = conv.padding
+    return pw, pw, ph, ph
+
+
 def prunable_count(model: nn.Module) -> int:
     """Number N of prunable weights (the base of every pruning factor)."""
     return sum(m.weight.numel() for m in prunable_layers(model).values())

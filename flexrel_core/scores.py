@@ -67,13 +67,15 @@ def pruning_scores(
     relevance: dict[str, torch.Tensor] | None = None,
     composite: str = "epsilon_plus_flat",
     aggregate: str = "abs",
+    engine: str = "auto",
 ) -> dict[str, torch.Tensor]:
     """Per-weight pruning scores (higher = keep), ``{"<module>.weight": float64 tensor}``.
 
     ``method="flexrel"`` gives s = (1 - delta) * M_norm + delta * R_norm; ``"magnitude"`` is
     delta = 0 and ``"relevance"`` delta = 1 (``delta`` is then ignored). Relevance comes from
     ``relevance`` when given (a dict from ``parameter_relevance``, so a delta sweep costs one LRP
-    pass), else from one LRP pass over ``inputs``; magnitude pruning needs neither.
+    pass), else from one LRP pass over ``inputs`` (``engine``: see ``parameter_relevance``);
+    magnitude pruning needs neither.
     """
     delta = method_delta(method, delta)
     if normalize not in NORMALIZATIONS:
@@ -82,7 +84,7 @@ def pruning_scores(
     if delta > 0.0 and relevance is None:
         if inputs is None:
             raise ValueError(f"method={method!r} with delta={delta} needs inference `inputs` or a `relevance` dict")
-        relevance = parameter_relevance(model, inputs, targets, composite=composite, aggregate=aggregate)
+        relevance = parameter_relevance(model, inputs, targets, composite=composite, aggregate=aggregate, engine=engine)
     if relevance is not None:
         check_score_dict(model, relevance, "relevance")
     # Layer by layer and in place: a model-sized float64 tensor exists once (the result), not per term.

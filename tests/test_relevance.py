@@ -202,3 +202,37 @@ def test_empty_and_misshapen_inputs():
 def test_targets_out_of_range():
     with pytest.raises(ValueError, match=r"class indices in \[0, 3\)"):
         parameter_relevance(_net(), torch.randn(2, 1, 6, 6), torch.tensor([0, 7]))
+
+
+def _raise_cuda_oom(*args, **kwargs):
+    raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+
+def _raise_cpu_oom(*args, **kwargs):
+    raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 21474836480 bytes.")
+
+
+@pytest.mark.parametrize("engine", ["fast", "zennit"])
+@pytest.mark.parametrize("where", ["forward", "backward"])
+def test_out_of_memory_says_so_and_suggests_a_smaller_batch(monkeypatch, engine, where):
+    """Running out of memory is not a shape error: the message names memory and a smaller batch_size."""
+    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(2 * 2 * 2, 3))
+    if where == "forward":
+        monkeypatch.setattr(torch.nn.functional, "conv2d", _raise_cuda_oom)
+    elif engine == "zennit":
+        monkeypatch.setattr(torch.autograd, "grad", _raise_cpu_oom)
+    else:
+        monkeypatch.setattr(torch.Tensor, "scatter_add_", _raise_cpu_oom)
+    with pytest.raises(torch.OutOfMemoryError, match=r"ran out of CPU memory on a batch of 6 samples.*batch_size=3"):
+        parameter_relevance(model, torch.randn(10, 1, 6, 6), batch_size=6, engine=engine)
+
+
+@pytest.mark.parametrize("engine", ["fast", "zennit"])
+def test_works_inside_no_grad(engine):
+    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Flatten(), nn.Linear(2 * 4 * 4, 3)).double()
+    x = torch.randn(4, 1, 6, 6, dtype=torch.float64)
+    expected = parameter_relevance(model, x, engine=engine)
+    with torch.no_grad():
+        got = parameter_relevance(model, x, engine=engine)
+    for name in expected:
+        assert torch.equal(got[name], expected[name])

@@ -63,8 +63,9 @@ def test_ablations_reuse_figure_2_points_and_count_their_variants():
     common = {**TINY["common"], "seeds": [0], "delta": 0.5, "fine_tune_epochs": 1}
     fig2 = {k: v for k, v in TINY["fig2"].items() if k not in ("seeds", "delta", "fine_tune_epochs")}
     fig2 |= {"methods": ["magnitude", "flexrel"], "pruning_factors": [0.5], "shift_classes": None}
-    alone = stage_counts({"common": common, "ablations": {"pruning_factors": [0.5], "steps": 2}}, 1000, 10)
-    after = stage_counts({"common": common, "fig2": fig2, "ablations": {"pruning_factors": [0.5], "steps": 2}}, 1000, 10)
+    ablations = {"pruning_factors": [0.5], "steps": 2}
+    alone = stage_counts({"common": common, "ablations": ablations}, 1000, 10)
+    after = stage_counts({"common": common, "fig2": fig2, "ablations": ablations}, 1000, 10)
     # magnitude and FlexRel at p = 0.5 are Figure 2's points: two one-shot and two fine-tuned scorings fewer
     assert after["ablations"]["scoring"] == alone["ablations"]["scoring"] - 4
     # two relevance variants (positive, signed) and the true-label one recompute relevance; iterative FlexRel twice

@@ -1,0 +1,288 @@
+"""The fast relevance engine: zennit's rule composites computed directly, for plain chains of layers.
+
+zennit (Anders et al., "Software for Dataset-wide XAI", 2021) applies each LRP rule in a backward
+hook that re-runs the layer on modified copies of its input and parameters; ``ZPlus`` runs two
+(positive and negative parts). On a chain whose plan ``fast_plan.make_plan`` can build, the same
+rules need far less: one forward that keeps each layer's input, then one walk backwards with
+
+- ``Conv2d``, z+ rule on inputs >= 0 (after a ReLU): ``z = conv(a, W+) + b+``,
+  ``rel(a) = a * conv_transpose(rel(b) / stab(z), W+)`` -- one extra convolution (the negative
+  part ``conv(a-, W-)`` vanishes); where the input may be negative both parts are computed, as zennit does;
+- ``Linear``, epsilon rule: ``rel(a) = a * ((rel(b) / stab(z)) @ W)`` with the forward's ``z``;
+- flat rule (first layer): ``rel(a) = conv_transpose(rel(b) / stab(conv(1, 1)), 1)``;
+- average pooling, zennit's ``Norm``: ``rel(x) = x * pool^T(rel(y) / stab(y))``; max pooling:
+  its gradient; activations, Dropout, Flatten, merged BatchNorm: relevance unchanged (``Pass``);
+
+with zennit's stabiliser ``stab(z) = z + 1e-6 * sign(z)``, sign(0) = +1 (``zennit.core.stabilize``).
+Each stored input is freed as soon as the walk has passed its layer. Relevance starts from the
+predicted class's logit (or ``targets``), as in ``relevance.lrp_backward``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .fast_plan import EPSILON, Op, conv_geometry, make_plan
+from .lrp_inputs import check_inputs, is_out_of_memory, memory_error, start_relevance
+
+# visit(name, side, rel, reused): for every prunable layer, last layer first, side "b" (the relevance
+# of its output, before its rule runs) then side "a" (of its input). ``reused``: this rel(b) holds the
+# values of the previous rel(a) (reshaped at most). The walk drops rel(b) as soon as the rule has used it.
+Visitor = Callable[[str, str, torch.Tensor, bool], None]
+
+
+def stabilize_(z: torch.Tensor, nonnegative: bool = False) -> torch.Tensor:
+    """In place: z + eps * sign(z) with sign(0) = +1, eps = 1e-6 (zennit.core.stabilize).
+
+    ``nonnegative``: z is a sum of non-negative terms (z+ and flat rules), so the sign is +1
+    everywhere (-0.0 included, as in zennit) and one addition does.
+    """
+    if nonnegative:
+        return z.add_(EPSILON)
+    eps = z.new_tensor(EPSILON)
+    return z.add_(torch.where(z >= 0, eps, -eps))
+
+
+def lrp_fast(
+    model: nn.Module,
+    inputs: torch.Tensor,
+    targets: torch.Tensor | None = None,
+    *,
+    composite: str = "epsilon_plus_flat",
+    layer_hooks: Callable[[str, torch.Tensor, torch.Tensor], None] | None = None,
+) -> torch.Tensor:
+    """One LRP pass by the fast engine; returns the relevance of ``inputs`` (equal to zennit's).
+
+    ``layer_hooks(name, rel_a, rel_b)`` receives every prunable layer's per-sample input and output
+    relevance (``name`` = ``"<module>.weight"``), last layer first. Raises ``ValueError`` for a
+    model or composite the engine does not handle. The model is only read.
+    """
+
+    rel_b: dict[str, torch.Tensor] = {}
+
+    def visit(name: str, side: str, rel: torch.Tensor, _: bool) -> None:
+        if layer_hooks is None:
+            return
+        if side == "b":
+            rel_b[name] = rel
+        else:
+            layer_hooks(name, rel, rel_b.pop(name))
+
+    return walk(make_plan(model, composite), model, inputs, targets, visit)
+
+
+def walk(plan: list[Op], model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor | None, visit: Visitor):
+    """Forward keeping what each rule needs, then the backward walk; returns the input relevance."""
+    inputs = check_inputs(model, inputs)
+    try:
+        with torch.no_grad():
+            saved, logits = _forward(plan, inputs.detach())
+            rel = start_relevance(logits, targets)
+            del logits
+            same = False  # does rel hold the values of the last rel(a) visited?
+            for i in range(len(plan) - 1, -1, -1):
+                op, keep = plan[i], saved[i]
+                saved[i] = None  # the stored input is freed as soon as the walk has used it
+                if op.kind in ("conv", "linear"):
+                    visit(op.name, "b", rel, same)
+                    held = [rel]  # the rule pops rel(b), which is then freed as soon as it has been used
+                    del rel
+                    rel, same, keep = _RULES[op.rule](op, keep, held), True, None
+                    visit(op.name, "a", rel, False)
+                elif op.kind == "reshape":
+                    rel = rel.reshape(keep)
+                elif op.kind != "pass":
+                    rel, same, keep = _BACKWARD[op.kind](op, keep, rel), False, None
+            return rel
+    except RuntimeError as err:
+        if is_out_of_memory(err):
+            raise memory_error(err, inputs) from err
+        raise
+
+
+def _forward(plan: list[Op], x: torch.Tensor) -> tuple[list, torch.Tensor]:
+    """Run the chain once (eval semantics: Dropout off, BatchNorm merged), keeping what each rule needs."""
+    saved: list = [None] * len(plan)
+    shared, shape = True, tuple(x.shape)  # x is the caller's tensor or a stored one: never modify it in place
+    for i, op in enumerate(plan):
+        try:
+            x, saved[i], shared = _FORWARD[op.kind](op, x, shared)
+        except RuntimeError as err:
+            if is_out_of_memory(err):
+                raise
+            where = op.name.removesuffix(".weight")
+            raise ValueError(f"inputs of shape {shape} do not fit the model (at {where}: {err})") from err
+    return saved, x
+
+
+def _conv(op: Op, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    conv = op.module
+    padding, extra = conv_geometry(conv)
+    if extra is not None:
+        x = F.pad(x, extra)
+    return F.conv2d(x, weight, bias, conv.stride, padding, conv.dilation, conv.groups)
+
+
+def _conv_transpose(op: Op, x: torch.Tensor | torch.Size, weight: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """Gradient of ``_conv`` w.r.t. its input ``x`` (or an input of that shape): the transposed
+    convolution of ``g``, by the kernel autograd uses (``aten.convolution_backward``)."""
+    conv = op.module
+    padding, extra = conv_geometry(conv)
+    shape = x if isinstance(x, torch.Size | tuple) else x.shape
+    if extra is not None:
+        left, right, top, bottom = extra
+        x = (*shape[:2], shape[2] + top + bottom, shape[3] + left + right)
+    if isinstance(x, torch.Tensor):
+        args = (conv.stride, padding, conv.dilation, False, [0, 0], conv.groups, (True, False, False))
+        return torch.ops.aten.convolution_backward(g, x, weight, None, *args)[0]
+    grad = torch.nn.grad.conv2d_input(x, weight, g, conv.stride, padding, conv.dilation, conv.groups)
+    if extra is None:
+        return grad
+    return grad[:, :, top : top + shape[2], left : left + shape[3]].contiguous()
+
+
+def _forward_layer(op: Op, x: torch.Tensor, shared: bool):
+    if op.kind == "conv":
+        z = _conv(op, x, op.weight, op.bias)
+        keep = x.shape if op.rule == "flat" else x
+    else:
+        if x.ndim != 2:
+            raise ValueError(f"the fast engine takes Linear inputs of shape (n, features), got {tuple(x.shape)}")
+        z = F.linear(x, op.weight, op.bias)
+        keep = x.shape if op.rule == "flat" else (x, z)
+    if op.scale is not None:  # the merged BatchNorm's remaining 1 / sqrt(1 + eps)
+        return z * op.scale, keep, False
+    return z, keep, op.kind == "linear" and op.rule != "flat"
+
+
+def _forward_pass(op: Op, x: torch.Tensor, shared: bool):
+    if op.fn is None:  # Dropout in eval, Identity
+        return x, None, shared
+    if isinstance(op.module, nn.ReLU) and not shared:
+        return x.relu_(), None, False
+    if shared and getattr(op.module, "inplace", False):
+        x = x.clone()
+    return op.fn(x), None, False
+
+
+def _forward_reshape(op: Op, x: torch.Tensor, shared: bool):
+    out = op.fn(x)
+    if out.shape[0] != x.shape[0]:
+        raise ValueError(f"{op.name} changes the batch dimension: {tuple(x.shape)} -> {tuple(out.shape)}")
+    return out, x.shape, shared
+
+
+def _forward_relu(op: Op, x: torch.Tensor, shared: bool):
+    out = x.relu() if shared else x.relu_()
+    return out, out > 0, False
+
+
+def _forward_maxpool(op: Op, x: torch.Tensor, shared: bool):
+    m = op.module
+    out, indices = F.max_pool2d(x, m.kernel_size, m.stride, m.padding, m.dilation, m.ceil_mode, return_indices=True)
+    return out, (indices, x.shape), False
+
+
+def _forward_avgpool(op: Op, x: torch.Tensor, shared: bool):
+    return _pool(op, x), x, False
+
+
+def _pool(op: Op, x: torch.Tensor) -> torch.Tensor:
+    m = op.module
+    if isinstance(m, nn.AdaptiveAvgPool2d):
+        return F.adaptive_avg_pool2d(x, m.output_size)
+    return F.avg_pool2d(x, m.kernel_size, m.stride, m.padding, m.ceil_mode, m.count_include_pad, m.divisor_override)
+
+
+_FORWARD = {
+    "conv": _forward_layer,
+    "linear": _forward_layer,
+    "pass": _forward_pass,
+    "reshape": _forward_reshape,
+    "relu": _forward_relu,
+    "maxpool": _forward_maxpool,
+    "avgpool": _forward_avgpool,
+}
+
+
+def _zplus(op: Op, x: torch.Tensor, held: list[torch.Tensor]) -> torch.Tensor:
+    """ZPlus on inputs >= 0: x * conv^T(rel / stab(conv(x, W+) + b+), W+) (zennit.rules.ZPlus)."""
+    w, b = op.positive
+    g = stabilize_(_conv(op, x, w, b), nonnegative=True)
+    torch.div(held.pop(), g, out=g)
+    return _conv_transpose(op, x, w, g).mul_(x)
+
+
+def _zplus_signed(op: Op, x: torch.Tensor, held: list[torch.Tensor]) -> torch.Tensor:
+    """ZPlus on inputs of any sign: x+ * conv^T(g, W+) + x- * conv^T(g, W-),
+    g = rel / stab(conv(x+, W+) + b+ + conv(x-, W-)) (zennit.rules.ZPlus, both parts)."""
+    (wp, bp), wn = op.positive, op.weight.clamp(max=0)
+    xp, xn = x.clamp(min=0), x.clamp(max=0)
+    z = _conv(op, xp, wp, bp) + _conv(op, xn, wn, None)
+    g = torch.div(held.pop(), stabilize_(z), out=z)
+    return _conv_transpose(op, x, wp, g).mul_(xp).add_(_conv_transpose(op, x, wn, g).mul_(xn))
+
+
+def _flat_conv(op: Op, shape: torch.Size, held: list[torch.Tensor]) -> torch.Tensor:
+    """Flat: conv^T(rel / stab(conv(1, 1)), 1), bias dropped (zennit.rules.Flat). The all-ones
+    kernel lets the sum over a group's output channels come first, so one small transposed conv remains."""
+    conv = op.module
+    n, groups, (kh, kw) = shape[0], conv.groups, conv.kernel_size
+    per_group_in, per_group_out = conv.in_channels // groups, conv.out_channels // groups
+    out_shape = held[0].shape[2:]
+    ones = held[0].new_ones(groups, 1, kh, kw)
+    taps = _conv(op, ones.new_ones(1, groups, *shape[2:]), ones, None)  # valid taps per position and group
+    z = stabilize_((taps * per_group_in).repeat_interleave(per_group_out, dim=1), nonnegative=True)
+    g = (held.pop() / z).view(n, groups, per_group_out, *out_shape).sum(2)
+    r = _conv_transpose(op, (n, groups, *shape[2:]), ones, g)
+    return r.repeat_interleave(per_group_in, dim=1)
+
+
+def _epsilon(op: Op, keep: tuple[torch.Tensor, torch.Tensor], held: list[torch.Tensor]) -> torch.Tensor:
+    """Epsilon: a * ((rel / stab(z)) @ W), z = a W^T + b (zennit.rules.Epsilon)."""
+    x, z = keep
+    g = torch.div(held.pop(), stabilize_(z), out=z)
+    return (g @ op.weight).mul_(x)
+
+
+def _flat_linear(op: Op, shape: torch.Size, held: list[torch.Tensor]) -> torch.Tensor:
+    """Flat on a Linear layer: z = K (inputs and weights ones, bias dropped); rel(a_k) = sum_j rel_j / stab(K)."""
+    rel = held.pop()
+    z = stabilize_(rel.new_tensor(float(shape[1])), nonnegative=True)
+    return (rel / z).sum(1, keepdim=True).expand(shape).contiguous()
+
+
+def _rule_flat(op: Op, keep, held: list[torch.Tensor]) -> torch.Tensor:
+    return _flat_conv(op, keep, held) if op.kind == "conv" else _flat_linear(op, keep, held)
+
+
+_RULES = {"zplus": _zplus, "zplus_signed": _zplus_signed, "epsilon": _epsilon, "flat": _rule_flat}
+
+
+def _maxpool_backward(op: Op, keep, rel: torch.Tensor) -> torch.Tensor:
+    """Gradient of max pooling: each output's relevance goes to its argmax (summed where windows overlap)."""
+    indices, shape = keep
+    n, c = shape[:2]
+    out = rel.new_zeros(n, c, shape[2] * shape[3])
+    return out.scatter_add_(2, indices.flatten(2), rel.flatten(2)).view(shape)
+
+
+def _avgpool_backward(op: Op, x: torch.Tensor, rel: torch.Tensor) -> torch.Tensor:
+    """zennit's Norm rule: x * pool^T(rel / stab(pool(x))), the transpose by autograd of the pooling."""
+    with torch.enable_grad():
+        leaf = x.detach().requires_grad_(True)
+        y = _pool(op, leaf)
+        (grad,) = torch.autograd.grad(y, leaf, rel / stabilize_(y.detach().clone()))
+    return grad.mul_(x)
+
+
+def _relu_backward(op: Op, positive: torch.Tensor, rel: torch.Tensor) -> torch.Tensor:
+    """Gradient of a ReLU call (zennit has no rule for functions): rel where the output is > 0."""
+    return rel * positive
+
+
+_BACKWARD = {"maxpool": _maxpool_backward, "avgpool": _avgpool_backward, "relu": _relu_backward}

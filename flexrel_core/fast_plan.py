@@ -1,0 +1,168 @@
+"""The fast relevance engine's plan: a chain model turned into the LRP rule each operation takes.
+
+Mirrors zennit 0.5.1's composites ``EpsilonPlusFlat`` (the default) and ``EpsilonPlus``
+(``zennit/composites.py``) for chains of the layers below, and refuses anything else with a message:
+
+- ``Conv2d``: ``ZPlus`` (Bach et al. 2015; Montavon et al. 2017: alpha = 1, beta = 0, the bias'
+  positive part in the denominator), ``Flat`` for the first layer of ``EpsilonPlusFlat``
+  (Lapuschkin et al. 2019: weights and inputs replaced by ones, bias dropped).
+- ``Linear``: ``Epsilon`` (Bach et al. 2015, epsilon = 1e-6, the bias in the denominator), ``Flat``
+  when it is the first layer of ``EpsilonPlusFlat``.
+- ``BatchNorm1d/2d`` registered right after a ``Conv2d``/``Linear``: merged into it as zennit's
+  ``SequentialMergeBatchNorm`` does (``w * s``, ``(b - mean) * s + beta`` with ``s = gamma /
+  sqrt(var + eps)``); the merged BatchNorm still divides by ``sqrt(1 + eps)`` in the forward and
+  passes relevance unchanged (zennit's ``Pass``), and so does the plan.
+- activation modules (``ReLU`` ...): ``Pass``; ``torch.relu``/``F.relu`` calls: their gradient.
+- ``AvgPool2d``/``AdaptiveAvgPool2d``: zennit's ``Norm`` rule; ``MaxPool2d``: its gradient.
+- ``Flatten``/``torch.flatten``/``view``/``reshape`` keeping the batch dimension, ``Dropout`` (eval),
+  ``Identity``: unchanged relevance.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import fx, nn
+from zennit.types import Activation
+
+from .graph import Step, batchnorm_merges, chain_steps
+from .layers import conv_padding
+
+FAST_COMPOSITES = ("epsilon_plus_flat", "epsilon_plus")
+EPSILON = 1e-6  # zennit 0.5.1: Epsilon(epsilon=1e-6) and every other rule's stabilizer=1e-6
+
+HANDLED = (
+    "the fast engine handles chains of Conv2d, Linear, BatchNorm right after them, activations, MaxPool2d, "
+    "AvgPool2d, AdaptiveAvgPool2d, Flatten, Dropout and Identity, with composites "
+    f"{', '.join(map(repr, FAST_COMPOSITES))}; use engine='zennit' for anything else"
+)
+
+_DROPOUT = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.FeatureAlphaDropout)
+_RESHAPE_FUNCTIONS = (torch.flatten, torch.reshape)
+_RESHAPE_METHODS = ("flatten", "view", "reshape")
+_RELU_FUNCTIONS = (torch.relu, F.relu)
+
+
+@dataclass
+class Op:
+    """One operation and its rule.
+
+    ``kind``: ``"conv"``, ``"linear"`` (prunable; ``name`` is the weight's key ``"<module>.weight"``),
+    ``"pass"`` (relevance unchanged; ``fn`` is the forward, None for the identity), ``"reshape"``
+    (``fn`` the forward), ``"relu"`` (gradient of a ReLU call), ``"maxpool"``, ``"avgpool"``.
+    ``rule`` of a prunable layer: ``"flat"``, ``"epsilon"``, ``"zplus"`` (inputs known to be >= 0)
+    or ``"zplus_signed"``. ``weight``/``bias`` are the layer's (BatchNorm merged); ``scale`` the
+    merged BatchNorm's 1 / sqrt(1 + eps), or None; ``positive`` (W+, b+) for the z+ rules.
+    """
+
+    kind: str
+    name: str
+    module: nn.Module | None = None
+    fn: object = None
+    rule: str = ""
+    weight: torch.Tensor | None = None
+    bias: torch.Tensor | None = None
+    scale: float | None = None
+    positive: tuple[torch.Tensor, torch.Tensor | None] | None = None  # (W+, b+) for the z+ rules
+
+
+def refuse(model: nn.Module, why: str) -> ValueError:
+    return ValueError(f"the fast relevance engine cannot handle {type(model).__name__}: {why}; {HANDLED}")
+
+
+def make_plan(model: nn.Module, composite: object = "epsilon_plus_flat", steps: list[Step] | None = None) -> list[Op]:
+    """The operations of ``model`` with their rules under ``composite``, or ``ValueError`` saying why not.
+
+    Non-chain graphs are refused by ``graph.chain_steps`` first (message: what is supported);
+    ``steps`` are its result when the caller has them already.
+    """
+    if not isinstance(composite, str) or composite not in FAST_COMPOSITES:
+        raise refuse(model, f"composite {composite!r} is not one it implements")
+    steps = chain_steps(model) if steps is None else steps
+    merges = batchnorm_merges(model)
+    ops: list[Op] = []
+    nonnegative, first = False, True  # the model's inputs may be negative
+    for step in steps:
+        if isinstance(step.module, (nn.BatchNorm1d, nn.BatchNorm2d)):
+            _merge(model, ops, step, merges)
+            continue
+        op = _op(model, step)
+        if op.kind in ("conv", "linear"):
+            flat = first and composite == "epsilon_plus_flat"
+            zplus = "zplus" if nonnegative else "zplus_signed"
+            op.rule = "flat" if flat else (zplus if op.kind == "conv" else "epsilon")
+            op.weight = op.module.weight.detach()
+            op.bias = None if op.module.bias is None else op.module.bias.detach()
+            first = False
+        is_relu = isinstance(step.module, (nn.ReLU, nn.ReLU6)) or op.kind == "relu"
+        keeps_sign = op.kind in ("reshape", "maxpool", "avgpool") or (op.kind == "pass" and op.fn is None)
+        nonnegative = is_relu or (nonnegative and keeps_sign)
+        ops.append(op)
+    for op in ops:  # once BatchNorm is merged: the parts the z+ rule uses (zennit's ClampMod(min=0))
+        if op.rule.startswith("zplus"):
+            op.positive = (op.weight.clamp(min=0), None if op.bias is None else op.bias.clamp(min=0))
+    return ops
+
+
+def _op(model: nn.Module, step: Step) -> Op:
+    m = step.module
+    if isinstance(m, nn.Conv2d):
+        if m.padding_mode != "zeros":
+            raise refuse(model, f"{step.name} pads with {m.padding_mode!r}")
+        return Op("conv", f"{step.name}.weight", m)
+    if isinstance(m, nn.Linear):
+        return Op("linear", f"{step.name}.weight", m)
+    if isinstance(m, _DROPOUT) or isinstance(m, nn.Identity):
+        return Op("pass", step.name, m)
+    if isinstance(m, Activation) and not list(m.parameters()) and not isinstance(m, nn.MultiheadAttention):
+        return Op("pass", step.name, m, fn=m.forward)  # forward, not __call__: the user's hooks stay silent
+    if isinstance(m, nn.Flatten):
+        return Op("reshape", step.name, m, fn=m.forward)
+    if isinstance(m, nn.MaxPool2d) and not m.return_indices:
+        return Op("maxpool", step.name, m)
+    if isinstance(m, (nn.AvgPool2d, nn.AdaptiveAvgPool2d)):
+        return Op("avgpool", step.name, m)
+    if m is None and not any(isinstance(a, fx.Node) for a in (*step.args, *step.kwargs.values())):
+        if step.function in _RESHAPE_FUNCTIONS or step.function in _RESHAPE_METHODS:
+            return Op("reshape", step.name, fn=_call(step))
+        if step.function in _RELU_FUNCTIONS or step.function == "relu":
+            return Op("relu", step.name)
+    what = type(m).__name__ if m is not None else f"the call {step.name}"
+    raise refuse(model, f"it has no rule for {what} ({step.name})")
+
+
+def _call(step: Step):
+    if isinstance(step.function, str):
+        return lambda x: getattr(x, step.function)(*step.args, **step.kwargs)
+    return lambda x: step.function(x, *step.args, **step.kwargs)
+
+
+def _merge(model: nn.Module, ops: list[Op], step: Step, merges: dict[str, str]) -> None:
+    """Merge BatchNorm ``step`` into the layer before it (zennit ``MergeBatchNorm.merge_batch_norm``)."""
+    bn = step.module
+    layer = ops[-1] if ops else None
+    if (
+        merges.get(step.name) is None
+        or layer is None
+        or layer.module is not dict(model.named_modules()).get(merges[step.name])
+    ):
+        raise refuse(model, f"BatchNorm {step.name} does not directly follow a Conv2d or Linear")
+    if bn.running_mean is None or bn.weight is None:
+        raise refuse(model, f"BatchNorm {step.name} has no running statistics or no affine parameters")
+    scale = bn.weight.detach() / (bn.running_var + bn.eps) ** 0.5
+    index = (slice(None),) + (None,) * (layer.weight.ndim - 1)
+    bias = layer.bias if layer.bias is not None else torch.zeros(1, dtype=layer.weight.dtype, device=scale.device)
+    layer.weight = layer.weight * scale[index]
+    layer.bias = (bias - bn.running_mean) * scale + bn.bias.detach()
+    layer.scale = 1.0 / math.sqrt(1.0 + bn.eps)
+
+
+def conv_geometry(conv: nn.Conv2d) -> tuple[tuple[int, int], tuple[int, int, int, int] | None]:
+    """(symmetric padding for ``F.conv2d``, extra ``F.pad`` for an asymmetric ``"same"`` or None)."""
+    left, right, top, bottom = conv_padding(conv)
+    if left == right and top == bottom:
+        return (top, left), None
+    return (0, 0), (left, right, top, bottom)
