@@ -30,7 +30,7 @@ export MPLBACKEND := Agg
 NOTEBOOKS := $(foreach n,fig1 fig2 fig3 fig4 ablations table1 explore,$(if $(wildcard notebooks/$(n).ipynb),$(n)))
 RESULTS := results/$(PROFILE)
 
-.PHONY: setup test test-browser lint chromium check-profile reproduce bench bench-paper lab clean
+.PHONY: setup test test-browser screenshot lint chromium check-profile reproduce bench bench-paper lab clean
 
 # The project is installed in the venv in editable mode, so `import flexrel_core` works from any
 # folder and any kernel. One venv may serve several checkouts (CI keeps it outside the clone): when
@@ -65,6 +65,10 @@ test: setup lint chromium
 
 test-browser: setup chromium
 	$(VENV)/bin/pytest -m browser
+
+# The README's screenshot of the explorer, taken by the browser test (make test leaves it alone).
+screenshot: setup chromium
+	FLEXREL_SCREENSHOT=$(CURDIR)/results/explorer.png $(VENV)/bin/pytest -m browser
 
 chromium:
 	@if [ ! -x /usr/bin/chromium ]; then \

@@ -8,7 +8,7 @@ import sys
 
 import torch
 
-from flexrel_core.workbook.measure import peak_rss_bytes, peak_tensor_bytes, timings
+from flexrel_core.workbook.measure import peak_tensor_bytes, timings
 
 
 def test_peak_tensor_bytes_sees_a_known_allocation():
