@@ -174,8 +174,9 @@ def parameter_relevance(
     ``engine``: ``"zennit"`` runs zennit's rule hooks (any composite); ``"fast"`` computes the same
     rules directly (``fast_engine.lrp_fast``: zennit's values to rounding, at about 1.5x the cost of a
     plain backward pass) and refuses models or composites it does not handle; ``"auto"`` (default)
-    takes the fast engine where it applies and zennit otherwise. Either way, models that are not a plain chain of
-    layers (skip connections, attention) are refused. Works inside ``torch.no_grad()``.
+    takes the fast engine where it applies and zennit otherwise (``engine_for`` says which). Either way,
+    models that are not a plain chain of layers (skip connections, attention) are refused. Works inside
+    ``torch.no_grad()``.
     """
     if aggregate not in AGGREGATES:
         raise ValueError(f"unknown aggregate {aggregate!r}; expected one of {sorted(AGGREGATES)}")
@@ -200,6 +201,11 @@ def parameter_relevance(
         else:
             relevance[name] = linear_weight_relevance(a_sum, b_sum)
     return relevance
+
+
+def engine_for(model: nn.Module, composite: str | Composite = "epsilon_plus_flat") -> str:
+    """The engine ``engine="auto"`` runs for ``model`` and ``composite``: ``"fast"`` or ``"zennit"``."""
+    return "zennit" if _fast_plan(model, composite, "auto") is None else "fast"
 
 
 def _fast_plan(model: nn.Module, composite: str | Composite, engine: str) -> list | None:

@@ -236,3 +236,10 @@ def test_works_inside_no_grad(engine):
         got = parameter_relevance(model, x, engine=engine)
     for name in expected:
         assert torch.equal(got[name], expected[name])
+
+
+def test_engine_for_names_what_auto_runs():
+    from flexrel_core.relevance import engine_for
+
+    assert engine_for(_net()) == "fast"
+    assert engine_for(_net(), "epsilon_alpha2_beta1_flat") == "zennit"  # a composite the fast engine does not have

@@ -23,7 +23,7 @@ from ..encoding import encode_sparse
 from ..layers import prunable_layers
 from ..masks import prune
 from ..progress import progress
-from ..relevance import parameter_relevance
+from ..relevance import engine_for, parameter_relevance
 from ..scores import METHODS, pruning_scores
 from ..training import select_device
 from ..workbook.cache import cached
@@ -87,6 +87,7 @@ def compute(
                     "dense_model_bytes": dense_bytes,
                     "inference_samples": len(inputs),
                     "device": dev.type,
+                    "engine": "—" if method == "magnitude" else engine_for(model, composite),
                 }
             )
         return rows
@@ -116,6 +117,7 @@ def report(costs: pd.DataFrame) -> str:
     table = pd.DataFrame(
         {
             "method": t.index,
+            "LRP engine": t["engine"].to_numpy() if "engine" in t else "—",
             "score time (ms)": 1000 * t["score_time_min_s"].to_numpy(),
             "peak memory (MiB)": t["peak_memory_mib"].to_numpy(),
             "non-zero weights": t["nonzero_weights"].to_numpy(),
@@ -129,7 +131,8 @@ def report(costs: pd.DataFrame) -> str:
         "the best of repeated runs after a warm-up (as `timeit` advises: least disturbed by other load; the "
         "median is in the CSV), memory the peak of tensor allocations; the pruned "
         f"model (p = {t['p'].iloc[0]:g}) is measured as the byte length of the project's sparse encoding "
-        f"(dense model: {int(t['dense_model_bytes'].iloc[0])} bytes).",
+        f"(dense model: {int(t['dense_model_bytes'].iloc[0])} bytes). Relevance comes from the fast engine "
+        "(zennit's rules computed directly) where the model is a plain chain of layers, else from zennit.",
         "",
         markdown_table(table, ".4g"),
     ]
