@@ -44,6 +44,21 @@ POINT_COLUMNS = (
 )
 
 
+def _slider(w, value: float, maximum: float, step: float, description: str, style: dict, layout):
+    """A float slider from 0 to ``maximum`` that reports a value only when released."""
+    return w.FloatSlider(
+        value=value,
+        min=0.0,
+        max=maximum,
+        step=step,
+        continuous_update=False,
+        description=description,
+        readout_format=".2f",
+        style=style,
+        layout=layout,
+    )
+
+
 class Explorer:
     """ipywidgets explorer of FlexRel's s = (1 - δ) M_norm + δ R_norm at pruning factor p.
 
@@ -75,27 +90,9 @@ class Explorer:
         names = list(session.dense)
         style = {"description_width": "110px"}
         wide = w.Layout(width="460px")
-        self.delta = w.FloatSlider(
-            value=check_delta(delta),
-            min=0.0,
-            max=1.0,
-            step=0.05,
-            continuous_update=False,
-            description="δ (relevance)",
-            readout_format=".2f",
-            style=style,
-            layout=wide,
-        )
-        self.pruning_factor = w.FloatSlider(
-            value=check_p(pruning_factor),
-            min=0.0,
-            max=MAX_PRUNING_FACTOR,
-            step=0.01,
-            continuous_update=False,
-            description="pruning factor p",
-            readout_format=".2f",
-            style=style,
-            layout=wide,
+        self.delta = _slider(w, check_delta(delta), 1.0, 0.05, "δ (relevance)", style, wide)
+        self.pruning_factor = _slider(
+            w, check_p(pruning_factor), MAX_PRUNING_FACTOR, 0.01, "pruning factor p", style, wide
         )
         buttons = {"description_width": "110px", "button_width": "100px"}
         self.method = w.ToggleButtons(options=list(METHODS), value=method, description="method", style=buttons)

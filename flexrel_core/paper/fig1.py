@@ -65,6 +65,26 @@ def compute(
         copy_ = copy.deepcopy(model)
         scores = pruning_scores(copy_, method=method, delta=delta, normalize=normalize, relevance=relevance)
         masks[method] = prune(copy_, scores, p, scope=scope)
+    weights = _layer_views(
+        model, relevance, masks, layer=layer, delta=delta, normalize=normalize, max_rows=max_rows, max_cols=max_cols
+    )
+    overlap, kept = _agreement(masks, layer=layer, p=p, delta=delta)
+    return {"weights": weights, "overlap": overlap, "kept": kept}
+
+
+def _layer_views(
+    model: nn.Module,
+    relevance: dict[str, torch.Tensor],
+    masks: dict[str, dict[str, torch.Tensor]],
+    *,
+    layer: str,
+    delta: float,
+    normalize: str,
+    max_rows: int | None,
+    max_cols: int | None,
+) -> pd.DataFrame:
+    """One row per weight of ``layer`` (out x in·kh·kw, cropped): M_norm, R_norm, the FlexRel score
+    and whether each method keeps it."""
     m_norm = normalize_scores(magnitude(model), normalize)[layer]
     r_norm = normalize_scores(relevance, normalize)[layer].to(m_norm.device)
     views = {
@@ -75,9 +95,16 @@ def compute(
     }
     views = {k: v.detach().cpu().reshape(v.shape[0], -1)[:max_rows, :max_cols] for k, v in views.items()}
     rows, cols = np.indices(views["m_norm"].shape)
-    weights = pd.DataFrame(
+    return pd.DataFrame(
         {"layer": layer, "row": rows.ravel(), "col": cols.ravel(), **{k: _values(v) for k, v in views.items()}}
     )
+
+
+def _agreement(
+    masks: dict[str, dict[str, torch.Tensor]], *, layer: str, p: float, delta: float
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Jaccard overlap of the kept sets for each pair of methods, and the fraction each keeps, in
+    ``layer`` and in the whole model."""
     flat = {m: torch.cat([t.flatten() for t in masks[m].values()]) for m in METHODS}
     pairs = [("magnitude", "relevance"), ("magnitude", "flexrel"), ("relevance", "flexrel")]
     overlap = pd.DataFrame(
@@ -104,7 +131,7 @@ def compute(
             for m in METHODS
         ]
     )
-    return {"weights": weights, "overlap": overlap, "kept": kept}
+    return overlap, kept
 
 
 def plot(weights: pd.DataFrame, overlap: pd.DataFrame) -> Figure:

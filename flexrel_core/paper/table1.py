@@ -9,6 +9,7 @@ project's sparse encoding; ``plot`` and ``report`` show them.
 from __future__ import annotations
 
 import copy
+import functools
 import statistics
 from collections.abc import Sequence
 from pathlib import Path
@@ -59,38 +60,25 @@ def compute(
     model = model.to(dev).eval()
     inputs = inputs.to(dev)
 
-    def scores_of(method: str) -> dict[str, torch.Tensor]:
-        rel = None
-        if method != "magnitude":
-            rel = parameter_relevance(model, inputs, composite=composite, aggregate=aggregate, batch_size=batch_size)
-        return pruning_scores(model, method=method, delta=delta, normalize=normalize, relevance=rel)
-
     def compute() -> list[dict]:
-        rows = []
         dense_bytes = len(encode_sparse(model.cpu()))
         model.to(dev)
-        for method in progress(methods, desc="score costs"):
-            times = timings(lambda method=method: scores_of(method), dev, repeats)
-            memory = peak_tensor_bytes(lambda method=method: scores_of(method), dev)
-            pruned = copy.deepcopy(model).cpu()
-            prune(pruned, {k: v.cpu() for k, v in scores_of(method).items()}, p, scope=scope)
-            rows.append(
-                {
-                    "method": method,
-                    "score_time_s": statistics.median(times),
-                    "score_time_min_s": min(times),
-                    "score_time_max_s": max(times),
-                    "peak_memory_mib": memory / 2**20,
-                    "p": float(p),
-                    "nonzero_weights": sum(int((m.weight != 0).sum()) for m in prunable_layers(pruned).values()),
-                    "pruned_model_bytes": len(encode_sparse(pruned)),
-                    "dense_model_bytes": dense_bytes,
-                    "inference_samples": len(inputs),
-                    "device": dev.type,
-                    "engine": "—" if method == "magnitude" else engine_for(model, composite),
-                }
-            )
-        return rows
+        scorer = functools.partial(
+            _scores,
+            model,
+            inputs,
+            delta=delta,
+            normalize=normalize,
+            composite=composite,
+            aggregate=aggregate,
+            batch_size=batch_size,
+        )
+        return [
+            _cost_row(model, method, scorer, p=p, scope=scope, repeats=repeats, device=dev)
+            | {"dense_model_bytes": dense_bytes, "inference_samples": len(inputs)}
+            | {"device": dev.type, "engine": "—" if method == "magnitude" else engine_for(model, composite)}
+            for method in progress(methods, desc="score costs")
+        ]
 
     if cache_root is None or key is None:
         return pd.DataFrame(compute())
@@ -109,6 +97,52 @@ def compute(
         "device": dev.type,
     }
     return pd.DataFrame(cached(cache_dir("costs", dict_hash(config), cache_root) / "costs.pt", compute, config=config))
+
+
+def _scores(
+    model: nn.Module,
+    inputs: torch.Tensor,
+    method: str,
+    *,
+    delta: float,
+    normalize: str,
+    composite: str,
+    aggregate: str,
+    batch_size: int | None,
+) -> dict[str, torch.Tensor]:
+    """One scoring call, relevance included for the methods that need it: what Table 1 times."""
+    rel = None
+    if method != "magnitude":
+        rel = parameter_relevance(model, inputs, composite=composite, aggregate=aggregate, batch_size=batch_size)
+    return pruning_scores(model, method=method, delta=delta, normalize=normalize, relevance=rel)
+
+
+def _cost_row(
+    model: nn.Module,
+    method: str,
+    scorer,
+    *,
+    p: float,
+    scope: str,
+    repeats: int,
+    device: torch.device,
+) -> dict:
+    """Time (median, min, max of ``repeats``) and peak tensor memory of ``scorer(method)``, and the
+    encoded size of the model pruned to ``p`` by its scores."""
+    times = timings(lambda: scorer(method), device, repeats)
+    memory = peak_tensor_bytes(lambda: scorer(method), device)
+    pruned = copy.deepcopy(model).cpu()
+    prune(pruned, {k: v.cpu() for k, v in scorer(method).items()}, p, scope=scope)
+    return {
+        "method": method,
+        "score_time_s": statistics.median(times),
+        "score_time_min_s": min(times),
+        "score_time_max_s": max(times),
+        "peak_memory_mib": memory / 2**20,
+        "p": float(p),
+        "nonzero_weights": sum(int((m.weight != 0).sum()) for m in prunable_layers(pruned).values()),
+        "pruned_model_bytes": len(encode_sparse(pruned)),
+    }
 
 
 def report(costs: pd.DataFrame) -> str:
