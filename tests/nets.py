@@ -13,6 +13,19 @@ def small_cnn() -> nn.Module:
     )
 
 
+class ConvFc(nn.Module):
+    """A padded convolution (``conv``) and a linear layer (``fc``) with named weights, for 1 x 4 x 4
+    inputs and 5 classes."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 3, 3, padding=1)
+        self.fc = nn.Linear(3 * 4 * 4, 5)
+
+    def forward(self, x):
+        return self.fc(torch.relu(self.conv(x)).flatten(1))
+
+
 def torch_masks(model: nn.Module) -> dict[str, torch.Tensor]:
     """The masks ``torch.nn.utils.prune`` left on ``model``, keyed like FlexRel's."""
     return {f"{n}.weight": m.weight_mask.bool() for n, m in model.named_modules() if hasattr(m, "weight_mask")}

@@ -6,26 +6,16 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from nets import ConvFc
 from quick_outputs import N_WEIGHTS, QUICK, figure_and_section
-from torch import nn
 
 from flexrel_core.paper import fig1
 from flexrel_core.relevance import parameter_relevance
 from flexrel_core.scores import METHODS
 
 
-class Tiny(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.conv = nn.Conv2d(1, 3, 3, padding=1)
-        self.fc = nn.Linear(3 * 4 * 4, 5)
-
-    def forward(self, x):
-        return self.fc(torch.relu(self.conv(x)).flatten(1))
-
-
 def test_mask_comparison_masks_overlaps_and_values():
-    model = Tiny()
+    model = ConvFc()
     x = torch.randn(16, 1, 4, 4)
     rel = parameter_relevance(model, x)
     res = fig1.compute(model, rel, layer="fc.weight", p=0.6, delta=0.5)

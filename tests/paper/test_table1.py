@@ -5,25 +5,15 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 import torch
+from nets import ConvFc
 from quick_outputs import N_WEIGHTS, QUICK, figure_and_section
-from torch import nn
 
 from flexrel_core.paper import table1
 from flexrel_core.scores import METHODS
 
 
-class Tiny(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.conv = nn.Conv2d(1, 3, 3, padding=1)
-        self.fc = nn.Linear(3 * 4 * 4, 5)
-
-    def forward(self, x):
-        return self.fc(torch.relu(self.conv(x)).flatten(1))
-
-
 def test_score_costs_rows_and_sizes(tmp_path):
-    model = Tiny()
+    model = ConvFc()
     x = torch.randn(8, 1, 4, 4)
     costs = table1.compute(model, x, p=0.75, repeats=2, key="tiny", cache_root=tmp_path)
     assert list(costs["method"]) == list(METHODS)
