@@ -31,6 +31,7 @@ from .style import PALETTE
 log = logging.getLogger(__name__)
 
 CONTROLS = ("delta", "pruning_factor", "method", "scope", "inference", "layer")
+BUDGET_S = 0.5  # seconds from a slider's release to its setting's numbers, mask and sparsity on screen
 POINT_COLUMNS = (
     "inference",
     "method",
@@ -164,19 +165,29 @@ class Explorer:
             self.status.value = f'<div class="flexrel-error">update failed: {html.escape(str(err))}</div>'
 
     def refresh(self) -> dict:
-        """Recompute at the controls' current values, redraw, and return ``state``."""
+        """Recompute at the controls' current values, redraw, and return ``state``.
+
+        The new setting's numbers, sparsity and mask are drawn first; when the Figure 4 curve at
+        this p is not known yet (after a p, scope or inference move: one evaluation per δ of the
+        grid), it is computed next and the figure drawn again. So every move shows its result as
+        fast as a δ move does (``state["feedback_seconds"]``); ``update_seconds`` includes the curve.
+        """
         start = time.perf_counter()
         self.delta.disabled = self.method.value != "flexrel"
+        where = {"p": float(self.pruning_factor.value), "scope": self.scope.value, "inference": self.inference.value}
         self.state, self.masks = self.session.state_at(
             delta=float(self.delta.value),
-            p=float(self.pruning_factor.value),
             method=self.method.value,
-            scope=self.scope.value,
-            inference=self.inference.value,
             layer=self.layer.value,
+            with_curve=False,
+            **where,
         )
         self.state["compute_seconds"] = time.perf_counter() - start
         self._render()
+        self.state["feedback_seconds"] = time.perf_counter() - start
+        if self.state["curve"] is None:
+            self.state["curve"] = self.session.curve(**where)
+            self._render()
         self.state["update_seconds"] = time.perf_counter() - start
         return self.state
 
@@ -199,10 +210,11 @@ class Explorer:
         a["mask"].set_data(mask)
         a["mask"].set_extent((-0.5, mask.shape[1] - 0.5, mask.shape[0] - 0.5, -0.5))
         a["ax_mask"].set_title(f"mask of {s['layer']}: black = kept ({mask.mean():.0%})", fontsize=10)
-        a["curve"].set_data(s["curve_deltas"], s["curve"])
+        a["curve"].set_data(*((s["curve_deltas"], s["curve"]) if s["curve"] is not None else ([], [])))
         a["dense"].set_ydata([s["dense_accuracy"]] * 2)
         a["point"].set_data([s["effective_delta"]], [s["pruned_accuracy"]])
-        a["ax_curve"].set_title(f"Figure 4 at p = {s['pruning_factor']:.2f}: ★ = now ({s['method']})", fontsize=10)
+        now = "★ = now" if s["curve"] is not None else "computing the curve…"
+        a["ax_curve"].set_title(f"Figure 4 at p = {s['pruning_factor']:.2f}: {now} ({s['method']})", fontsize=10)
         fig.suptitle(
             f"{s['inference']} inference data · {s['scope']} threshold · pruned accuracy {s['pruned_accuracy']:.3f}"
             f" vs dense {s['dense_accuracy']:.3f}",
@@ -299,7 +311,8 @@ def render_static(
 def timing(explorer: Explorer, moves: int = 20) -> dict:
     """Median / max seconds of an update driven through the sliders' callbacks: ``moves`` delta
     moves at a fixed p (the Figure 4 curve cached) and ``moves`` p moves (each new p computes its
-    curve). Restores the explorer's previous values afterwards."""
+    curve), until the new setting shows (``feedback``) and until the update is complete (``update``,
+    the curve included). Restores the explorer's previous values afterwards."""
     if moves < 1:
         raise ValueError(f"moves must be >= 1, got {moves}")
     before = {k: getattr(explorer, k).value for k in CONTROLS}
@@ -315,12 +328,14 @@ def timing(explorer: Explorer, moves: int = 20) -> dict:
     )
     for label, slider, start, values in plan:
         explorer.update(method="flexrel", **start)
-        total, compute, render = [], [], []
+        feedback, total, compute, render = [], [], [], []
         for value in values:  # consecutive values differ, so every assignment is a move
             slider.value = value
+            feedback.append(explorer.state["feedback_seconds"])
             total.append(explorer.state["update_seconds"])
             compute.append(explorer.state["compute_seconds"])
             render.append(explorer.state["render_seconds"])
+        out[f"{label}_feedback_median_s"] = statistics.median(feedback)
         out[f"{label}_update_median_s"] = statistics.median(total)
         out[f"{label}_update_max_s"] = max(total)
         out[f"{label}_compute_median_s"] = statistics.median(compute)
@@ -331,15 +346,20 @@ def timing(explorer: Explorer, moves: int = 20) -> dict:
 
 def bench(profile: str = "default", moves: int = 20) -> dict:
     """``make bench``: the explorer's update time on ``profile``'s model, driven through the
-    sliders (see ``timing``); budget 0.5 s per update."""
+    sliders (see ``timing``); budget: a move shows its setting within 0.5 s."""
     from ..workbook.profiles import read_profile
 
     data = read_profile(profile)
     params = {**(data.get("common") or {}), **(data.get("explore") or {})}
     result = timing(Explorer.from_params(params), moves)
-    result.update(profile=profile, model=params.get("model"), budget_s=0.5)
-    result["within_budget"] = result["delta_update_median_s"] <= 0.5 and result["p_update_median_s"] <= 0.5
+    result.update(profile=profile, model=params.get("model"), budget_s=BUDGET_S)
+    result["within_budget"] = within_budget(result)
     return result
+
+
+def within_budget(times: Mapping) -> bool:
+    """Whether a δ move and a p move each show their new setting within ``BUDGET_S`` (median)."""
+    return max(times["delta_feedback_median_s"], times["p_feedback_median_s"]) <= BUDGET_S
 
 
 def report(table: pd.DataFrame, times: Mapping | None = None) -> str:
@@ -362,13 +382,14 @@ def report(table: pd.DataFrame, times: Mapping | None = None) -> str:
             f"{r.pruned_accuracy:.4f} | {r.sparsity:.4f} |"
         )
     if times:
-        ok = "within" if times["delta_update_median_s"] <= 0.5 and times["p_update_median_s"] <= 0.5 else "over"
+        ok = "within" if within_budget(times) else "over"
         lines += [
             "",
-            "One update (re-score, re-threshold, evaluate, redraw) took a median "
-            f"{times['delta_update_median_s']:.3f} s for a δ move and {times['p_update_median_s']:.3f} s for a p "
-            f"move (which also computes the Figure 4 curve at the new p), over {times['moves']} moves each on this "
-            f"machine: {ok} the 0.5 s budget.",
+            "A move (re-score, re-threshold, evaluate, redraw) showed its new setting after a median "
+            f"{times['delta_feedback_median_s']:.3f} s for δ and {times['p_feedback_median_s']:.3f} s for p, over "
+            f"{times['moves']} moves each on this machine: {ok} the {BUDGET_S:g} s budget. A p move then computes "
+            f"the Figure 4 curve at the new p (one evaluation per δ of the grid) and redraws: complete after a median "
+            f"{times['p_update_median_s']:.3f} s.",
         ]
     return "\n".join(lines)
 

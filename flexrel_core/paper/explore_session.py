@@ -181,7 +181,7 @@ class Session:
     def curve(self, p: float, scope: str, inference: str) -> list[float]:
         """Figure 4 at one p: FlexRel accuracy at each of ``curve_deltas`` (δ = 0 is magnitude
         pruning, δ = 1 relevance pruning); kept in memory per (inference, scope, p)."""
-        key = (inference, scope, round(p, 6), self.normalize)
+        key = self._curve_key(p, scope, inference)
         if key not in self._curves:
             with torch_threads(self.threads):
                 self._curves[key] = [
@@ -189,10 +189,19 @@ class Session:
                 ]
         return self._curves[key]
 
+    def known_curve(self, p: float, scope: str, inference: str) -> list[float] | None:
+        """The curve at this p if it has been computed already, else None (nothing is computed)."""
+        return self._curves.get(self._curve_key(p, scope, inference))
+
+    def _curve_key(self, p: float, scope: str, inference: str) -> tuple:
+        return (inference, scope, round(p, 6), self.normalize)
+
     def state_at(
-        self, *, delta: float, p: float, method: str, scope: str, inference: str, layer: str
+        self, *, delta: float, p: float, method: str, scope: str, inference: str, layer: str, with_curve: bool = True
     ) -> tuple[dict, dict[str, torch.Tensor]]:
-        """Every number the explorer shows at one setting, and the masks: ``(state, masks)``."""
+        """Every number the explorer shows at one setting, and the masks: ``(state, masks)``.
+        ``with_curve=False`` leaves ``state["curve"]`` None when the curve at this p is not known yet
+        (``curve`` computes it: one evaluation per δ of ``curve_deltas``)."""
         if method not in METHODS:
             raise ValueError(f"method must be one of {list(METHODS)}, got {method!r}")
         with torch_threads(self.threads):
@@ -216,7 +225,7 @@ class Session:
             "mask_checksum": mask_checksum(masks),
             "layer_mask_checksum": mask_checksum({layer: masks[layer]}),
             "curve_deltas": list(self.curve_deltas),
-            "curve": self.curve(p, scope, inference),
+            "curve": self.curve(p, scope, inference) if with_curve else self.known_curve(p, scope, inference),
         }
         return state, masks
 

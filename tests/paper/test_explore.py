@@ -148,6 +148,25 @@ def test_curve_is_cached_and_consistent(ex):
     assert ex.state["curve"] is not curve
 
 
+def test_a_new_p_shows_its_setting_before_computing_its_curve(ex, monkeypatch):
+    drawn = []
+    render = Explorer._render
+
+    def recording(self):
+        render(self)
+        drawn.append((self.state["pruning_factor"], self.state["curve"], self.status.value))
+
+    monkeypatch.setattr(Explorer, "_render", recording)
+    ex.pruning_factor.value = 0.63  # a p whose curve is not known yet: drawn first without it, then with it
+    (p0, first, status0), (p1, second, status1) = drawn
+    assert p0 == p1 == pytest.approx(0.63) and first is None and len(second) == 11
+    assert f"{ex.state['pruned_accuracy']:.4f}" in status0 and status0 == status1  # the numbers come first
+    assert 0 < ex.state["feedback_seconds"] <= ex.state["update_seconds"]
+    drawn.clear()
+    ex.delta.value = 0.2  # same p: its curve is known, one drawing
+    assert len(drawn) == 1 and drawn[0][1] == second
+
+
 @pytest.mark.parametrize(
     ("values", "error"),
     [
@@ -187,6 +206,7 @@ def test_timing_and_static_views(ex, tmp_path):
     times = timing(ex, moves=3)
     assert times["moves"] == 3
     assert 0 < times["delta_update_median_s"] < 5 and 0 < times["p_update_median_s"] < 5
+    assert 0 < times["p_feedback_median_s"] <= times["p_update_median_s"]
     assert ex.state["delta"] == 0.5 and ex.state["pruning_factor"] == pytest.approx(0.8)  # restored
     table = render_static(ex, tmp_path, [(0.0, 0.8), (1.0, 0.9)])
     assert ex.state["delta"] == 0.5 and ex.state["inference"] == "as trained"  # restored
