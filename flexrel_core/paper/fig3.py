@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-from collections.abc import Sequence
+import math
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -41,11 +42,13 @@ CLAIM = 0.35
 
 @dataclasses.dataclass
 class SweepResult:
-    """Every run: per-round and per-node tables, and the final global states of the first seed's runs."""
+    """Every run: per-round and per-node tables, the final global states of the first seed's runs, and
+    the size of the test split accuracy is measured on (per seed)."""
 
     rounds: pd.DataFrame
     traffic: pd.DataFrame
     states: dict[tuple[str, float], dict]
+    test_samples: dict[int, int]
 
 
 def compute(
@@ -66,9 +69,10 @@ def compute(
     seed if ``dense_baseline``); every technique sees the same seeds, so comparisons are paired."""
     runs = [(t, float(a)) for t in techniques for a in amounts] + ([("dense", 0.0)] if dense_baseline else [])
     bar = progress(total=len(seeds) * len(runs), desc="fig3 runs")
-    rounds, traffic, states = [], [], {}
+    rounds, traffic, states, test_samples = [], [], {}, {}
     for seed in seeds:
         setup = prepare(dataclasses.replace(base, seed=int(seed)), pcfg, cache_root=cache_root, device=device)
+        test_samples[int(seed)] = len(setup.data.test)
         for technique, amount in runs:
             try:
                 res = simulate(
@@ -85,7 +89,9 @@ def compute(
     bar.close()
     first = ["seed", "technique", "amount", "round", "eligible", "accuracy", "elapsed_s", "mb"]
     df = pd.DataFrame(rounds)
-    return SweepResult(df[first + [c for c in df.columns if c not in first]], pd.DataFrame(traffic), states)
+    return SweepResult(
+        df[first + [c for c in df.columns if c not in first]], pd.DataFrame(traffic), states, test_samples
+    )
 
 
 def curves(rounds: pd.DataFrame) -> pd.DataFrame:
@@ -262,6 +268,19 @@ def _verdict(s: pd.Series, claim: float) -> str:
     return "undetermined"
 
 
+def _evaluation_set(test_samples: Mapping[int, int] | None, selection: pd.DataFrame) -> str:
+    """The evaluation set's size and the standard error of one accuracy on it, as a parenthesis for
+    the report ("" when sizes are not given)."""
+    if not test_samples:
+        return ""
+    sizes = sorted(set(test_samples.values()))
+    n = min(sizes)
+    a = float(np.median(selection["target"].unique()))
+    se = 100 * math.sqrt(a * (1 - a) / n)
+    shown = f"{n}" if len(sizes) == 1 else f"{n}–{max(sizes)}"
+    return f" ({shown} images: the standard error of one accuracy near {a:.0%} is {se:.1f} points)"
+
+
 def report(
     selection: pd.DataFrame,
     saving: pd.DataFrame,
@@ -270,10 +289,13 @@ def report(
     *,
     amounts: Sequence[float],
     delta: float,
+    test_samples: Mapping[int, int] | None = None,
     claim: float = CLAIM,
 ) -> str:
     """The Figure 3 section of REPORT.md: the scenario, FlexRel's data saving per target against each
-    baseline (mean and 95 % interval over seeds), and the verdict on the paper's claim."""
+    baseline (mean and 95 % interval over seeds), and the verdict on the paper's claim.
+    ``test_samples`` (``SweepResult.test_samples``) gives the evaluation set's size and, at the
+    middle target, the binomial standard error of one accuracy measured on it."""
     seeds = selection["seed"].nunique()
     steps = (
         f"{cfg.local_steps} mini-batches of {cfg.local_batch_size}"
@@ -290,7 +312,8 @@ def report(
         f"starting model was trained centrally. Node speed {cfg.node_flops / 1e9:g} GFLOP/s, links "
         f"{cfg.bandwidth_bps / 1e6:g} Mbit/s, latency {1e3 * cfg.latency_s:g} ms. Data = real `encode_sparse` bytes, "
         f"down and up, all nodes. Pruning factors tried: {', '.join(f'{a:g}' for a in amounts)}; {seeds} seeds. "
-        "Accuracy is measured on the test split of each seed; a target counts at the first round of learning "
+        f"Accuracy is measured on the test split of each seed{_evaluation_set(test_samples, selection)}; a target "
+        "counts at the first round of learning "
         "reaching it, with the factor that needs the least data (`fig3_targets.csv`; curves in `fig3_curves.csv`).",
         "",
         "FlexRel's data saving, 1 − MB(FlexRel) / MB(baseline), paired over the seeds where both reach the target "

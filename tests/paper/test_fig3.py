@@ -78,6 +78,12 @@ def test_report_states_the_verdict_against_magnitude_and_the_other_baselines():
     assert "Against relevance only" in text and "Against dense (no pruning)" in text
     assert len(fig3.plot(sel).axes) == 3
     assert len(fig3.plot_curves(fig3.curves(hand_table())).axes) == 2
+    assert "images" not in text  # no evaluation-set size given, none stated
+    sized = fig3.report(
+        sel, fig3.savings(sel), None, FedConfig(), amounts=[0.5], delta=0.5, test_samples={0: 400, 1: 400}
+    )
+    # middle target 0.875: sqrt(0.875 * 0.125 / 400) = 0.0165
+    assert "(400 images: the standard error of one accuracy near 88% is 1.7 points)" in sized
 
 
 def test_curves_average_over_seeds_with_an_interval():
@@ -157,3 +163,4 @@ def test_notebook_figures_and_report(fig3_out):
     text = (fig3_out / "report" / "fig3.md").read_text()
     assert "## Figure 3" in text and "Paper's claim" in text and "vs magnitude" in text
     assert "The claim" in text and "Half precision" in text
+    assert "images: the standard error of one accuracy near" in text
