@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -63,10 +62,8 @@ def sweep(tmp_path_factory) -> SimpleNamespace:
         shift=shift_spec([0, 1, 2], None),
         cache=tmp_path_factory.mktemp("sweep_cache"),
     )
-    start = time.perf_counter()
     ns.df = fig2.compute(
         ns.base, ns.pcfg, pruning_factors=ns.grid, seeds=[0, 1], delta=0.5, shift=ns.shift, cache_root=ns.cache,
         device="cpu",
     )  # fmt: skip
-    ns.seconds = time.perf_counter() - start
     return ns

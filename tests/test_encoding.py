@@ -4,7 +4,6 @@ encoding, refusal of truncated / corrupted / foreign blobs."""
 from __future__ import annotations
 
 import copy
-import time
 
 import numpy as np
 import pytest
@@ -265,15 +264,15 @@ def test_other_architecture_and_garbage_refused(blob_and_model):
 
 
 @pytest.mark.slow
-def test_large_layer_codes_in_seconds():
+def test_a_classifier_size_layer_round_trips():
+    """Exactness at VGG16-classifier scale (its speed is measured by ``make bench-paper``, not here)."""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(4096, 2048))  # 8.4M weights, a VGG16 classifier-size layer
     with torch.no_grad():
         model[0].register_buffer("flexrel_mask", torch.rand(2048, 4096) < 0.1)
         model[0].weight.mul_(model[0].flexrel_mask)
-    start = time.perf_counter()
     blob = encode_sparse(model)
     out = decode_sparse(blob, nn.Sequential(nn.Linear(4096, 2048)))
-    assert time.perf_counter() - start < 10.0
+    assert len(blob) == encoded_size(model)
     assert torch.equal(out[0].weight, model[0].weight)
     assert torch.equal(out[0].flexrel_mask, model[0].flexrel_mask)

@@ -3,7 +3,6 @@ magnitude point fine-tuned once serves both conditions."""
 
 from __future__ import annotations
 
-import time
 from dataclasses import replace
 
 import pandas as pd
@@ -29,9 +28,12 @@ def test_shifted_relevance_uses_shifted_inference_split(sweep):
     assert plain.relevance_id != setup.relevance_id and plain.eval_id != setup.eval_id
 
 
-def test_rerun_is_cached_and_identical(sweep):
-    df, first = sweep.df, sweep.seconds
-    start = time.perf_counter()
+def test_rerun_is_cached_and_identical(sweep, monkeypatch):
+    def computed(*args, **kwargs):
+        raise AssertionError("a rerun with nothing changed computed a stage again")
+
+    for name in ("train", "evaluate", "parameter_relevance", "_fine_tune"):
+        monkeypatch.setattr(pipeline, name, computed)
     again = fig2.compute(
         sweep.base,
         sweep.pcfg,
@@ -42,8 +44,7 @@ def test_rerun_is_cached_and_identical(sweep):
         cache_root=sweep.cache,
         device="cpu",
     )
-    assert time.perf_counter() - start < first / 3
-    pd.testing.assert_frame_equal(df, again)
+    pd.testing.assert_frame_equal(sweep.df, again)
 
 
 def test_magnitude_fine_tuned_once_for_both_conditions(sweep, tmp_path, monkeypatch):
