@@ -29,3 +29,17 @@ class ConvFc(nn.Module):
 def torch_masks(model: nn.Module) -> dict[str, torch.Tensor]:
     """The masks ``torch.nn.utils.prune`` left on ``model``, keyed like FlexRel's."""
     return {f"{n}.weight": m.weight_mask.bool() for n, m in model.named_modules() if hasattr(m, "weight_mask")}
+
+
+def write_image_folder(root, classes: int, per_class: int, size: tuple[int, int], prefix: str = "class"):
+    """An ImageFolder-format tree of random RGB PNGs (``size`` = height, width) under ``root``;
+    returns ``root``."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for c in range(classes):
+        (root / f"{prefix}{c}").mkdir()
+        for i in range(per_class):
+            Image.fromarray(rng.integers(0, 255, (*size, 3), dtype=np.uint8)).save(root / f"{prefix}{c}" / f"{i}.png")
+    return root

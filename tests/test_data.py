@@ -9,6 +9,7 @@ import struct
 import numpy as np
 import pytest
 import torch
+from nets import write_image_folder
 
 from flexrel_core.data import labels_of, load_dataset, shift_indices, tensors
 
@@ -115,15 +116,9 @@ def test_an_embedded_dataset_is_read_once_per_process(monkeypatch):
 
 
 def test_files_are_read_by_workers_without_changing_a_sample(tmp_path):
-    from PIL import Image
-
     from flexrel_core.data import in_memory, loader
 
-    rng = np.random.default_rng(0)
-    for c in range(2):
-        (tmp_path / f"c{c}").mkdir()
-        for i in range(20):
-            Image.fromarray(rng.integers(0, 255, (20, 24, 3), dtype=np.uint8)).save(tmp_path / f"c{c}" / f"{i}.png")
+    write_image_folder(tmp_path, classes=2, per_class=20, size=(20, 24), prefix="c")
     d = load_dataset("imagefolder", tmp_path, image_size=16)
     assert not in_memory(d.train) and in_memory(load_dataset("digits").train)
     assert loader(load_dataset("digits").train, 8).num_workers == 0

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
+from nets import write_image_folder
 
 from flexrel_core import parameter_relevance, prunable_layers
 from flexrel_core.data import load_dataset, tensors
@@ -14,12 +13,7 @@ from flexrel_core.models import build_model
 
 @pytest.fixture
 def image_folder(tmp_path):
-    rng = np.random.default_rng(0)
-    for c in range(3):
-        (tmp_path / f"class{c}").mkdir()
-        for i in range(8):
-            Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)).save(tmp_path / f"class{c}" / f"{i}.png")
-    return tmp_path
+    return write_image_folder(tmp_path, classes=3, per_class=8, size=(40, 48))
 
 
 def test_imagefolder_and_vgg16_with_random_weights(image_folder):
