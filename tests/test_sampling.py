@@ -10,6 +10,8 @@ and an image folder list their samples by class, so those first samples are a fe
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -177,3 +179,22 @@ def test_draw_of_a_dataset_read_from_files_is_stratified(tmp_path):
     full = d.train.dataset  # the whole folder, in the class-sorted order ImageFolder lists it
     assert labels_of(full).tolist() == sorted(labels_of(full).tolist())
     assert class_counts(draw(full, 8, seed=0)) == [2, 2, 2, 2]
+
+
+def test_the_reports_sample_table_is_what_prepare_computed_relevance_on(tmp_path, relevance_inputs):
+    from flexrel_core.workbook.samples import describe, sentence
+
+    cfg = TrainConfig(dataset="mnist5k", image_size=28, model="digits_cnn", epochs=0)
+    pcfg = PruneConfig(inference_samples=64, fine_tune_epochs=0)
+    shift = {"shift_classes": [1, 7]}
+    table = describe(cfg, pcfg, [0, 3], shift)
+    for condition, spec in (("in-distribution", {}), ("shifted", shift)):
+        for seed in (0, 3):
+            setup = pipeline.prepare(replace(cfg, seed=seed), pcfg, shift=spec, cache_root=tmp_path)
+            row = table[(table["condition"] == condition) & (table["seed"] == seed)].iloc[0]
+            seen = labels_seen(relevance_inputs[-1], setup.data.inference)
+            assert [int(row[f"class_{c}"]) for c in range(10)] == seen + [0] * (10 - len(seen))
+            assert row["test_samples"] == len(setup.data.test) and row["relevance_samples"] == 64
+    text = sentence(table)
+    assert "*shifted*: relevance on 64 of the 150 inference images" in text and "1: 32, 7: 32" in text
+    assert "(2 seeds)" in text and "accuracy on 750 test images" in text
