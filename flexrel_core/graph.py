@@ -9,7 +9,9 @@ for a chain ``x -> f_1 -> f_2 -> ... -> logits`` (Bach et al. 2015; Montavon et 
 activations (attention) needs rules for the sum or the product that these composites do not have,
 and the relevance they would give is wrong without a word. So the graph is read with
 ``torch.fx.symbolic_trace`` and accepted only when every operation consumes exactly the previous
-operation's output, nothing else, and no module runs twice.
+operation's output, nothing else, and no module with weights runs twice. A parameter-free module
+called at several places (one ``self.relu`` or ``self.pool`` used after every layer) is one layer
+per call, as in the same model written with one module per call.
 """
 
 from __future__ import annotations
@@ -69,7 +71,8 @@ def chain_steps(model: nn.Module) -> list[Step]:
 
     A chain: one input; every operation takes the previous operation's output as its only tensor
     (a module call takes it as its only argument); that output feeds nothing else; the last
-    operation's output is the model's output; no module is called twice; and modules are registered
+    operation's output is the model's output; no module with parameters or buffers is called twice
+    (a parameter-free one called twice is two steps); and modules are registered
     in the order they run where zennit depends on it (a BatchNorm is merged into the layer registered
     just before it, and a special first-layer rule goes to the first layer registered). Shape
     queries such as ``x.view(x.size(0), -1)`` are not tensors and do not break a chain.
@@ -145,6 +148,27 @@ def _step(model: nn.Module, modules: dict[str, nn.Module], node: fx.Node) -> Ste
     return Step(_label(node), function=node.target, args=tuple(node.args[1:]), kwargs=dict(node.kwargs))
 
 
+def reused_modules(steps: list[Step]) -> dict[str, str]:
+    """``{name: what it shares}`` of every module the chain calls more than once: ``"shared weights"``
+    (it has parameters), ``"shared buffers"`` (buffers only, e.g. BatchNorm without affine
+    parameters), or ``""`` for a parameter-free module (activation, pooling, Dropout, Flatten), which
+    the chain simply treats as one layer per call."""
+    counts: dict[int, int] = {}
+    for s in steps:
+        if s.module is not None:
+            counts[id(s.module)] = counts.get(id(s.module), 0) + 1
+    reused = {}
+    for s in steps:
+        if s.module is not None and counts[id(s.module)] > 1:
+            if any(True for _ in s.module.parameters()):
+                reused[s.name] = "shared weights"
+            elif any(True for _ in s.module.buffers()):
+                reused[s.name] = "shared buffers"
+            else:
+                reused[s.name] = ""
+    return reused
+
+
 def batchnorm_merges(model: nn.Module) -> dict[str, str]:
     """``{BatchNorm name: layer name}`` for every BatchNorm that zennit's ``SequentialMergeBatchNorm``
     merges: one whose leaf module registered just before it is a Linear or convolution
@@ -160,10 +184,14 @@ def batchnorm_merges(model: nn.Module) -> dict[str, str]:
 
 def _check_modules(model: nn.Module, steps: list[Step]) -> None:
     """No module runs twice; BatchNorm and the first prunable layer sit where zennit looks for them."""
-    called = [s.name for s in steps if s.module is not None]
-    twice = sorted({n for n in called if called.count(n) > 1})
-    if twice:
-        raise _refuse(model, f"modules {twice} are called more than once (shared weights)")
+    shared = {name: what for name, what in reused_modules(steps).items() if what}
+    if shared:
+        kinds = " and ".join(sorted(set(shared.values())))
+        raise _refuse(
+            model,
+            f"modules {sorted(shared)} are called more than once ({kinds}): each weight must stand for one "
+            "connection of one layer for its relevance to mean anything, so give each call its own module",
+        )
     previous = {s.name: steps[i - 1].name if i else None for i, s in enumerate(steps)}
     for bn, layer in batchnorm_merges(model).items():
         if bn in previous and previous[bn] != layer:
