@@ -198,12 +198,17 @@ def _check_modules(model: nn.Module, steps: list[Step]) -> None:
             raise _refuse(
                 model,
                 f"BatchNorm {bn} runs after {previous[bn]} but is registered right after {layer}, "
-                "so zennit would merge it into the wrong layer",
+                "so zennit would merge it into the wrong layer; define each BatchNorm in __init__ right after "
+                "the layer whose output it normalises",
             )
     first_run = next((s.name for s in steps if isinstance(s.module, PRUNABLE_TYPES)), None)
     first_registered = next((n for n, m in model.named_modules() if isinstance(m, PRUNABLE_TYPES)), None)
     if first_run != first_registered:
-        raise _refuse(model, f"its first layer when run is {first_run} but {first_registered} is registered first")
+        raise _refuse(
+            model,
+            f"its first layer when run is {first_run} but {first_registered} is registered first, and zennit gives "
+            f"its first-layer rule to the first registered; define {first_run} first in __init__",
+        )
 
 
 def is_chain(model: nn.Module) -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 import torchvision
 from torch import nn
 
@@ -165,6 +166,38 @@ def test_functional_relu_and_flatten():
     rel_f, _ = fast_lrp(model, x, "epsilon_plus_flat")
     assert torch.equal(x, original), "the caller's inputs were modified"
     assert_same_as_zennit(model, x)
+
+
+class FunctionalPool(nn.Module):
+    """F.max_pool2d with positional and keyword options, as tutorials write it."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.conv2 = nn.Conv2d(1, 3, 3, padding=1), nn.Conv2d(3, 4, 3, padding=1)
+        self.fc = nn.Linear(4 * 2 * 2, 3)
+
+    def forward(self, x):
+        x = F.max_pool2d(F.relu(self.conv1(x)), (2, 2))
+        x = F.max_pool2d(F.relu(self.conv2(x)), 3, stride=2, padding=1, ceil_mode=True)
+        return self.fc(x.view(-1, 16))
+
+
+@pytest.mark.parametrize("composite", ["epsilon_plus_flat", "epsilon_plus"])
+def test_functional_max_pooling(composite):
+    model = FunctionalPool().double()
+    assert [op.kind for op in make_plan(model, composite)][:4] == ["conv", "relu", "maxpool", "conv"]
+    assert_same_as_zennit(model, torch.randn(4, 1, 7, 7, dtype=torch.float64), composite)
+    with pytest.raises(ValueError, match="no rule for the call max_pool2d"):
+        make_plan(nn.Sequential(nn.Conv2d(1, 2, 3), Lambda(lambda x: F.max_pool2d(x, 2, return_indices=True)[0])))
+
+
+class Lambda(nn.Module):
+    def __init__(self, fn):
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, x):
+        return self.fn(x)
 
 
 @pytest.mark.parametrize(
