@@ -192,14 +192,21 @@ def _check_modules(model: nn.Module, steps: list[Step]) -> None:
             f"modules {sorted(shared)} are called more than once ({kinds}): each weight must stand for one "
             "connection of one layer for its relevance to mean anything, so give each call its own module",
         )
-    previous = {s.name: steps[i - 1].name if i else None for i, s in enumerate(steps)}
-    for bn, layer in batchnorm_merges(model).items():
-        if bn in previous and previous[bn] != layer:
+    merges = batchnorm_merges(model)
+    fix = "define each BatchNorm in __init__ right after the layer whose output it normalises"
+    for i, s in enumerate(steps[1:], 1):
+        before = steps[i - 1]
+        if s.name in merges and before.name != merges[s.name]:
             raise _refuse(
                 model,
-                f"BatchNorm {bn} runs after {previous[bn]} but is registered right after {layer}, "
-                "so zennit would merge it into the wrong layer; define each BatchNorm in __init__ right after "
-                "the layer whose output it normalises",
+                f"BatchNorm {s.name} runs after {before.name} but is registered right after {merges[s.name]}, "
+                f"so zennit would merge it into the wrong layer; {fix}",
+            )
+        if isinstance(s.module, ZennitBatchNorm) and s.name not in merges and isinstance(before.module, ZennitLinear):
+            raise _refuse(
+                model,
+                f"BatchNorm {s.name} runs right after {before.name} but is not registered right after it, so "
+                f"zennit would not merge it into {before.name} and would pass relevance through it unchanged; {fix}",
             )
     first_run = next((s.name for s in steps if isinstance(s.module, PRUNABLE_TYPES)), None)
     first_registered = next((n for n, m in model.named_modules() if isinstance(m, PRUNABLE_TYPES)), None)
