@@ -14,7 +14,8 @@ Mirrors zennit 0.5.1's composites ``EpsilonPlusFlat`` (the default) and ``Epsilo
   passes relevance unchanged (zennit's ``Pass``), and so does the plan.
 - activation modules (``ReLU`` ...): ``Pass``; ``torch.relu``/``F.relu`` calls: their gradient.
 - ``AvgPool2d``/``AdaptiveAvgPool2d``: zennit's ``Norm`` rule; ``MaxPool2d`` and ``F.max_pool2d``: the gradient.
-- ``Flatten``/``torch.flatten``/``view``/``reshape`` keeping the batch dimension, ``Dropout`` (eval),
+- ``Flatten``/``torch.flatten``/``view``/``reshape`` keeping the batch dimension (sizes may be read from
+  the tensor, ``x.view(x.size(0), -1)``), ``Dropout`` (eval),
   ``Identity``: unchanged relevance.
 """
 
@@ -28,7 +29,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 from zennit.types import Activation
 
-from .graph import Step, batchnorm_merges, chain_steps
+from .graph import ShapeQuery, Step, batchnorm_merges, chain_steps
 from .layers import conv_padding
 
 FAST_COMPOSITES = ("epsilon_plus_flat", "epsilon_plus")
@@ -127,7 +128,7 @@ def _op(model: nn.Module, step: Step) -> Op:
         return Op("maxpool", step.name, m)
     if isinstance(m, (nn.AvgPool2d, nn.AdaptiveAvgPool2d)):
         return Op("avgpool", step.name, m)
-    if m is None and not any(isinstance(a, fx.Node) for a in (*step.args, *step.kwargs.values())):
+    if m is None and not _reads_tensors(step):
         if step.function in _RESHAPE_FUNCTIONS or step.function in _RESHAPE_METHODS:
             return Op("reshape", step.name, fn=_call(step))
         if step.function in _RELU_FUNCTIONS or step.function == "relu":
@@ -140,10 +141,23 @@ def _op(model: nn.Module, step: Step) -> Op:
     raise refuse(model, f"it has no rule for {what} ({step.name})")
 
 
+def _reads_tensors(step: Step) -> bool:
+    """True if a call's arguments hold other tensors (not shape queries on its input)."""
+    found = []
+    fx.node.map_aggregate((step.args, step.kwargs), lambda a: found.append(a) if isinstance(a, fx.Node) else a)
+    return bool(found)
+
+
 def _call(step: Step):
-    if isinstance(step.function, str):
-        return lambda x: getattr(x, step.function)(*step.args, **step.kwargs)
-    return lambda x: step.function(x, *step.args, **step.kwargs)
+    def run(x):
+        args, kwargs = fx.node.map_aggregate(
+            (step.args, step.kwargs), lambda a: a(x) if isinstance(a, ShapeQuery) else a
+        )
+        if isinstance(step.function, str):
+            return getattr(x, step.function)(*args, **kwargs)
+        return step.function(x, *args, **kwargs)
+
+    return run
 
 
 def _merge(model: nn.Module, ops: list[Op], step: Step, merges: dict[str, str]) -> None:

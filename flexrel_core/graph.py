@@ -97,7 +97,7 @@ def chain_steps(model: nn.Module) -> list[Step]:
         users = [u for u in prev.users if u not in meta]
         if len(users) != 1:
             raise _refuse(model, f"the output of {_label(prev)} feeds {len(users)} operations ({_names(users)})")
-        steps.append(_step(model, modules, node))
+        steps.append(_step(model, modules, node, meta))
         prev = node
     _check_modules(model, steps)
     return steps
@@ -138,14 +138,45 @@ def _why_not_next(node: fx.Node, prev: fx.Node, meta: set[fx.Node]) -> str:
     return f"{_label(node)} does not take the output of {_label(prev)}"
 
 
-def _step(model: nn.Module, modules: dict[str, nn.Module], node: fx.Node) -> Step:
+def _step(model: nn.Module, modules: dict[str, nn.Module], node: fx.Node, meta: set[fx.Node]) -> Step:
     if node.op == "call_module":
         if len(node.args) != 1 or node.kwargs:
             raise _refuse(model, f"module {node.target} is called with more than one argument")
         return Step(node.target, module=modules[node.target])
     if not node.args or not isinstance(node.args[0], fx.Node):
         raise _refuse(model, f"{_label(node)} does not take the previous output as its first argument")
-    return Step(_label(node), function=node.target, args=tuple(node.args[1:]), kwargs=dict(node.kwargs))
+    source = node.args[0]
+
+    def query(n: fx.Node):
+        return ShapeQuery(n, source) if n in meta and _reads_only(n, source, meta) else n
+
+    args, kwargs = fx.node.map_arg((node.args[1:], dict(node.kwargs)), query)
+    return Step(_label(node), function=node.target, args=tuple(args), kwargs=kwargs)
+
+
+@dataclass(frozen=True)
+class ShapeQuery:
+    """A size computed from the tensor an operation takes (``x.size(0)`` in ``x.view(x.size(0), -1)``,
+    ``x.shape[1] * 2``): ``query(x)`` evaluates it on that tensor."""
+
+    node: fx.Node
+    source: fx.Node
+
+    def __call__(self, x):
+        def value(n: fx.Node):
+            if n is self.source:
+                return x
+            args, kwargs = fx.node.map_arg((n.args, n.kwargs), value)
+            return (
+                getattr(args[0], n.target)(*args[1:], **kwargs) if n.op == "call_method" else n.target(*args, **kwargs)
+            )
+
+        return value(self.node)
+
+
+def _reads_only(node: fx.Node, source: fx.Node, meta: set[fx.Node]) -> bool:
+    """True if the shape query ``node`` reads no tensor but ``source``."""
+    return all(n is source or (n in meta and _reads_only(n, source, meta)) for n in node.all_input_nodes)
 
 
 def reused_modules(steps: list[Step]) -> dict[str, str]:

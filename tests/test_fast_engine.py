@@ -182,6 +182,45 @@ class FunctionalPool(nn.Module):
         return self.fc(x.view(-1, 16))
 
 
+class SizedView(nn.Module):
+    """Reshapes sized from the tensor: ``x.view(x.size(0), -1)``, ``x.reshape(x.shape[0], x.size(1) * 2, -1)``."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.fc = nn.Conv2d(2, 4, 3), nn.Linear(4 * 4 * 4, 3)
+
+    def forward(self, x):
+        x = torch.relu(self.conv(x))
+        x = x.reshape(x.shape[0], x.size(1) * 2, -1)
+        return self.fc(x.view(x.size(0), -1))
+
+
+def test_reshapes_sized_from_their_input():
+    model = SizedView().double()
+    assert [op.kind for op in make_plan(model)] == ["conv", "relu", "reshape", "reshape", "linear"]
+    assert_same_as_zennit(model, torch.randn(3, 2, 6, 6, dtype=torch.float64))
+
+
+class SizedByInput(nn.Module):
+    """A size read from the model's input, not from the tensor reshaped: the fast engine leaves it to zennit."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.fc = nn.Conv2d(1, 2, 3), nn.Linear(2 * 4 * 4, 3)
+
+    def forward(self, x):
+        n = x.size(0)
+        return self.fc(torch.relu(self.conv(x)).view(n, -1))
+
+
+def test_a_size_read_from_another_tensor_goes_to_zennit():
+    with pytest.raises(ValueError, match="no rule for the call view"):
+        make_plan(SizedByInput())
+    model, x = SizedByInput(), torch.randn(3, 1, 6, 6)
+    auto, zennit = parameter_relevance(model, x), parameter_relevance(model, x, engine="zennit")
+    assert all(torch.equal(auto[k], zennit[k]) for k in zennit)
+
+
 @pytest.mark.parametrize("composite", ["epsilon_plus_flat", "epsilon_plus"])
 def test_functional_max_pooling(composite):
     model = FunctionalPool().double()

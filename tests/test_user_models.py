@@ -180,7 +180,7 @@ GALLERY = {
         lambda: Reused(nn.AvgPool2d(2)), (1, 8, 8), "fast", zennit=False, unrolled=Reused.unrolled
     ),
     "PyTorch CIFAR-10 tutorial net": Entry(TutorialNet, (3, 32, 32), "fast"),
-    "functional F.relu, F.max_pool2d, x.view(x.size(0), -1)": Entry(FunctionalView, (1, 8, 8), "zennit", fast=False),
+    "functional F.relu, F.max_pool2d, x.view(x.size(0), -1)": Entry(FunctionalView, (1, 8, 8), "fast"),
     "nn.Sequential blocks in a custom forward": Entry(SequentialInForward, (3, 16, 16), "fast"),
     "BatchNorm after Conv2d and Linear, Dropout": Entry(BatchNormNet, (3, 16, 16), "fast"),
     "reused Dropout, Flatten, ELU": Entry(DropoutReused, (1, 8, 8), "fast"),
