@@ -214,7 +214,8 @@ def batchnorm_merges(model: nn.Module) -> dict[str, str]:
 
 
 def _check_modules(model: nn.Module, steps: list[Step]) -> None:
-    """No module runs twice; BatchNorm and the first prunable layer sit where zennit looks for them."""
+    """No module with weights or buffers runs twice; BatchNorm and the first prunable layer sit where zennit
+    looks for them."""
     shared = {name: what for name, what in reused_modules(steps).items() if what}
     if shared:
         kinds = " and ".join(sorted(set(shared.values())))
