@@ -4,7 +4,8 @@
 #   make bench                                     timing/memory ratios -> results/bench.json
 #   make bench-paper                               paper-profile stage times + estimated reproduce time
 #   make lab                                       JupyterLab on the notebooks
-#   make clean [MODELS=1]                          remove generated results (trained models kept unless MODELS=1)
+#   make clean [MODELS=1]                          remove generated results (trained models kept unless MODELS=1;
+#                                                  the committed results/default/ stays)
 # Run without -j: the machine this targets has 2 cores and torch uses both.
 
 .DELETE_ON_ERROR:
@@ -82,10 +83,12 @@ chromium:
 	  fi; \
 	fi
 
-# File targets: an executed notebook is rebuilt only when its source, the library or the profile
-# changed (a rerun with nothing changed does nothing); the runner writes it under a temporary name
-# and moves it into place only on success, so a failed cell leaves no notebook that looks done.
-NB_OUT := $(patsubst %,$(RESULTS)/notebooks/%.ipynb,$(NOTEBOOKS))
+# File targets: a notebook is rerun only when its source, the library or the profile changed (a
+# rerun with nothing changed does nothing); the runner writes the executed copy under a temporary
+# name and moves it into place only on success, so a failed cell leaves no notebook that looks done.
+# The targets are run stamps under $(RESULTS)/.runs/ (never committed), not the executed notebooks:
+# results/default/notebooks/ is committed, and a fresh clone must still run every notebook.
+NB_OUT := $(patsubst %,$(RESULTS)/.runs/%.done,$(NOTEBOOKS))
 LIBRARY := $(shell find flexrel_core -name "*.py")
 reproduce: $(RESULTS)/REPORT.md
 
@@ -93,8 +96,9 @@ reproduce: $(RESULTS)/REPORT.md
 check-profile: setup
 	$(PY) -m flexrel_core.workbook.profiles $(PROFILE)
 
-$(RESULTS)/notebooks/%.ipynb: notebooks/%.ipynb $(LIBRARY) $(wildcard profiles/$(PROFILE)/*.yaml) | check-profile
+$(RESULTS)/.runs/%.done: notebooks/%.ipynb $(LIBRARY) $(wildcard profiles/$(PROFILE)/*.yaml) | check-profile
 	$(PY) -m flexrel_core.workbook.runner $< --profile $(PROFILE)
+	mkdir -p $(@D) && touch $@
 
 $(RESULTS)/REPORT.md: $(NB_OUT) | setup
 	$(PY) -m flexrel_core.workbook.report --profile $(PROFILE)
@@ -113,7 +117,7 @@ lab: setup
 	$(VENV)/bin/jupyter lab --allow-root --notebook-dir=$(CURDIR)
 
 clean:
-	rm -rf results/*/notebooks results/*/*.log .pytest_cache
+	rm -rf results/*/.runs $(filter-out results/default/notebooks,$(wildcard results/*/notebooks)) results/*/*.log .pytest_cache
 	find results cache -name '.*.tmp*' -type f -delete 2>/dev/null || true
 	find cache -mindepth 1 -maxdepth 1 ! -name models -exec rm -rf {} + 2>/dev/null || true
 	if [ "$(MODELS)" = "1" ]; then rm -rf cache; fi
