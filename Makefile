@@ -4,6 +4,7 @@
 #   make bench                                     timing/memory ratios -> results/bench.json
 #   make bench-paper                               paper-profile stage times + estimated reproduce time
 #   make lab                                       JupyterLab on the notebooks
+#   make app [PROFILE=...]                         the explorer as a web page (Voila, 127.0.0.1, token)
 #   make clean [MODELS=1]                          remove generated results (trained models kept unless MODELS=1;
 #                                                  the committed results/default/ stays)
 # Run without -j: the machine this targets has 2 cores and torch uses both.
@@ -31,7 +32,7 @@ export MPLBACKEND := Agg
 NOTEBOOKS := $(foreach n,method fig1 fig2 fig3 fig4 ablations table1 explore,$(if $(wildcard notebooks/$(n).ipynb),$(n)))
 RESULTS := results/$(PROFILE)
 
-.PHONY: setup test test-browser screenshot lint chromium check-profile reproduce bench bench-paper lab clean
+.PHONY: setup test test-browser screenshot lint chromium check-profile reproduce bench bench-paper lab app clean
 
 # The project is installed in the venv in editable mode, so `import flexrel_core` works from any
 # folder and any kernel. One venv may serve several checkouts (CI keeps it outside the clone): when
@@ -115,6 +116,12 @@ bench-paper: setup
 
 lab: setup
 	$(VENV)/bin/jupyter lab --allow-root --notebook-dir=$(CURDIR)
+
+# The explorer as a web page for students: Voila serves notebooks/explore.ipynb with the profile's
+# parameters, controls and views only (no code), on 127.0.0.1 behind a token; the URL is printed.
+APP_PORT ?= 8866
+app: setup check-profile
+	$(PY) -m flexrel_core.paper.app --profile $(PROFILE) --port $(APP_PORT)
 
 clean:
 	rm -rf results/*/.runs $(filter-out results/default/notebooks,$(wildcard results/*/notebooks)) results/*/*.log .pytest_cache

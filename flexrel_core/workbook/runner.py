@@ -54,7 +54,7 @@ def run_notebook(
     os.environ.setdefault("FLEXREL_PROGRESS", "console")
     provenance = {"profile": profile, **git_state(), "libraries": library_versions()}
 
-    known = _KnownParameters(set(declared) | set(params))
+    known = KnownParameters(set(declared) | set(params))
     pm_log = logging.getLogger("papermill")
 
     def execute(tmp: str) -> None:
@@ -135,7 +135,7 @@ def _shown(path: Path) -> str:
         return str(path)
 
 
-class _KnownParameters(logging.Filter):
+class KnownParameters(logging.Filter):
     """Drops papermill's "Passed unknown parameter: NAME" for names the notebook does declare."""
 
     def __init__(self, names: set[str]) -> None:
