@@ -27,6 +27,7 @@ from ..scores import pruning_scores
 from ..workbook.config import PruneConfig
 from ..workbook.pipeline import Setup, pruned_model
 from .fig1 import jaccard
+from .style import share
 
 MASK_COLOURS = ListedColormap(["#d9d9d9", "#08306b"])  # pruned light, kept dark (as Figure 1)
 
@@ -78,7 +79,7 @@ def plot_masks(masks: dict[float, np.ndarray], relevance: torch.Tensor, layer: s
         top, bottom = axes[0, col], axes[1, col]
         shown = mask[: crop[0], : crop[1]]
         top.imshow(shown, cmap=MASK_COLOURS, vmin=0, vmax=1, aspect="auto", interpolation="nearest")
-        top.set_title(f"δ = {delta:g}: keeps {_share(mask.mean())} of the layer")
+        top.set_title(f"δ = {delta:g}: keeps {share(mask.mean())} of the layer")
         top.set_xlabel("input (first columns)")
         top.set_ylabel("output unit (first rows)")
         sorted_mask = mask[np.ix_(order_rows, order_cols)]
@@ -89,11 +90,6 @@ def plot_masks(masks: dict[float, np.ndarray], relevance: torch.Tensor, layer: s
     fig.suptitle(f"Layer {layer}, whole model pruned to p = {p:g}: kept weights dark, pruned light")
     fig.tight_layout()
     return fig
-
-
-def _share(x: float) -> str:
-    """A kept fraction as a percentage that never rounds a non-zero share to 0 % (0.1 % stays 0.1 %)."""
-    return f"{100 * x:.1f} %" if x < 0.1 else f"{100 * x:.0f} %"
 
 
 def first_of_each_class(data: DataSplits, classes: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
