@@ -157,7 +157,8 @@ def kept_overlap(
 
 
 def plot_output_terms(terms: pd.DataFrame, shift_classes: list[int]) -> Figure:
-    """Bars of each class's share of the last layer's relevance under each inference dataset."""
+    """Bars of each output unit's share of the last layer's relevance (its row mean, B_j + mean A_k)
+    under each inference dataset."""
     fig, ax = plt.subplots(figsize=(7, 3.4))
     names = [c for c in terms.columns if c != "class"]
     width = 0.8 / len(names)
@@ -165,8 +166,8 @@ def plot_output_terms(terms: pd.DataFrame, shift_classes: list[int]) -> Figure:
         ax.bar(terms["class"] + (i - (len(names) - 1) / 2) * width, terms[name], width, label=name)
     ax.set_xticks(terms["class"])
     ax.set_xlabel("output unit (class)")
-    ax.set_ylabel("share of the last layer's relevance")
-    ax.set_title(f"Output term B_j: inference on all classes vs only {shift_classes}")
+    ax.set_ylabel("share of the layer's relevance")
+    ax.set_title(f"Relevance of the weights into each output unit (B_j + mean A_k): all classes vs {shift_classes}")
     ax.legend(frameon=False)
     fig.tight_layout()
     return fig
