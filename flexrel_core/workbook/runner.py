@@ -12,8 +12,9 @@ console mode; logs streamed (``--log-output``).
 
 The executed copy is what a reader sees, so it is written clean (``clean_notebook``): stream
 output (log lines, progress bars, warnings) went to the terminal as the cells ran and is not kept
-in the notebook; no execution times, no machine paths (``results_root`` is passed relative to the
-repository when it lies inside it), so a rerun that computes the same numbers writes the same bytes.
+in the notebook; figures are drawn into their cells (inline backend); no execution times, no machine
+paths (``results_root`` is passed relative to the repository when it lies inside it), no widget state
+(a widget becomes a note), so a rerun that computes the same numbers writes the same bytes.
 Papermill's "Passed unknown parameter" warning is silenced for the names the parameters cell
 declares (papermill's own parser skips annotations such as ``str | None``; ``profiles`` checks them).
 """
@@ -59,6 +60,8 @@ def run_notebook(
 
     def execute(tmp: str) -> None:
         pm_log.addFilter(known)
+        backend = os.environ.get("MPLBACKEND")
+        os.environ["MPLBACKEND"] = INLINE_BACKEND  # the kernel inherits it: figures show in their cells
         try:
             papermill.execute_notebook(
                 str(notebook),
@@ -77,6 +80,10 @@ def run_notebook(
             ) from None
         finally:
             pm_log.removeFilter(known)
+            if backend is None:
+                os.environ.pop("MPLBACKEND", None)
+            else:
+                os.environ["MPLBACKEND"] = backend
         record_provenance(tmp, provenance)
         clean_notebook(tmp)
 
@@ -102,6 +109,14 @@ def record_provenance(path: str | Path, provenance: dict) -> None:
     nbformat.write(nb, str(path))
 
 
+# The kernel draws figures into their cells (a terminal's MPLBACKEND=Agg would leave them out).
+INLINE_BACKEND = "module://matplotlib_inline.backend_inline"
+WIDGET = "application/vnd.jupyter.widget-view+json"
+# What an executed notebook shows where a live widget was: outside a kernel it is invisible.
+WIDGET_NOTE = (
+    "*An interactive widget was here: run the notebook in JupyterLab (`make lab`) or open the explorer "
+    "as a web page (`make app`) to use it; the figures and tables of this notebook are its static views.*"
+)
 # Notebook and cell metadata that papermill and nbclient write and that change on every run
 # (times, durations) or name the machine (absolute input and output paths).
 _RUN_KEYS = ("start_time", "end_time", "duration", "input_path", "output_path", "exception")
@@ -110,7 +125,8 @@ _RUN_KEYS = ("start_time", "end_time", "duration", "input_path", "output_path", 
 def clean_notebook(path: str | Path) -> None:
     """Rewrite the executed notebook at ``path`` as a reader should get it: no stream output (logs,
     progress bars and warnings, already streamed to the terminal that ran it), no execution times
-    in cell or notebook metadata, no absolute input/output paths, no random ids."""
+    in cell or notebook metadata, no absolute input/output paths, no random ids; a widget becomes a
+    note saying where to use it."""
     import nbformat
 
     nb = nbformat.read(str(path), as_version=4)
@@ -123,8 +139,18 @@ def clean_notebook(path: str | Path) -> None:
         cell.metadata.pop("execution", None)
         cell.metadata.pop("papermill", None)
         if cell.cell_type == "code":
-            cell.outputs = [o for o in cell.outputs if o.get("output_type") != "stream"]
+            cell.outputs = [_static(o) for o in cell.outputs if o.get("output_type") != "stream"]
+    nb.metadata.pop("widgets", None)  # widget state: random model ids, and nothing a reader can use
     nbformat.write(nb, str(path))
+
+
+def _static(output):
+    """A widget's output replaced by a note (its model id is random and it shows nothing outside a kernel)."""
+    import nbformat
+
+    if WIDGET not in output.get("data", {}):
+        return output
+    return nbformat.v4.new_output("display_data", data={"text/markdown": WIDGET_NOTE})
 
 
 def _shown(path: Path) -> str:

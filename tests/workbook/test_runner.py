@@ -93,19 +93,23 @@ def test_sigterm_leaves_no_temporary_notebook(tmp_path):
 
 @pytest.mark.notebook
 def test_executed_notebook_is_clean_and_byte_stable(tmp_path, no_profile, monkeypatch, caplog):
-    """Logs, progress bars and warnings reach the terminal, not the notebook; no times, no machine
-    paths; the same numbers give the same bytes; papermill does not call declared parameters unknown."""
+    """Logs, progress bars and warnings reach the terminal, not the notebook; figures do; a widget
+    becomes a note; no times, no machine paths; the same numbers give the same bytes; papermill does
+    not call declared parameters unknown."""
     body = (
         "import logging, sys, warnings\n"
         "logging.basicConfig(level=logging.INFO, stream=sys.stdout, force=True)\n"
         "logging.getLogger('x').info('training for %d epochs', epochs)\n"
         "print('\\rbar 50%', file=sys.stderr)\n"
         "warnings.warn('careful')\n"
+        "import ipywidgets, matplotlib.pyplot as plt\n"
+        "display(ipywidgets.IntSlider())\n"
+        "plt.plot([1, 2])\n"
         "epochs * 2"
     )
     nb = write_notebook(tmp_path / "clean.ipynb", "data_root: str | None = None\n" + PARAMS, body)
     results = REPO_ROOT / "results" / f".test-{os.getpid()}"
-    monkeypatch.setattr("flexrel_core.workbook.runner.REPO_ROOT", REPO_ROOT)
+    monkeypatch.setenv("MPLBACKEND", "Agg")  # as `make` sets it: the figure still shows in its cell
     try:
         with caplog.at_level(logging.WARNING, logger="papermill"):
             out = run_notebook(nb, "quick", results, extra={"data_root": None})
@@ -117,7 +121,13 @@ def test_executed_notebook_is_clean_and_byte_stable(tmp_path, no_profile, monkey
     assert first == second
     data = json.loads(first)
     outputs = [o for c in data["cells"] if c["cell_type"] == "code" for o in c["outputs"]]
-    assert [o["output_type"] for o in outputs] == ["execute_result"]  # 2: only what the cell computes
+    kinds = sorted((o["output_type"], *sorted(o.get("data", {}))) for o in outputs)
+    assert kinds == [  # only what the cell computes: a note for the widget, the figure, the value
+        ("display_data", "image/png", "text/plain"),
+        ("display_data", "text/markdown"),
+        ("execute_result", "text/plain"),
+    ], kinds
+    assert "widgets" not in data["metadata"] and "make app" in json.dumps(outputs)
     assert all("execution" not in c["metadata"] and "papermill" not in c["metadata"] for c in data["cells"])
     assert str(REPO_ROOT) not in first.decode() and str(tmp_path) not in first.decode().replace(str(nb), "")
     assert not [r for r in caplog.records if "unknown parameter" in r.getMessage()]
