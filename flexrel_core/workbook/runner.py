@@ -114,8 +114,8 @@ INLINE_BACKEND = "module://matplotlib_inline.backend_inline"
 WIDGET = "application/vnd.jupyter.widget-view+json"
 # What an executed notebook shows where a live widget was: outside a kernel it is invisible.
 WIDGET_NOTE = (
-    "*An interactive widget was here: run the notebook in JupyterLab (`make lab`) or open the explorer "
-    "as a web page (`make app`) to use it; the figures and tables of this notebook are its static views.*"
+    "*An interactive widget was here: it runs only in a live kernel. Use it in JupyterLab (`make lab`) or "
+    "as a web page (`make app`); REPORT.md shows its static views.*"
 )
 # Notebook and cell metadata that papermill and nbclient write and that change on every run
 # (times, durations) or name the machine (absolute input and output paths).
