@@ -13,7 +13,7 @@ from flexrel_core.models import build_model
 
 @pytest.fixture
 def image_folder(tmp_path):
-    return write_image_folder(tmp_path, classes=3, per_class=8, size=(40, 48))
+    return write_image_folder(tmp_path, classes=3, per_class=10, size=(40, 48))  # the minimum per class
 
 
 def test_imagefolder_and_vgg16_with_random_weights(image_folder):
