@@ -20,7 +20,7 @@ from .cache import write_text
 from .paths import REPO_ROOT, profile_dir, results_dir
 from .provenance import describe_commit, git_state
 
-ORDER = ("fig1", "fig2", "fig3", "fig4", "ablations", "table1", "explore")
+ORDER = ("fig1", "fig2", "fig3", "fig4", "ablations", "robustness", "table1", "explore")
 
 
 def markdown_table(df: pd.DataFrame, floatfmt: str = ".3g") -> str:
