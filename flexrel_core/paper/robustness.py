@@ -26,6 +26,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from ..layers import prunable_layers
+from ..training import torch_threads
 from ..workbook.config import PruneConfig, TrainConfig
 from ..workbook.paths import REPO_ROOT
 from ..workbook.pipeline import data_for, new_model
@@ -68,16 +69,23 @@ def compute(
     shift: dict | None = None,
     cache_root: str | Path = REPO_ROOT / "cache",
     device: str = "auto",
+    threads: int | None = None,
 ) -> pd.DataFrame:
     """Figure 2's table (``fig2.compute``, magnitude and FlexRel) for every setting and fine-tuning
     budget (epochs >= 1; a setting's own ``budgets`` replace these), on the setting's
     ``pruning_factors``; and, budget 0, its ``one_shot_factors`` (if any) pruned without fine-tuning.
-    Columns ``setting`` and ``budget`` come first."""
+    Columns ``setting`` and ``budget`` come first. ``threads``: torch's intra-op threads meanwhile
+    (``training.torch_threads``; small models on a CPU run as fast on one and stay fast on a busy machine)."""
     for own in [budgets, *(s["budgets"] for s in settings if "budgets" in s)]:
         if not own or min(own) < 1:
             raise ValueError(f"budgets must be fine-tuning epochs >= 1 (one-shot comes with each), got {list(own)}")
     if not settings:
         raise ValueError("settings is empty: give at least one setting (a name, pruning_factors and knee)")
+    with torch_threads(threads):
+        return _sweeps(base, pcfg, settings, budgets, seeds, delta, shift, cache_root, device)
+
+
+def _sweeps(base, pcfg, settings, budgets, seeds, delta, shift, cache_root, device) -> pd.DataFrame:
     parts = []
     for setting in settings:
         cfg = setting_config(base, setting)

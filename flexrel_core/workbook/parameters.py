@@ -182,6 +182,7 @@ RANGES: dict[str, Rule] = {
         distinct=True,
     ),
     "budgets": list_of(POSITIVE_COUNT, distinct=True),
+    "threads": POSITIVE_COUNT,
     "threshold": number(0, lo_open=True),
     # Figure 3: cooperative learning
     "nodes": POSITIVE_COUNT,
