@@ -37,6 +37,7 @@ from .style import PALETTE
 
 METHODS = ("magnitude", "flexrel")
 SETTING_KEYS = ("name", "pruning_factors", "one_shot_factors", "knee", "budgets")  # besides TrainConfig's fields
+GAIN_COLUMNS = {"gain": "", "ci_low": "_ci_low", "ci_high": "_ci_high"}
 CONDITION_COLOURS = {"in-distribution": PALETTE["flexrel"], "shifted": PALETTE["relevance"]}
 
 
@@ -131,16 +132,18 @@ def reach_effects(df: pd.DataFrame, threshold: float = 2.0) -> pd.DataFrame:
     """Per setting, budget (0: one-shot) and condition: the pruning factor each method reaches within
     ``threshold`` points of dense accuracy and FlexRel − magnitude with its 95 % interval
     (``fig2.summarize``). Columns: setting, budget, schedule, condition, n_seeds, max_p_magnitude,
-    max_p_flexrel, gain, ci_low, ci_high, supports."""
+    max_p_flexrel, gain, ci_low, ci_high, supports (NaN reach: the band is left at the grid's first
+    factor on every seed)."""
     rows = []
     for setting, budget, schedule, table in _by_schedule(df):
+        # no pair of seeds where both reach the band (every seed leaves it at the grid's first p): no gain
         s = fig2.summarize(table, thresholds=(threshold,), others=("flexrel",))
         for r in s.itertuples():
             rows.append(
                 {"setting": setting, "budget": budget, "schedule": schedule, "condition": r.condition}
                 | {"n_seeds": r.n_seeds, "max_p_magnitude": r.max_p_magnitude, "max_p_flexrel": r.max_p_flexrel}
-                | {"gain": r.gain_flexrel, "ci_low": r.gain_flexrel_ci_low, "ci_high": r.gain_flexrel_ci_high}
-                | {"supports": r.verdict_flexrel}
+                | {k: getattr(r, f"gain_flexrel{suffix}", np.nan) for k, suffix in GAIN_COLUMNS.items()}
+                | {"supports": getattr(r, "verdict_flexrel", "undetermined")}
             )
     return pd.DataFrame(rows)
 
@@ -239,6 +242,10 @@ def map_table(reach: pd.DataFrame, acc: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
+def _reach(p: float) -> str:
+    return "below the grid" if np.isnan(p) else f"{p:.3f}"
+
+
 def _points(mean: float, low: float, high: float) -> str:
     return format_interval(mean, low, high, scale=100, digits=1)
 
@@ -294,7 +301,7 @@ def report(
     for r in mapped.itertuples():
         gain = format_interval(r.gain, r.ci_low, r.ci_high, digits=3)
         lines.append(
-            f"| {r.setting} | {r.schedule} | {r.condition} | {r.max_p_magnitude:.3f} | {r.max_p_flexrel:.3f} | "
+            f"| {r.setting} | {r.schedule} | {r.condition} | {_reach(r.max_p_magnitude)} | {_reach(r.max_p_flexrel)} | "
             f"{gain} | **{r.verdict}** |"
         )
     lines += ["", "Accuracy, FlexRel − magnitude in points at the knee factors:", ""]

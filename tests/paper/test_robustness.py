@@ -135,12 +135,20 @@ def test_robustness_notebook(run_quick):
     assert len(df) == points * 2 * 2 * len(seeds)  # methods x conditions
     assert df.loc[df["budget"] == 0, "fine_tuned_accuracy"].isna().all()
     assert {"setting", "budget", "condition", "method", "p", "seed", "one_shot_accuracy"} <= set(df.columns)
-    assert df[["one_shot_accuracy", "fine_tuned_accuracy", "dense_accuracy"]].stack().between(0, 1).all()
+    assert df[["one_shot_accuracy", "fine_tuned_accuracy", "dense_accuracy"]].stack().dropna().between(0, 1).all()
     mapped = pd.read_csv(out / "robustness_map.csv")
     assert len(mapped) == len(params["settings"]) * (1 + len(params["budgets"])) * 2
     assert {"gain", "ci_low", "ci_high", "verdict", "max_p_flexrel"} <= set(mapped.columns)
-    assert mapped["gain"].between(-1, 1).all()
+    assert mapped["gain"].dropna().between(-1, 1).all() and mapped["verdict"].notna().all()
     arch = pd.read_csv(out / "robustness_architectures.csv")
     assert arch["classifier_share"].between(0, 1).all() and (arch["convolutions"] > 0).all()
     text = figure_and_section(out, "robustness", "robustness")
     assert text.startswith("## Where the claim holds") and "**Samples**" in text
+
+
+def test_a_method_that_leaves_the_band_at_the_first_factor_on_every_seed_has_no_gain():
+    df = _table()
+    df.loc[df["method"] == "magnitude", "one_shot_accuracy"] = 0.1
+    reach = robustness.reach_effects(df).set_index(["schedule", "condition"])
+    one = reach.loc[("one-shot", "in-distribution")]
+    assert np.isnan(one.max_p_magnitude) and np.isnan(one.gain) and one.supports == "undetermined"
