@@ -147,3 +147,17 @@ def test_any_profile_folder_is_a_profile_and_a_missing_one_lists_those_there(tmp
         check_profile("fast", root)
     with pytest.raises(ValueError, match="unknown profile '../quick'"):
         check_profile("../quick", root)
+
+
+@pytest.mark.parametrize(
+    "setting",
+    [
+        {"pruning_factors": [0.9], "knee": [0.9]},  # no name
+        {"name": "a", "pruning_factors": [0.9], "knee": [0.95]},  # knee outside the grid
+        {"name": "a", "pruning_factors": [0.9], "knee": [0.9], "model": "resnet"},  # a field out of its range
+        {"name": "a", "pruning_factors": [0.9], "knee": [0.9], "budgets": [0]},
+    ],
+)
+def test_robustness_settings_are_checked(setting):
+    assert not RANGES["settings"]([setting])
+    assert RANGES["settings"]([{"name": "a", "pruning_factors": [0.8, 0.9], "knee": [0.9], "resize": 32}])
