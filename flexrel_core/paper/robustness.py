@@ -366,6 +366,8 @@ def plot(mapped: pd.DataFrame, acc: pd.DataFrame) -> Figure:
         ax.axvline(0, color="0.5", lw=0.8)
         ax.set_xlabel(title)
         ax.grid(axis="x", alpha=0.3)
+    lo, hi = axes[0, 1].get_xlim()
+    axes[0, 1].set_xlim(max(lo, -100.0), min(hi, 100.0))  # an accuracy difference lies within ±100 points
     axes[0, 0].set_yticks(range(len(rows)), [f"{s} — {t}" for s, t in reversed(rows)])
     handles = [
         plt.Line2D([], [], color=CONDITION_COLOURS.get(c, "0.3"), marker="o", ls="", label=c) for c in conditions
