@@ -175,6 +175,10 @@ RANGES: dict[str, Rule] = {
     "useful_within": number(0),
     "steps": POSITIVE_COUNT,
     "repeats": POSITIVE_COUNT,
+    # the method notebook
+    "tiny_p": PRUNING_FACTOR,
+    "tiny_deltas": list_of(FRACTION, distinct=True),
+    "heatmap_classes": list_of(COUNT, distinct=True),
     # where the claim holds (robustness)
     "resize": POSITIVE_COUNT,
     "settings": list_of(
