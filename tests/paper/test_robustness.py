@@ -152,3 +152,22 @@ def test_a_method_that_leaves_the_band_at_the_first_factor_on_every_seed_has_no_
     reach = robustness.reach_effects(df).set_index(["schedule", "condition"])
     one = reach.loc[("one-shot", "in-distribution")]
     assert np.isnan(one.max_p_magnitude) and np.isnan(one.gain) and one.supports == "undetermined"
+
+
+def test_a_setting_with_figure_2s_configuration_reads_figure_2s_points(sweep, monkeypatch):
+    from flexrel_core.workbook import pipeline
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("Figure 2's points are cached: nothing may be trained or fine-tuned")
+
+    monkeypatch.setattr(pipeline, "train", refuse)
+    setting = {"name": "fig2", "budgets": [1], "pruning_factors": [0.5, 0.9], "knee": [0.9]}
+    df = robustness.compute(
+        sweep.base, sweep.pcfg, settings=[setting], budgets=[1, 2], seeds=[0, 1], delta=0.5, shift=sweep.shift,
+        cache_root=sweep.cache, device="cpu", threads=1,
+    )  # fmt: skip
+    assert set(df["budget"]) == {1} and set(df["method"]) == {"magnitude", "flexrel"}  # the setting's own budgets
+    keys = ["condition", "method", "p", "seed"]
+    ours = df.set_index(keys)[["one_shot_accuracy", "fine_tuned_accuracy"]].sort_index()
+    fig2 = sweep.df[sweep.df["method"].isin(["magnitude", "flexrel"]) & sweep.df["p"].isin([0.5, 0.9])]
+    pd.testing.assert_frame_equal(ours, fig2.set_index(keys)[["one_shot_accuracy", "fine_tuned_accuracy"]].sort_index())
