@@ -218,11 +218,14 @@ def _embedded(name: str) -> tuple[np.ndarray, np.ndarray]:
     return images, labels
 
 
-def _in_memory(name: str, seed: int) -> tuple[Dataset, ...]:
+def _in_memory(name: str, seed: int, resize: int | None = None) -> tuple[Dataset, ...]:
     """An embedded dataset split 60/10/15/15 (train/val/inference/test), stratified and seeded,
-    standardised with the training split's mean and standard deviation."""
+    resized to ``resize`` px (bilinear; ``None``: as shipped), then standardised with the training
+    split's mean and standard deviation."""
     images, labels = _embedded(name)
     x = torch.tensor(images, dtype=torch.float32)
+    if resize is not None and resize != x.shape[-1]:
+        x = torch.nn.functional.interpolate(x, size=(resize, resize), mode="bilinear", align_corners=False)
     y = torch.tensor(labels, dtype=torch.long)
     parts = _split(labels, (0.6, 0.1, 0.15, 0.15), seed)
     mean, std = x[parts[0]].mean(), x[parts[0]].std()
@@ -278,6 +281,7 @@ def load_dataset(
     limit: int | None = None,
     shift_classes: Sequence[int] | None = None,
     shift_weights: Sequence[float] | None = None,
+    resize: int | None = None,
 ) -> DataSplits:
     """Load ``name`` (one of ``DATASETS``) as train / val / inference / test splits.
 
@@ -287,11 +291,18 @@ def load_dataset(
     file an image). ``limit`` caps the samples
     used (per official split) for quick runs. ``shift_classes`` / ``shift_weights`` shift the
     inference and test distribution (see ``shift_indices``). Splits are stratified and seeded.
+    ``resize`` sets the side of an embedded dataset's images in pixels (bilinear; e.g. 32, the least
+    that five 2x2 pools need); the other datasets are sized by ``image_size``.
     """
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; expected one of {DATASETS}")
+    if resize is not None and (resize < 1 or name not in EMBEDDED):
+        raise ValueError(
+            f"resize={resize}: expected None, or a side >= 1 px for the embedded datasets {EMBEDDED} "
+            "(the others are sized by image_size)"
+        )
     if name in EMBEDDED:
-        parts = _in_memory(name, seed)
+        parts = _in_memory(name, seed, resize)
     else:
         if root is None:
             raise ValueError(f"dataset {name!r} needs root= (the folder it is stored in or downloaded into)")

@@ -125,3 +125,20 @@ def test_files_are_read_by_workers_without_changing_a_sample(tmp_path):
     x, y = tensors(d.test)
     assert torch.equal(x, torch.stack([d.test[i][0] for i in range(len(d.test))]))
     assert y.tolist() == [d.test[i][1] for i in range(len(d.test))]
+
+
+def test_embedded_images_resized_keep_their_split_and_content(tmp_path):
+    plain, big = load_dataset("digits", seed=3), load_dataset("digits", seed=3, resize=32)
+    assert plain.input_shape == (1, 8, 8) and big.input_shape == (1, 32, 32)
+    for split in ("train", "val", "inference", "test"):
+        assert np.array_equal(labels_of(getattr(plain, split)), labels_of(getattr(big, split)))
+    x8, x32 = tensors(plain.test)[0], tensors(big.test)[0]
+    # 4x4 means of the 32 px image are (up to standardisation) the 8 px image: compare their correlation
+    back = torch.nn.functional.avg_pool2d(x32, 4)
+    r = np.corrcoef(back.flatten().numpy(), x8.flatten().numpy())[0, 1]
+    assert r > 0.95
+    mean, std = tensors(big.train)[0].mean(), tensors(big.train)[0].std()
+    assert abs(mean) < 1e-4 and abs(std - 1) < 1e-4  # standardised after resizing
+    assert load_dataset("digits", seed=3, resize=8).input_shape == (1, 8, 8)
+    with pytest.raises(ValueError, match="resize=32: expected None, or a side >= 1 px for the embedded"):
+        load_dataset("cifar10", tmp_path, resize=32)

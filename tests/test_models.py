@@ -53,3 +53,28 @@ def test_vgg_mnist_is_over_parameterised_like_vgg16():
     n = prunable_count(model)
     fc = sum(m.weight.numel() for name, m in prunable_layers(model).items() if name.startswith("classifier"))
     assert n >= 300_000 and fc / n > 0.9
+
+
+def test_vgg16_slim_has_vgg16s_topology_and_share_of_classifier_weights():
+    from flexrel_core import prunable_count
+
+    model = build_model("vgg16_slim", image_size=32, batch_norm=True)
+    blocks, convs = [], 0
+    for m in model.features:
+        if isinstance(m, torch.nn.Conv2d):
+            convs += 1
+        elif isinstance(m, torch.nn.MaxPool2d):
+            blocks.append(convs)
+            convs = 0
+    assert blocks == [2, 2, 3, 3, 3]  # VGG16's five blocks, 13 convolutions
+    linears = [m for m in model.classifier if isinstance(m, torch.nn.Linear)]
+    assert [(m.in_features, m.out_features) for m in linears] == [(32, 640), (640, 640), (640, 10)]
+    n = prunable_count(model)
+    fc = sum(m.weight.numel() for m in linears)
+    assert n == 493_972 and fc == 436_480 and 0.8 <= fc / n < 0.9  # VGG16: 89 %
+    x = torch.randn(3, 1, 32, 32)
+    model.eval()
+    rel = parameter_relevance(model, x)  # BatchNorm merged into each convolution
+    assert len(rel) == 16 and all(torch.isfinite(r).all() for r in rel.values())
+    with pytest.raises(ValueError, match="28 px inputs leave nothing after 5"):
+        build_model("vgg16_slim", image_size=28)

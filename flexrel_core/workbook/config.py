@@ -66,6 +66,7 @@ class TrainConfig(FromMapping):
     data_root: str | None = None
     limit: int | None = None
     image_size: int = 224
+    resize: int | None = None  # side in px an embedded dataset's images are resized to (None: as shipped)
     model: str = "digits_cnn"
     batch_norm: bool = False
     pretrained: bool = False

@@ -110,6 +110,20 @@ def pair(first: Rule, second: Rule) -> Rule:
     )
 
 
+def _setting(v: Any) -> bool:
+    """A robustness setting: a ``name``, its ``pruning_factors`` and ``knee`` factors (among them),
+    optionally ``one_shot_factors`` and its own ``budgets``, and ``TrainConfig`` fields it changes,
+    each valid by its own rule where it has one."""
+    if not isinstance(v, dict) or not isinstance(v.get("name"), str) or not v["name"]:
+        return False
+    grid, knee = v.get("pruning_factors"), v.get("knee")
+    if not RANGES["pruning_factors"](grid) or not RANGES["pruning_factors"](knee) or not set(knee) <= set(grid):
+        return False
+    if "one_shot_factors" in v and not RANGES["pruning_factors"](v["one_shot_factors"]):
+        return False
+    return all(RANGES[k](x) for k, x in v.items() if k in RANGES and k != "pruning_factors")
+
+
 def _device(v: Any) -> bool:
     import torch
 
@@ -165,6 +179,15 @@ RANGES: dict[str, Rule] = {
     "tiny_p": PRUNING_FACTOR,
     "tiny_deltas": list_of(FRACTION, distinct=True),
     "heatmap_classes": list_of(COUNT, distinct=True),
+    # where the claim holds (robustness)
+    "resize": POSITIVE_COUNT,
+    "settings": list_of(
+        Rule(lambda: "a mapping with a name, pruning_factors, knee (among them) and TrainConfig fields", _setting),
+        distinct=True,
+    ),
+    "budgets": list_of(POSITIVE_COUNT, distinct=True),
+    "threads": POSITIVE_COUNT,
+    "threshold": number(0, lo_open=True),
     # Figure 3: cooperative learning
     "nodes": POSITIVE_COUNT,
     "partition": one_of_library("flexrel_core.workbook.config", "PARTITIONS"),

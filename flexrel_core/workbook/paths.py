@@ -13,13 +13,25 @@ from pathlib import Path
 from .provenance import code_hash, stage_code
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-PROFILES = ("quick", "default", "paper")
+PROFILES_ROOT = REPO_ROOT / "profiles"
+PROFILES = ("quick", "default", "paper")  # the profiles shipped; any other folder of profiles/ is one too
 
 
-def check_profile(profile: str) -> str:
-    """Refuse an unknown profile name."""
-    if profile not in PROFILES:
-        raise ValueError(f"unknown profile {profile!r}; expected one of {PROFILES}")
+def available_profiles(profiles_root: str | Path = PROFILES_ROOT) -> list[str]:
+    """Every profile: each folder under ``profiles_root`` whose name has no leading dot."""
+    root = Path(profiles_root)
+    return sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")) if root.is_dir() else []
+
+
+def check_profile(profile: str, profiles_root: str | Path = PROFILES_ROOT) -> str:
+    """Refuse a profile name that is not a folder of ``profiles_root`` (a plain name, no path), with
+    the available ones. A new profile is a copied folder: ``cp -r profiles/default profiles/mine``."""
+    available = available_profiles(profiles_root)
+    if not isinstance(profile, str) or profile not in available:
+        raise ValueError(
+            f"unknown profile {profile!r}: no folder {Path(profiles_root).name}/{profile}; available: "
+            f"{', '.join(available) or 'none'} (add one by copying a folder, e.g. cp -r profiles/default profiles/mine)"
+        )
     return profile
 
 
@@ -49,4 +61,4 @@ def cache_dir(stage: str, key: str, cache_root: str | Path = REPO_ROOT / "cache"
 
 def profile_dir(profile: str) -> Path:
     """``profiles/<profile>/``: ``common.yaml`` plus one ``<notebook>.yaml`` per notebook."""
-    return REPO_ROOT / "profiles" / check_profile(profile)
+    return PROFILES_ROOT / check_profile(profile)

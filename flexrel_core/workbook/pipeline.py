@@ -43,7 +43,15 @@ log = logging.getLogger(__name__)
 
 def data_for(cfg: TrainConfig, **shift) -> DataSplits:
     """The dataset a training configuration names (``shift``: ``shift_classes``/``shift_weights``)."""
-    return load_dataset(cfg.dataset, cfg.data_root, seed=cfg.seed, image_size=cfg.image_size, limit=cfg.limit, **shift)
+    return load_dataset(
+        cfg.dataset,
+        cfg.data_root,
+        seed=cfg.seed,
+        image_size=cfg.image_size,
+        limit=cfg.limit,
+        resize=cfg.resize,
+        **shift,
+    )
 
 
 def model_id(cfg: TrainConfig) -> str:

@@ -19,9 +19,8 @@ import yaml
 
 from ..data import EMBEDDED
 from .parameters import Declaration, check, declarations
-from .paths import REPO_ROOT, check_profile
+from .paths import PROFILES_ROOT, REPO_ROOT, check_profile
 
-PROFILES_ROOT = REPO_ROOT / "profiles"
 NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
 
 
@@ -40,7 +39,7 @@ def _shown(path: Path) -> str:
 def read_profile(profile: str, profiles_root: str | Path = PROFILES_ROOT) -> dict:
     """``{"common": {...}, "<notebook>": {...}}`` from the files of ``<profiles_root>/<profile>/``."""
     data = {}
-    for path in sorted((Path(profiles_root) / check_profile(profile)).glob("*.yaml")):
+    for path in sorted((Path(profiles_root) / check_profile(profile, profiles_root)).glob("*.yaml")):
         with open(path) as fh:
             section = yaml.safe_load(fh) or {}
         if not isinstance(section, dict):
@@ -80,7 +79,7 @@ def parameters_for(profile: str, notebook: str | Path, profiles_root: str | Path
 
     Raises ``ProfileError`` naming every problem: undeclared names, values of the wrong type or
     outside their documented range (each with its file), missing ``profile``/``results_root``."""
-    folder = Path(profiles_root) / check_profile(profile)
+    folder = Path(profiles_root) / check_profile(profile, profiles_root)
     data = read_profile(profile, profiles_root)
     name = Path(notebook).stem
     declared = notebook_declarations(notebook)

@@ -130,3 +130,34 @@ def test_command_line_checks_a_whole_profile(capsys):
 def test_unknown_profile():
     with pytest.raises(ValueError, match="unknown profile 'fast'"):
         check_profile("fast")
+
+
+def test_any_profile_folder_is_a_profile_and_a_missing_one_lists_those_there(tmp_path):
+    import shutil
+
+    from flexrel_core.workbook.paths import available_profiles
+
+    root = tmp_path / "profiles"
+    shutil.copytree(REPO_ROOT / "profiles" / "quick", root / "mine")
+    (root / ".hidden").mkdir()
+    assert available_profiles(root) == ["mine"] and check_profile("mine", root) == "mine"
+    assert set(PROFILES) <= set(available_profiles())  # the shipped ones
+    assert validate_profile("mine", profiles_root=root)  # the same checks as the shipped profiles
+    with pytest.raises(ValueError, match=r"unknown profile 'fast': no folder profiles/fast; available: mine \(add one"):
+        check_profile("fast", root)
+    with pytest.raises(ValueError, match="unknown profile '../quick'"):
+        check_profile("../quick", root)
+
+
+@pytest.mark.parametrize(
+    "setting",
+    [
+        {"pruning_factors": [0.9], "knee": [0.9]},  # no name
+        {"name": "a", "pruning_factors": [0.9], "knee": [0.95]},  # knee outside the grid
+        {"name": "a", "pruning_factors": [0.9], "knee": [0.9], "model": "resnet"},  # a field out of its range
+        {"name": "a", "pruning_factors": [0.9], "knee": [0.9], "budgets": [0]},
+    ],
+)
+def test_robustness_settings_are_checked(setting):
+    assert not RANGES["settings"]([setting])
+    assert RANGES["settings"]([{"name": "a", "pruning_factors": [0.8, 0.9], "knee": [0.9], "resize": 32}])
