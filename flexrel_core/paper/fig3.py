@@ -37,6 +37,7 @@ from .fig3_report import BASELINES
 from .style import LABELS, PALETTE
 
 PANELS = ("magnitude", "flexrel", "relevance")  # (a) magnitude and (b) FlexRel as in the paper, (c) relevance
+SCENARIOS = ("trained", "partial")  # the order of rows in the figures; other names follow, sorted
 
 
 @dataclasses.dataclass
@@ -151,6 +152,14 @@ def curves(rounds: pd.DataFrame) -> pd.DataFrame:
 
 def _scenario(df: pd.DataFrame) -> list[str]:
     return ["scenario"] if "scenario" in df else []
+
+
+def _scenarios(df: pd.DataFrame) -> list:
+    """The scenarios of ``df`` in ``SCENARIOS`` order (others after, sorted); ``[None]`` without the column."""
+    if "scenario" not in df:
+        return [None]
+    names = set(df["scenario"])
+    return [s for s in SCENARIOS if s in names] + sorted(names - set(SCENARIOS))
 
 
 def data_needed(rounds: pd.DataFrame, targets: Sequence[float], on: str = "val_accuracy") -> pd.DataFrame:
@@ -293,7 +302,7 @@ def plot(selection: pd.DataFrame, panels: Sequence[str] = PANELS) -> Figure:
     panel per technique ((a) magnitude, (b) FlexRel, (c) relevance only), mean and 95 % interval over
     the seeds that reach the target, each point annotated with the mean megabytes sent, the mean round
     reached and the seeds reaching it; the unpruned runs, where present, as a grey reference line."""
-    scenarios = list(selection["scenario"].unique()) if "scenario" in selection else [None]
+    scenarios = _scenarios(selection)
     fig, axes = plt.subplots(
         len(scenarios), len(panels), figsize=(4.4 * len(panels), 3.8 * len(scenarios)), sharey="row", squeeze=False
     )
@@ -348,7 +357,7 @@ def plot_data_needed(rounds: pd.DataFrame, selection: pd.DataFrame, panels: Sequ
     target = targets[(len(targets) - 1) // 2]
     need = data_needed(rounds, [target])
     chosen = selection[selection["target"] == target]
-    scenarios = list(need["scenario"].unique()) if "scenario" in need else [None]
+    scenarios = _scenarios(need)
     fig, axes = plt.subplots(len(scenarios), 1, figsize=(7.5, 3.6 * len(scenarios)), squeeze=False)
     for ax, scenario in zip(axes[:, 0], scenarios, strict=True):
         here = need if scenario is None else need[need["scenario"] == scenario]
@@ -374,7 +383,7 @@ def plot_curves(curve: pd.DataFrame, amounts: Sequence[float] | None = None) -> 
     """The primary view, one row per scenario: test accuracy against cumulative transmitted megabytes
     (left) and against elapsed time (right), per technique at the pruning factors ``amounts`` (default:
     a few across the grid), mean and 95 % interval over seeds."""
-    scenarios = list(curve["scenario"].unique()) if "scenario" in curve else [None]
+    scenarios = _scenarios(curve)
     fig, axes = plt.subplots(len(scenarios), 2, figsize=(12, 4.2 * len(scenarios)), sharey="row", squeeze=False)
     styles = ["-", "--", ":", "-."]
     for row, scenario in zip(axes, scenarios, strict=True):
