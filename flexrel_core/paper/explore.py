@@ -23,8 +23,10 @@ import pandas as pd
 
 from ..masks import SCOPES
 from ..scores import METHODS, check_delta
+from ..workbook.config import PruneConfig, TrainConfig
 from ..workbook.outputs import save_figure, save_table
 from ..workbook.paths import results_dir
+from ..workbook.samples import describe
 from .explore_session import MAX_PRUNING_FACTOR, Session, check_p, resolve
 from .style import PALETTE
 
@@ -392,6 +394,20 @@ def report(table: pd.DataFrame, times: Mapping | None = None) -> str:
             f"{times['p_update_median_s']:.3f} s.",
         ]
     return "\n".join(lines)
+
+
+def sample_table(params: Mapping) -> pd.DataFrame:
+    """``samples.describe`` of the explorer's two inference choices ("as trained", "shifted" to
+    ``shift_classes``) for the report: its relevance samples and the test images it evaluates."""
+    shift = {"shift_classes": list(params["shift_classes"])} if params.get("shift_classes") else None
+    return describe(
+        TrainConfig.from_mapping(params),
+        PruneConfig.from_mapping(params),
+        [int(params.get("seed", 0))],
+        shift,
+        names=("as trained", "shifted"),
+        test_samples=params.get("eval_samples") or None,
+    )
 
 
 def static_folder(profile: str, results_root: str | Path) -> Path:

@@ -21,14 +21,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..data import DataSplits, tensors
+from ..data import DataSplits, draw, tensors
 from ..layers import prunable_layers
 from ..masks import MASK_BUFFER, check_amount, prune
 from ..scores import METHODS, check_delta, method_delta, pruning_scores
 from ..training import select_device, torch_threads
-from ..workbook.config import TrainConfig, config_hash
+from ..workbook.config import TrainConfig
 from ..workbook.paths import REPO_ROOT
-from ..workbook.pipeline import data_for, relevance_for, trained_model
+from ..workbook.pipeline import data_for, model_id, relevance_for, trained_model
 
 DELTA_GRID: tuple[float, ...] = tuple(round(0.1 * i, 1) for i in range(11))
 MAX_PRUNING_FACTOR = 0.99
@@ -126,7 +126,7 @@ class Session:
             name: inference_data(
                 model,
                 d,
-                f"{config_hash(cfg)}/{tag}",
+                f"{model_id(cfg)}/{tag}",
                 samples=get("inference_samples"),
                 eval_samples=get("eval_samples") or None,
                 seed=cfg.seed,
@@ -244,15 +244,12 @@ def inference_data(
     device: str = "cpu",
     batch_size: int | None = 256,
 ) -> InferenceData:
-    """Relevance of ``model`` on ``data.inference`` (cached under ``key``) and the test samples
-    (a seeded random subset of ``eval_samples`` of them, if given) for one inference choice."""
+    """Relevance of ``model`` on its seeded, stratified sample of ``data.inference`` (cached under
+    ``key``; ``pipeline.relevance_for``) and the test samples -- a seeded, stratified random subset
+    of ``eval_samples`` of them (``data.draw``), if given -- for one inference choice."""
     relevance = relevance_for(
-        model, data, key, samples=samples, composite=composite, aggregate=aggregate, cache_root=cache_root,
-        device=device, batch_size=batch_size,
+        model, data, key, samples=samples, seed=seed, composite=composite, aggregate=aggregate,
+        cache_root=cache_root, device=device, batch_size=batch_size,
     )  # fmt: skip
-    test = data.test
-    if eval_samples is not None and eval_samples < len(test):
-        idx = np.sort(np.random.default_rng(seed).choice(len(test), size=eval_samples, replace=False))
-        test = torch.utils.data.Subset(test, idx.tolist())
-    x, y = tensors(test)
+    x, y = tensors(draw(data.test, eval_samples, seed))
     return InferenceData(relevance, x, y)

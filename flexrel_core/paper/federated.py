@@ -43,7 +43,7 @@ from ..masks import MASK_BUFFER, apply_masks, prune
 from ..scores import METHODS, method_delta, pruning_scores
 from ..training import evaluate, torch_threads, train
 from ..workbook.cache import cached
-from ..workbook.config import PARTITIONS, FedConfig, PruneConfig, as_dict, config_hash, dict_hash
+from ..workbook.config import PARTITIONS, FedConfig, PruneConfig, as_dict, dict_hash
 from ..workbook.paths import REPO_ROOT, cache_dir
 from ..workbook.pipeline import Setup
 
@@ -246,7 +246,7 @@ def simulate(
     amount = 0.0 if technique == "dense" else float(amount)
     d = method_delta(technique, delta) if technique != "dense" else 0.0
     key = {
-        "stage": "fed_run", "model": config_hash(setup.cfg), "eval": setup.eval_id, "technique": technique,
+        "stage": "fed_run", "model": setup.model_id, "eval": setup.eval_id, "technique": technique,
         "amount": amount, "delta": d, "normalize": pcfg.normalize, "scope": pcfg.scope, "fed": as_dict(cfg),
         "relevance": setup.relevance_id if d > 0 else None,
     }  # fmt: skip

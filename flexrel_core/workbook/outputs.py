@@ -43,8 +43,16 @@ def save_table(df: pd.DataFrame, folder: str | Path, name: str) -> Path:
     return atomic_write(Path(folder) / f"{name}.csv", lambda tmp: df.to_csv(tmp, index=False))
 
 
-def write_report_section(folder: str | Path, name: str, markdown: str) -> Path:
-    """One notebook's part of ``REPORT.md``: ``<folder>/report/<name>.md`` (assembled by ``report.py``)."""
+def write_report_section(folder: str | Path, name: str, markdown: str, samples: pd.DataFrame | None = None) -> Path:
+    """One notebook's part of ``REPORT.md``: ``<folder>/report/<name>.md`` (assembled by ``report.py``).
+
+    ``samples`` (``samples.describe``): the data the section's numbers come from, saved as
+    ``<name>_samples.csv`` and stated at the end of the section."""
+    if samples is not None:
+        from .samples import sentence
+
+        save_table(samples, folder, f"{name}_samples")
+        markdown = markdown.strip() + "\n\n" + sentence(samples)
     return write_text(Path(folder) / "report" / f"{name}.md", markdown.strip() + "\n")
 
 

@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..data import DataSplits, load_dataset, tensors
+from ..data import DataSplits, class_counts, data_fingerprint, draw, load_dataset, tensors
 from ..masks import load_state, prune, sparsity
 from ..models import build_model
 from ..relevance import parameter_relevance
@@ -44,6 +44,22 @@ log = logging.getLogger(__name__)
 def data_for(cfg: TrainConfig, **shift) -> DataSplits:
     """The dataset a training configuration names (``shift``: ``shift_classes``/``shift_weights``)."""
     return load_dataset(cfg.dataset, cfg.data_root, seed=cfg.seed, image_size=cfg.image_size, limit=cfg.limit, **shift)
+
+
+def model_id(cfg: TrainConfig) -> str:
+    """Names the trained model of ``cfg`` in cache keys: the configuration's hash and, for data read
+    from files, the data's fingerprint (``data.data_fingerprint``), so a changed folder (an image
+    added, removed or replaced) trains a new model instead of reusing the old folder's."""
+    fp = data_fingerprint(cfg.dataset, cfg.data_root)
+    return config_hash(cfg) + (f"-data-{fp[:16]}" if fp else "")
+
+
+def relevance_sample(data: DataSplits, samples: int | None, seed: int) -> torch.utils.data.Dataset:
+    """The inference samples relevance is computed on: a seeded random sample of ``samples`` images
+    of ``data.inference``, stratified by class (``data.draw``; the whole split when ``samples`` is
+    None or not smaller). The labels only stratify the draw: they stand for the deployment
+    distribution, which a label-sorted split's first images would not."""
+    return draw(data.inference, samples, seed)
 
 
 def new_model(cfg: TrainConfig, data: DataSplits) -> nn.Module:
@@ -68,7 +84,7 @@ def trained_model(
 ) -> tuple[nn.Module, dict]:
     """The dense model trained per ``cfg`` (cached) and ``{"val_accuracy", "test_accuracy", ...}``."""
     data = data if data is not None else data_for(cfg)
-    folder = cache_dir("models", config_hash(cfg), cache_root)
+    folder = cache_dir("models", model_id(cfg), cache_root)
 
     def compute() -> dict:
         log.info("training %s on %s (%d epochs)", cfg.model, cfg.dataset, cfg.epochs)
@@ -101,6 +117,7 @@ def relevance_for(
     key: str,
     *,
     samples: int | None = None,
+    seed: int,
     composite: str = "epsilon_plus_flat",
     aggregate: str = "abs",
     lrp_target: str = "predicted",
@@ -108,19 +125,28 @@ def relevance_for(
     cache_root: str | Path = REPO_ROOT / "cache",
     device: str = "auto",
 ) -> dict[str, torch.Tensor]:
-    """Parameter relevance of ``model`` on (the first ``samples`` of) ``data.inference``, cached
-    under ``key`` (a string naming the model state and the inference data, e.g. a config hash).
+    """Parameter relevance of ``model`` on ``relevance_sample(data, samples, seed)``, cached under
+    ``key`` (a string naming the model state and the inference data, e.g. a config hash) with the
+    sample's size, seed and class counts.
 
     LRP starts from the predicted class (inference data comes without labels) or, with
     ``lrp_target="label"``, from the true label. It runs on ``device`` in batches of ``batch_size``
     samples (the sum over samples does not depend on the batching); the result is kept on the CPU."""
-    x, y = tensors(data.inference, samples)
-    config = {"key": key, "samples": len(x), "composite": composite, "aggregate": aggregate}
+    sample = relevance_sample(data, samples, seed)
+    config = {
+        "key": key,
+        "samples": len(sample),
+        "draw_seed": seed if len(sample) < len(data.inference) else None,
+        "class_counts": class_counts(sample, data.num_classes),
+        "composite": composite,
+        "aggregate": aggregate,
+    }
     if lrp_target != "predicted":
         config["target"] = lrp_target
     folder = cache_dir("relevance", dict_hash(config), cache_root)
 
     def compute() -> dict[str, torch.Tensor]:
+        x, y = tensors(sample)
         dev = select_device(device)
         targets = y.to(dev) if lrp_target == "label" else None
         if dev.type == "cuda":
@@ -146,10 +172,12 @@ class Setup:
     data: DataSplits
     state: dict[str, torch.Tensor]
     relevance: dict[str, torch.Tensor]
-    relevance_id: str  # names the relevance: model, inference data, samples, rules
+    relevance_id: str  # names the relevance: model, inference data, its sample, rules
     eval_id: str  # names the evaluation data: dataset split of this seed, plus any shift
     dense_val_accuracy: float
     dense_test_accuracy: float
+    model_id: str  # names the trained model: configuration and data files (``model_id``)
+    relevance_sample: torch.utils.data.Dataset  # the inference samples relevance was computed on
 
     def fresh_model(self, device: str | torch.device = "cpu") -> nn.Module:
         """A new copy of the dense model on ``device`` (never downloads weights: the state is loaded)."""
@@ -176,13 +204,15 @@ def prepare(
     shift = shift or {}
     data = data_for(cfg, **shift)
     model, _ = trained_model(cfg, data, cache_root=cache_root, device=device)
-    eval_id = config_hash(cfg) + (f"-shift-{dict_hash(shift)}" if shift else "")
-    rel_config = {"key": eval_id, "samples": pcfg.inference_samples, "composite": pcfg.composite}
+    mid = model_id(cfg)
+    eval_id = mid + (f"-shift-{dict_hash(shift)}" if shift else "")
+    rel_config = {"key": eval_id, "samples": pcfg.inference_samples, "seed": cfg.seed, "composite": pcfg.composite}
     relevance = relevance_for(
         model,
         data,
         eval_id,
         samples=pcfg.inference_samples,
+        seed=cfg.seed,
         composite=pcfg.composite,
         aggregate=pcfg.aggregate,
         lrp_target=pcfg.lrp_target,
@@ -201,7 +231,8 @@ def prepare(
     variant = {"target": pcfg.lrp_target, "control": pcfg.relevance_control}
     variant = {k: v for k, v in variant.items() if v not in ("predicted", "none")}
     relevance_id = dict_hash({**rel_config, "aggregate": pcfg.aggregate, **variant})
-    return Setup(cfg, data, state, relevance, relevance_id, eval_id, dense["val"], dense["test"])
+    sample = relevance_sample(data, pcfg.inference_samples, cfg.seed)
+    return Setup(cfg, data, state, relevance, relevance_id, eval_id, dense["val"], dense["test"], mid, sample)
 
 
 def pruned_model(setup: Setup, delta: float, p: float, pcfg: PruneConfig, device: str = "cpu") -> nn.Module:
@@ -222,7 +253,7 @@ def pruned_model(setup: Setup, delta: float, p: float, pcfg: PruneConfig, device
 def _mask_config(setup: Setup, delta: float, p: float, pcfg: PruneConfig) -> dict:
     """What determines a pruned model's masks (relevance only matters when delta > 0)."""
     return {
-        "model": config_hash(setup.cfg),
+        "model": setup.model_id,
         "delta": float(delta),
         "p": float(p),
         "normalize": pcfg.normalize,
@@ -344,8 +375,9 @@ def iterative_point(
 ) -> dict:
     """The iterative schedule (cached): reach ``p`` in ``steps`` prune -> fine-tune steps
     (``iterative_steps``), re-scoring between them -- relevance recomputed by LRP on the pruned,
-    fine-tuned model over the same inference samples -- with ``pcfg.fine_tune_epochs`` epochs after
-    every step; masks only shrink. Returns ``{"val", "test", "sparsity"}`` of the final model."""
+    fine-tuned model over the same inference samples (``setup.relevance_sample``) -- with
+    ``pcfg.fine_tune_epochs`` epochs after every step; masks only shrink. Returns ``{"val", "test",
+    "sparsity"}`` of the final model."""
     config = {
         **_mask_config(setup, delta, p, pcfg),
         "eval": setup.eval_id,
@@ -360,7 +392,7 @@ def iterative_point(
     def compute() -> dict:
         dev = select_device(device)
         model = setup.fresh_model(dev)
-        x, y = tensors(setup.data.inference, pcfg.inference_samples)
+        x, y = tensors(setup.relevance_sample)
         for step, p_step in enumerate(iterative_steps(p, steps), start=1):
             relevance = None
             if delta > 0:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import yaml
 
+from ..data import EMBEDDED
 from .parameters import Declaration, check, declarations
 from .paths import REPO_ROOT, check_profile
 
@@ -125,6 +126,26 @@ def validate_profile(
     return params
 
 
+def data_problems(common: dict) -> list[str]:
+    """What is wrong with where a profile's dataset lives (``dataset``, ``data_root`` of its
+    ``common.yaml``; a relative ``data_root`` is taken from the repository root): an embedded
+    dataset needs nothing; any other needs a ``data_root`` that exists, so a run does not fail
+    after its first minutes. The folder's contents are checked when it is loaded
+    (``data.load_dataset``)."""
+    dataset, root = common.get("dataset"), common.get("data_root")
+    if dataset is None or dataset in EMBEDDED:
+        return []
+    what = (
+        "a folder with one sub-folder per class" if dataset == "imagefolder" else "the folder torchvision keeps it in"
+    )
+    if root is None:
+        return [f"dataset {dataset!r} needs data_root: {what}"]
+    path = Path(root) if Path(root).is_absolute() else REPO_ROOT / root
+    if not path.is_dir():
+        return [f"data_root {root!r} does not exist ({_shown(path)}); expected {what}"]
+    return []
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Check a parameter profile against every notebook's parameters cell.")
     parser.add_argument("profile")
@@ -132,6 +153,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         checked = validate_profile(args.profile, args.notebooks or None)
+        problems = data_problems(read_profile(args.profile).get("common") or {})
+        if problems:
+            raise ProfileError(f"profile {args.profile!r} cannot find its data:\n  " + "\n  ".join(problems))
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

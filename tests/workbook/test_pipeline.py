@@ -18,7 +18,7 @@ from flexrel_core.workbook.pipeline import prepare
 
 def test_shifted_relevance_uses_shifted_inference_split(sweep):
     setup = prepare(sweep.base, sweep.pcfg, shift=sweep.shift, cache_root=sweep.cache, device="cpu")
-    x, y = tensors(setup.data.inference, sweep.pcfg.inference_samples)
+    x, y = tensors(setup.relevance_sample)
     assert set(y.tolist()) == {0, 1, 2}
     expected = parameter_relevance(setup.fresh_model(), x, batch_size=256)
     for name, rel in setup.relevance.items():
@@ -81,7 +81,7 @@ def test_relevance_variants_have_their_own_identity(sweep):
     label = prepare(sweep.base, replace(sweep.pcfg, lrp_target="label"), cache_root=sweep.cache, device="cpu")
     shuffled = prepare(sweep.base, replace(sweep.pcfg, relevance_control="shuffled"), cache_root=sweep.cache)
     assert len({plain.relevance_id, label.relevance_id, shuffled.relevance_id}) == 3
-    x, y = tensors(plain.data.inference, sweep.pcfg.inference_samples)
+    x, y = tensors(plain.relevance_sample)
     expected = parameter_relevance(plain.fresh_model(), x, y)  # from the true labels
     for name, rel in label.relevance.items():
         torch.testing.assert_close(rel, expected[name])

@@ -34,7 +34,7 @@ torch.manual_seed(0)
 data = load_dataset("digits", seed=0, image_size=8)
 model = build_model("digits_cnn", num_classes=10, in_channels=1, image_size=8)
 before = sorted(p.name for p in (root / "relevance").glob("*")) if (root / "relevance").exists() else []
-rel = relevance_for(model, data, "tiny", samples=16, cache_root=root)
+rel = relevance_for(model, data, "tiny", samples=16, seed=0, cache_root=root)
 print(json.dumps({
     "package": flexrel_core.__file__,
     "new_folders": sorted(set(p.name for p in (root / "relevance").glob("*")) - set(before)),
