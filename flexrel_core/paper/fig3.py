@@ -70,6 +70,7 @@ def compute(
     delta: float,
     targets: Sequence[float] = (),
     resolution: float | None = None,
+    refine: Sequence[str] | None = None,
     scenario: str = "trained",
     dense_baseline: bool = True,
     cache_root: str | Path = REPO_ROOT / "cache",
@@ -79,8 +80,8 @@ def compute(
     """``federated.simulate`` for every seed, technique and factor of ``amounts`` (plus one unpruned run
     per seed if ``dense_baseline``), starting from the dense model ``base`` describes; every technique
     sees the same seeds, so comparisons are paired. With ``targets`` and ``resolution``, each (seed,
-    technique, target) is then refined by ``next_factor`` until the factor chosen on validation data
-    is known to ``resolution``. Rows carry ``scenario``."""
+    technique of ``refine`` (default: all), target) is then refined by ``next_factor`` until the
+    factor chosen on validation data is known to ``resolution``. Rows carry ``scenario``."""
     runs = [(t, float(a)) for t in techniques for a in amounts] + ([("dense", 0.0)] if dense_baseline else [])
     bar = progress(total=len(seeds) * len(runs), desc=f"fig3 runs ({scenario})")
     rounds, traffic, states, test_samples, val_samples = [], [], {}, {}, {}
@@ -92,7 +93,7 @@ def compute(
             traffic=traffic, states=states if seed == seeds[0] else None,
         )  # fmt: skip
         mine = [r for technique, amount in runs for r in run(technique, amount, grid=True)]
-        for technique in techniques if resolution else ():
+        for technique in [t for t in techniques if refine is None or t in refine] if resolution else ():
             own = pd.DataFrame([r for r in mine if r["technique"] == technique])
             for target in targets:
                 while (step := next_factor(own, target, resolution)) is not None:

@@ -69,6 +69,7 @@ def scenario_section(
     amounts: Sequence[float],
     resolution: float,
     refined_runs: int = 0,
+    refine: Sequence[str] | None = None,
     test_samples: Mapping[int, int] | None = None,
     val_samples: Mapping[int, int] | None = None,
     claim: float = CLAIM,
@@ -80,6 +81,8 @@ def scenario_section(
     hit = selection[selection["reached"].astype(bool)]
     pruned = hit[hit["technique"] != "dense"]
     refined = int((~pruned["amount"].round(6).isin([round(a, 6) for a in amounts])).sum())
+    grid_only = [t for t in pruned["technique"].unique() if refine is not None and t not in refine]
+    unrefined = f" ({', '.join(LABELS[t] for t in grid_only)}: on the grid only)" if grid_only else ""
     meets = ", ".join(
         f"{LABELS[t]} {int(g['test_meets'].sum())}/{len(g)}" for t, g in hit.groupby("technique", sort=False)
     )
@@ -93,7 +96,8 @@ def scenario_section(
         "",
         f"**Choice of factor.** For each seed, technique and target, the factor is the one reaching the target on the "
         f"validation split ({val_se or 'its own images'}) with the least data, over the grid "
-        f"{', '.join(f'{a:g}' for a in amounts)} refined by bisection ({refined_runs} more runs) until the factor "
+        f"{', '.join(f'{a:g}' for a in amounts)} refined by bisection{unrefined} ({refined_runs} more runs) until the "
+        "factor "
         f"chosen is within {resolution:g} of the next factor run above it, which does not reach the target in as few "
         f"rounds (bisection assumes accuracy decreases with p; where it does not, the choice is still the least data "
         f"over every factor run). {refined} of {len(pruned)} choices are refined factors. Data, time and test accuracy "
@@ -171,6 +175,7 @@ def report(
     resolution: float,
     delta: float,
     refined_runs: Mapping[str, int] | None = None,
+    refine: Sequence[str] | None = None,
     test_samples: Mapping[int, int] | None = None,
     val_samples: Mapping[int, int] | None = None,
     claim: float = CLAIM,
@@ -196,8 +201,8 @@ def report(
         sav = saving[saving["scenario"] == name]
         lines += scenario_section(
             name, sel, sav, c, start_epochs=start_epochs[name], amounts=amounts[name], resolution=resolution,
-            refined_runs=(refined_runs or {}).get(name, 0), test_samples=test_samples, val_samples=val_samples,
-            claim=claim,
+            refined_runs=(refined_runs or {}).get(name, 0), refine=refine, test_samples=test_samples,
+            val_samples=val_samples, claim=claim,
         ) + [""]  # fmt: skip
         hit = sel[sel["reached"].astype(bool) & (sel["technique"] != "dense")]
         mag = sav[sav["baseline"] == "magnitude"]

@@ -177,6 +177,7 @@ RANGES: dict[str, Rule] = {
     "amounts": list_of(PRUNING_FACTOR, distinct=True),
     "targets": list_of(FRACTION, distinct=True),
     "resolution": number(0, 0.5, lo_open=True),
+    "refine": list_of(METHOD, nonempty=False, distinct=True),
     "partial_epochs": POSITIVE_COUNT,
     "partial_rounds": POSITIVE_COUNT,
     "partial_partition": one_of_library("flexrel_core.workbook.config", "PARTITIONS"),
