@@ -81,7 +81,8 @@ def scenario_section(
     hit = selection[selection["reached"].astype(bool)]
     pruned = hit[hit["technique"] != "dense"]
     refined = int((~pruned["amount"].round(6).isin([round(a, 6) for a in amounts])).sum())
-    grid_only = [t for t in pruned["technique"].unique() if refine is not None and t not in refine]
+    techniques = [t for t in selection["technique"].unique() if t != "dense"]
+    grid_only = [t for t in techniques if refine is not None and t not in refine]
     unrefined = f" ({', '.join(LABELS[t] for t in grid_only)}: on the grid only)" if grid_only else ""
     meets = ", ".join(
         f"{LABELS[t]} {int(g['test_meets'].sum())}/{len(g)}" for t, g in hit.groupby("technique", sort=False)

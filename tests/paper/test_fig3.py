@@ -181,6 +181,13 @@ def test_report_states_the_verdict_per_scenario_and_the_closing_note():
         f"mean {trained['round'].mean():.2f})"
     )
     assert "**Closing note.**" in text and "`trained`: above at 1, below at 0, undetermined at 3 of 4" in text
+    assert "on the grid only" not in text
+    grid_only = fig3_report.report(
+        sel, fig3.savings(sel), None, cfgs, start_epochs={"trained": 15, "partial": 1},
+        amounts={"trained": [0.5, 0.9], "partial": [0.5, 0.9]}, resolution=0.01, delta=0.5,
+        refine=["magnitude", "flexrel"],
+    )  # fmt: skip
+    assert "refined by bisection (relevance only: on the grid only)" in grid_only
     assert len(fig3.plot(sel).axes) == 6
     assert len(fig3.plot_curves(fig3.curves(table)).axes) == 4
     assert len(fig3.plot_data_needed(table, sel).axes) == 2
