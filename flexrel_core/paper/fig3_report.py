@@ -143,8 +143,12 @@ def claim_sentence(saving: pd.DataFrame, claim: float = CLAIM) -> str:
     )
     if counts["holds"] == len(mag) and len(mag):
         text += "**The claim holds here.**"
-    elif counts["holds"] == 0:
+    elif counts["holds"] == 0 and counts["does not hold"] == len(mag) and len(mag):
         text += "**The claim does not hold here** against magnitude pruning."
+    elif counts["holds"] == 0 and counts["does not hold"]:
+        text += "**The claim is not supported here** against magnitude pruning: no interval lies above it."
+    elif counts["holds"] == 0:
+        text += "**Not determined here** against magnitude pruning: every interval straddles it or has too few seeds."
     else:
         text += "**The claim holds here only at some targets.**"
     rel = saving[saving["baseline"] == "relevance"]

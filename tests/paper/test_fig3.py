@@ -313,3 +313,21 @@ def test_notebook_figures_and_report(fig3_out):
     assert "### Scenario `trained`" in text and "### Scenario `partial`" in text
     assert "validation images: the standard error of one accuracy near" in text
     assert "**Rounds the choices needed**" in text and f"within {QUICK['fig3']['resolution']:g} of" in text
+
+
+@pytest.mark.parametrize(
+    ("lows", "highs", "words"),
+    [
+        ([0.4, 0.5], [0.6, 0.7], "**The claim holds here.**"),
+        ([0.1, 0.2], [0.3, 0.34], "**The claim does not hold here**"),
+        ([0.1, 0.2], [0.3, 0.5], "**The claim is not supported here**"),
+        ([0.1, 0.2], [0.5, 0.6], "**Not determined here**"),
+        ([0.4, 0.2], [0.6, 0.5], "**The claim holds here only at some targets.**"),
+    ],
+)
+def test_claim_sentence_follows_the_intervals(lows, highs, words):
+    rows = [
+        {"baseline": "magnitude", "n": 5, "saving": (lo + hi) / 2, "ci_low": lo, "ci_high": hi}
+        for lo, hi in zip(lows, highs, strict=True)
+    ]
+    assert words in fig3_report.claim_sentence(pd.DataFrame(rows))
