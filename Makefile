@@ -4,7 +4,9 @@
 #   make bench                                     timing/memory ratios -> results/bench.json
 #   make bench-paper                               paper-profile stage times + estimated reproduce time
 #   make lab                                       JupyterLab on the notebooks
-#   make clean [MODELS=1]                          remove generated results (trained models kept unless MODELS=1)
+#   make app [PROFILE=...]                         the explorer as a web page (Voila, 127.0.0.1, token)
+#   make clean [MODELS=1]                          remove generated results (trained models kept unless MODELS=1;
+#                                                  the committed results/default/ stays)
 # Run without -j: the machine this targets has 2 cores and torch uses both.
 
 .DELETE_ON_ERROR:
@@ -26,11 +28,11 @@ export JUPYTER_PLATFORM_DIRS := 1
 export PYDEVD_DISABLE_FILE_VALIDATION := 1
 export MPLBACKEND := Agg
 
-# Paper order; a notebook joins `make reproduce` by existing under notebooks/.
-NOTEBOOKS := $(foreach n,fig1 fig2 fig3 fig4 ablations table1 explore,$(if $(wildcard notebooks/$(n).ipynb),$(n)))
+# The method first, then paper order; a notebook joins `make reproduce` by existing under notebooks/.
+NOTEBOOKS := $(foreach n,method fig1 fig2 fig3 fig4 ablations table1 explore,$(if $(wildcard notebooks/$(n).ipynb),$(n)))
 RESULTS := results/$(PROFILE)
 
-.PHONY: setup test test-browser screenshot lint chromium check-profile reproduce bench bench-paper lab clean
+.PHONY: setup test test-browser screenshot lint chromium check-profile reproduce bench bench-paper lab app clean
 
 # The project is installed in the venv in editable mode, so `import flexrel_core` works from any
 # folder and any kernel. One venv may serve several checkouts (CI keeps it outside the clone): when
@@ -82,10 +84,12 @@ chromium:
 	  fi; \
 	fi
 
-# File targets: an executed notebook is rebuilt only when its source, the library or the profile
-# changed (a rerun with nothing changed does nothing); the runner writes it under a temporary name
-# and moves it into place only on success, so a failed cell leaves no notebook that looks done.
-NB_OUT := $(patsubst %,$(RESULTS)/notebooks/%.ipynb,$(NOTEBOOKS))
+# File targets: a notebook is rerun only when its source, the library or the profile changed (a
+# rerun with nothing changed does nothing); the runner writes the executed copy under a temporary
+# name and moves it into place only on success, so a failed cell leaves no notebook that looks done.
+# The targets are run stamps under $(RESULTS)/.runs/ (never committed), not the executed notebooks:
+# results/default/notebooks/ is committed, and a fresh clone must still run every notebook.
+NB_OUT := $(patsubst %,$(RESULTS)/.runs/%.done,$(NOTEBOOKS))
 LIBRARY := $(shell find flexrel_core -name "*.py")
 reproduce: $(RESULTS)/REPORT.md
 
@@ -93,8 +97,9 @@ reproduce: $(RESULTS)/REPORT.md
 check-profile: setup
 	$(PY) -m flexrel_core.workbook.profiles $(PROFILE)
 
-$(RESULTS)/notebooks/%.ipynb: notebooks/%.ipynb $(LIBRARY) $(wildcard profiles/$(PROFILE)/*.yaml) | check-profile
+$(RESULTS)/.runs/%.done: notebooks/%.ipynb $(LIBRARY) $(wildcard profiles/$(PROFILE)/*.yaml) | check-profile
 	$(PY) -m flexrel_core.workbook.runner $< --profile $(PROFILE)
+	mkdir -p $(@D) && touch $@
 
 $(RESULTS)/REPORT.md: $(NB_OUT) | setup
 	$(PY) -m flexrel_core.workbook.report --profile $(PROFILE)
@@ -112,8 +117,14 @@ bench-paper: setup
 lab: setup
 	$(VENV)/bin/jupyter lab --allow-root --notebook-dir=$(CURDIR)
 
+# The explorer as a web page for students: Voila serves notebooks/explore.ipynb with the profile's
+# parameters, controls and views only (no code), on 127.0.0.1 behind a token; the URL is printed.
+APP_PORT ?= 8866
+app: setup check-profile
+	$(PY) -m flexrel_core.paper.app --profile $(PROFILE) --port $(APP_PORT)
+
 clean:
-	rm -rf results/*/notebooks results/*/*.log .pytest_cache
+	rm -rf results/*/.runs $(filter-out results/default/notebooks,$(wildcard results/*/notebooks)) results/*/*.log .pytest_cache
 	find results cache -name '.*.tmp*' -type f -delete 2>/dev/null || true
 	find cache -mindepth 1 -maxdepth 1 ! -name models -exec rm -rf {} + 2>/dev/null || true
 	if [ "$(MODELS)" = "1" ]; then rm -rf cache; fi

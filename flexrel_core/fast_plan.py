@@ -13,8 +13,9 @@ Mirrors zennit 0.5.1's composites ``EpsilonPlusFlat`` (the default) and ``Epsilo
   sqrt(var + eps)``); the merged BatchNorm still divides by ``sqrt(1 + eps)`` in the forward and
   passes relevance unchanged (zennit's ``Pass``), and so does the plan.
 - activation modules (``ReLU`` ...): ``Pass``; ``torch.relu``/``F.relu`` calls: their gradient.
-- ``AvgPool2d``/``AdaptiveAvgPool2d``: zennit's ``Norm`` rule; ``MaxPool2d``: its gradient.
-- ``Flatten``/``torch.flatten``/``view``/``reshape`` keeping the batch dimension, ``Dropout`` (eval),
+- ``AvgPool2d``/``AdaptiveAvgPool2d``: zennit's ``Norm`` rule; ``MaxPool2d`` and ``F.max_pool2d``: the gradient.
+- ``Flatten``/``torch.flatten``/``view``/``reshape`` keeping the batch dimension (sizes may be read from
+  the tensor, ``x.view(x.size(0), -1)``), ``Dropout`` (eval),
   ``Identity``: unchanged relevance.
 """
 
@@ -28,14 +29,15 @@ import torch.nn.functional as F
 from torch import fx, nn
 from zennit.types import Activation
 
-from .graph import Step, batchnorm_merges, chain_steps
+from .graph import ShapeQuery, Step, batchnorm_merges, chain_steps
 from .layers import conv_padding
 
 FAST_COMPOSITES = ("epsilon_plus_flat", "epsilon_plus")
 EPSILON = 1e-6  # zennit 0.5.1: Epsilon(epsilon=1e-6) and every other rule's stabilizer=1e-6
 
 HANDLED = (
-    "the fast engine handles chains of Conv2d, Linear, BatchNorm right after them, activations, MaxPool2d, "
+    "the fast engine handles chains of Conv2d, Linear, BatchNorm right after them, activations, MaxPool2d "
+    "(module or F.max_pool2d), "
     "AvgPool2d, AdaptiveAvgPool2d, Flatten, Dropout and Identity, with composites "
     f"{', '.join(map(repr, FAST_COMPOSITES))}; use engine='zennit' for anything else"
 )
@@ -44,6 +46,7 @@ _DROPOUT = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropou
 _RESHAPE_FUNCTIONS = (torch.flatten, torch.reshape)
 _RESHAPE_METHODS = ("flatten", "view", "reshape")
 _RELU_FUNCTIONS = (torch.relu, F.relu)
+_MAX_POOL_ARGS = ("kernel_size", "stride", "padding", "dilation", "ceil_mode", "return_indices")  # F.max_pool2d's
 
 
 @dataclass
@@ -125,19 +128,36 @@ def _op(model: nn.Module, step: Step) -> Op:
         return Op("maxpool", step.name, m)
     if isinstance(m, (nn.AvgPool2d, nn.AdaptiveAvgPool2d)):
         return Op("avgpool", step.name, m)
-    if m is None and not any(isinstance(a, fx.Node) for a in (*step.args, *step.kwargs.values())):
+    if m is None and not _reads_tensors(step):
         if step.function in _RESHAPE_FUNCTIONS or step.function in _RESHAPE_METHODS:
             return Op("reshape", step.name, fn=_call(step))
         if step.function in _RELU_FUNCTIONS or step.function == "relu":
             return Op("relu", step.name)
+        if step.function is F.max_pool2d:  # zennit has no rule for it: its gradient, as for nn.MaxPool2d
+            options = dict(zip(_MAX_POOL_ARGS, step.args, strict=False)) | step.kwargs
+            if not options.pop("return_indices", False):
+                return Op("maxpool", step.name, nn.MaxPool2d(**options))
     what = type(m).__name__ if m is not None else f"the call {step.name}"
     raise refuse(model, f"it has no rule for {what} ({step.name})")
 
 
+def _reads_tensors(step: Step) -> bool:
+    """True if a call's arguments hold other tensors (not shape queries on its input)."""
+    found = []
+    fx.node.map_aggregate((step.args, step.kwargs), lambda a: found.append(a) if isinstance(a, fx.Node) else a)
+    return bool(found)
+
+
 def _call(step: Step):
-    if isinstance(step.function, str):
-        return lambda x: getattr(x, step.function)(*step.args, **step.kwargs)
-    return lambda x: step.function(x, *step.args, **step.kwargs)
+    def run(x):
+        args, kwargs = fx.node.map_aggregate(
+            (step.args, step.kwargs), lambda a: a(x) if isinstance(a, ShapeQuery) else a
+        )
+        if isinstance(step.function, str):
+            return getattr(x, step.function)(*args, **kwargs)
+        return step.function(x, *args, **kwargs)
+
+    return run
 
 
 def _merge(model: nn.Module, ops: list[Op], step: Step, merges: dict[str, str]) -> None:

@@ -9,7 +9,9 @@ for a chain ``x -> f_1 -> f_2 -> ... -> logits`` (Bach et al. 2015; Montavon et 
 activations (attention) needs rules for the sum or the product that these composites do not have,
 and the relevance they would give is wrong without a word. So the graph is read with
 ``torch.fx.symbolic_trace`` and accepted only when every operation consumes exactly the previous
-operation's output, nothing else, and no module runs twice.
+operation's output, nothing else, and no module with weights runs twice. A parameter-free module
+called at several places (one ``self.relu`` or ``self.pool`` used after every layer) is one layer
+per call, as in the same model written with one module per call.
 """
 
 from __future__ import annotations
@@ -69,7 +71,8 @@ def chain_steps(model: nn.Module) -> list[Step]:
 
     A chain: one input; every operation takes the previous operation's output as its only tensor
     (a module call takes it as its only argument); that output feeds nothing else; the last
-    operation's output is the model's output; no module is called twice; and modules are registered
+    operation's output is the model's output; no module with parameters or buffers is called twice
+    (a parameter-free one called twice is two steps); and modules are registered
     in the order they run where zennit depends on it (a BatchNorm is merged into the layer registered
     just before it, and a special first-layer rule goes to the first layer registered). Shape
     queries such as ``x.view(x.size(0), -1)`` are not tensors and do not break a chain.
@@ -94,7 +97,7 @@ def chain_steps(model: nn.Module) -> list[Step]:
         users = [u for u in prev.users if u not in meta]
         if len(users) != 1:
             raise _refuse(model, f"the output of {_label(prev)} feeds {len(users)} operations ({_names(users)})")
-        steps.append(_step(model, modules, node))
+        steps.append(_step(model, modules, node, meta))
         prev = node
     _check_modules(model, steps)
     return steps
@@ -135,14 +138,66 @@ def _why_not_next(node: fx.Node, prev: fx.Node, meta: set[fx.Node]) -> str:
     return f"{_label(node)} does not take the output of {_label(prev)}"
 
 
-def _step(model: nn.Module, modules: dict[str, nn.Module], node: fx.Node) -> Step:
+def _step(model: nn.Module, modules: dict[str, nn.Module], node: fx.Node, meta: set[fx.Node]) -> Step:
     if node.op == "call_module":
         if len(node.args) != 1 or node.kwargs:
             raise _refuse(model, f"module {node.target} is called with more than one argument")
         return Step(node.target, module=modules[node.target])
     if not node.args or not isinstance(node.args[0], fx.Node):
         raise _refuse(model, f"{_label(node)} does not take the previous output as its first argument")
-    return Step(_label(node), function=node.target, args=tuple(node.args[1:]), kwargs=dict(node.kwargs))
+    source = node.args[0]
+
+    def query(n: fx.Node):
+        return ShapeQuery(n, source) if n in meta and _reads_only(n, source, meta) else n
+
+    args, kwargs = fx.node.map_arg((node.args[1:], dict(node.kwargs)), query)
+    return Step(_label(node), function=node.target, args=tuple(args), kwargs=kwargs)
+
+
+@dataclass(frozen=True)
+class ShapeQuery:
+    """A size computed from the tensor an operation takes (``x.size(0)`` in ``x.view(x.size(0), -1)``,
+    ``x.shape[1] * 2``): ``query(x)`` evaluates it on that tensor."""
+
+    node: fx.Node
+    source: fx.Node
+
+    def __call__(self, x):
+        def value(n: fx.Node):
+            if n is self.source:
+                return x
+            args, kwargs = fx.node.map_arg((n.args, n.kwargs), value)
+            return (
+                getattr(args[0], n.target)(*args[1:], **kwargs) if n.op == "call_method" else n.target(*args, **kwargs)
+            )
+
+        return value(self.node)
+
+
+def _reads_only(node: fx.Node, source: fx.Node, meta: set[fx.Node]) -> bool:
+    """True if the shape query ``node`` reads no tensor but ``source``."""
+    return all(n is source or (n in meta and _reads_only(n, source, meta)) for n in node.all_input_nodes)
+
+
+def reused_modules(steps: list[Step]) -> dict[str, str]:
+    """``{name: what it shares}`` of every module the chain calls more than once: ``"shared weights"``
+    (it has parameters), ``"shared buffers"`` (buffers only, e.g. BatchNorm without affine
+    parameters), or ``""`` for a parameter-free module (activation, pooling, Dropout, Flatten), which
+    the chain simply treats as one layer per call."""
+    counts: dict[int, int] = {}
+    for s in steps:
+        if s.module is not None:
+            counts[id(s.module)] = counts.get(id(s.module), 0) + 1
+    reused = {}
+    for s in steps:
+        if s.module is not None and counts[id(s.module)] > 1:
+            if any(True for _ in s.module.parameters()):
+                reused[s.name] = "shared weights"
+            elif any(True for _ in s.module.buffers()):
+                reused[s.name] = "shared buffers"
+            else:
+                reused[s.name] = ""
+    return reused
 
 
 def batchnorm_merges(model: nn.Module) -> dict[str, str]:
@@ -159,23 +214,40 @@ def batchnorm_merges(model: nn.Module) -> dict[str, str]:
 
 
 def _check_modules(model: nn.Module, steps: list[Step]) -> None:
-    """No module runs twice; BatchNorm and the first prunable layer sit where zennit looks for them."""
-    called = [s.name for s in steps if s.module is not None]
-    twice = sorted({n for n in called if called.count(n) > 1})
-    if twice:
-        raise _refuse(model, f"modules {twice} are called more than once (shared weights)")
-    previous = {s.name: steps[i - 1].name if i else None for i, s in enumerate(steps)}
-    for bn, layer in batchnorm_merges(model).items():
-        if bn in previous and previous[bn] != layer:
+    """No module with weights or buffers runs twice; BatchNorm and the first prunable layer sit where zennit
+    looks for them."""
+    shared = {name: what for name, what in reused_modules(steps).items() if what}
+    if shared:
+        kinds = " and ".join(sorted(set(shared.values())))
+        raise _refuse(
+            model,
+            f"modules {sorted(shared)} are called more than once ({kinds}): each weight must stand for one "
+            "connection of one layer for its relevance to mean anything, so give each call its own module",
+        )
+    merges = batchnorm_merges(model)
+    fix = "define each BatchNorm in __init__ right after the layer whose output it normalises"
+    for i, s in enumerate(steps[1:], 1):
+        before = steps[i - 1]
+        if s.name in merges and before.name != merges[s.name]:
             raise _refuse(
                 model,
-                f"BatchNorm {bn} runs after {previous[bn]} but is registered right after {layer}, "
-                "so zennit would merge it into the wrong layer",
+                f"BatchNorm {s.name} runs after {before.name} but is registered right after {merges[s.name]}, "
+                f"so zennit would merge it into the wrong layer; {fix}",
+            )
+        if isinstance(s.module, ZennitBatchNorm) and s.name not in merges and isinstance(before.module, ZennitLinear):
+            raise _refuse(
+                model,
+                f"BatchNorm {s.name} runs right after {before.name} but is not registered right after it, so "
+                f"zennit would not merge it into {before.name} and would pass relevance through it unchanged; {fix}",
             )
     first_run = next((s.name for s in steps if isinstance(s.module, PRUNABLE_TYPES)), None)
     first_registered = next((n for n, m in model.named_modules() if isinstance(m, PRUNABLE_TYPES)), None)
     if first_run != first_registered:
-        raise _refuse(model, f"its first layer when run is {first_run} but {first_registered} is registered first")
+        raise _refuse(
+            model,
+            f"its first layer when run is {first_run} but {first_registered} is registered first, and zennit gives "
+            f"its first-layer rule to the first registered; define {first_run} first in __init__",
+        )
 
 
 def is_chain(model: nn.Module) -> bool:

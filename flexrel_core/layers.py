@@ -15,23 +15,25 @@ PRUNABLE_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv2d)
 DENSE_TYPES: tuple[type[nn.Module], ...] = (nn.BatchNorm1d, nn.BatchNorm2d)
 
 
-def prunable_layers(model: nn.Module) -> dict[str, nn.Module]:
+def prunable_layers(model: nn.Module, *, torch_prune: bool = False) -> dict[str, nn.Module]:
     """Map ``"<module>.weight"`` (as in ``model.named_parameters()``) to each prunable module.
 
     Raises ``ValueError`` for a model without ``nn.Linear``/``nn.Conv2d`` layers, for a leaf module
-    with parameters of a type FlexRel does not handle (e.g. ``nn.Conv1d``, ``nn.LSTM``), and for a
-    model still carrying ``torch.nn.utils.prune`` reparametrisations.
+    with parameters of a type FlexRel does not handle (e.g. ``nn.Conv1d``, ``nn.LSTM``), and, unless
+    ``torch_prune`` (functions that only read weights through ``current_weight``, such as ``sparsity``),
+    for a model still carrying ``torch.nn.utils.prune`` reparametrisations.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"expected a torch.nn.Module, got {type(model).__name__}")
     layers: dict[str, nn.Module] = {}
     for name, module in model.named_modules():
         if isinstance(module, PRUNABLE_TYPES):
-            if hasattr(module, "weight_orig"):
+            if hasattr(module, "weight_orig") and not torch_prune:
                 raise ValueError(
                     f"layer {name!r} carries a torch.nn.utils.prune reparametrisation (weight_orig * "
-                    "weight_mask), on which LRP rules act on a stale tensor; convert it first with "
-                    "flexrel_core.from_torch_prune(model)"
+                    "weight_mask): its weight is recomputed from weight_orig at every forward, so LRP rules, "
+                    "FlexRel's masks and the sparse encoding would act on a stale tensor; convert it first "
+                    "with flexrel_core.from_torch_prune(model)"
                 )
             if isinstance(module, nn.Conv2d) and module.padding_mode != "zeros":
                 raise ValueError(
@@ -67,9 +69,20 @@ def conv_padding(conv: nn.Conv2d) -> tuple[int, int, int, int]:
     return pw, pw, ph, ph
 
 
+def current_weight(module: nn.Module) -> torch.Tensor:
+    """The weight a layer computes with: ``weight_orig * weight_mask`` under a ``torch.nn.utils.prune``
+    reparametrisation (what its next forward uses, even after an optimiser step), else ``weight``."""
+    if hasattr(module, "weight_orig"):
+        return module.weight_orig * module.weight_mask
+    return module.weight
+
+
 def prunable_count(model: nn.Module) -> int:
-    """Number N of prunable weights (the base of every pruning factor)."""
-    return sum(m.weight.numel() for m in prunable_layers(model).values())
+    """Number N of prunable weights (the base of every pruning factor); accepts torch-pruned models."""
+    return sum(
+        m.weight_mask.numel() if hasattr(m, "weight_orig") else m.weight.numel()
+        for m in prunable_layers(model, torch_prune=True).values()
+    )
 
 
 def check_score_dict(model: nn.Module, scores: dict[str, torch.Tensor], what: str = "scores") -> None:

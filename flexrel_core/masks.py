@@ -22,7 +22,7 @@ from torch import nn
 from torch.nn.utils import prune as torch_prune
 
 from .hostarrays import host_array
-from .layers import check_score_dict, prunable_layers
+from .layers import check_score_dict, current_weight, prunable_layers
 
 MASK_BUFFER = "flexrel_mask"
 SCOPES = ("global", "layer")
@@ -38,10 +38,11 @@ def check_amount(amount: float) -> float:
 
 
 def get_masks(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Boolean mask (True = kept) of every prunable weight; all-True where the layer is unpruned."""
+    """Boolean mask (True = kept) of every prunable weight; all-True where the layer is unpruned.
+    Reads ``torch.nn.utils.prune``'s ``weight_mask`` where ``to_torch_prune`` moved the mask there."""
     masks = {}
-    for name, m in prunable_layers(model).items():
-        mask = getattr(m, MASK_BUFFER, None)
+    for name, m in prunable_layers(model, torch_prune=True).items():
+        mask = m.weight_mask.bool() if hasattr(m, "weight_orig") else getattr(m, MASK_BUFFER, None)
         masks[name] = mask if mask is not None else torch.ones_like(m.weight, dtype=torch.bool)
     return masks
 
@@ -236,14 +237,15 @@ def _bracket(flat: list, kept: list, k: int, xp: SimpleNamespace) -> tuple[float
 def sparsity(model: nn.Module) -> dict:
     """Fraction of prunable weights that are exactly zero: ``{"overall": f, "layers": {name: f}}``.
 
-    Measured on the weights themselves (what is stored and transmitted), not on the masks.
+    Measured on the weights themselves (what is stored and transmitted), not on the masks; after
+    ``to_torch_prune``, on ``weight_orig * weight_mask``, the weight the next forward computes with.
     """
-    layers = prunable_layers(model)
-    zeros = {n: m.weight.numel() - int(torch.count_nonzero(m.weight)) for n, m in layers.items()}
-    total = sum(m.weight.numel() for m in layers.values())
+    weights = {n: current_weight(m) for n, m in prunable_layers(model, torch_prune=True).items()}
+    zeros = {n: w.numel() - int(torch.count_nonzero(w)) for n, w in weights.items()}
+    total = sum(w.numel() for w in weights.values())
     return {
         "overall": sum(zeros.values()) / total,
-        "layers": {n: zeros[n] / layers[n].weight.numel() for n in layers},
+        "layers": {n: zeros[n] / weights[n].numel() for n in weights},
     }
 
 
@@ -251,9 +253,10 @@ def to_torch_prune(model: nn.Module) -> nn.Module:
     """Move FlexRel's masks into ``torch.nn.utils.prune`` reparametrisations, in place.
 
     Afterwards each pruned module has ``weight_orig``, ``weight_mask`` and a forward pre-hook,
-    exactly as ``torch.nn.utils.prune.custom_from_mask`` leaves it. Returns the model.
+    exactly as ``torch.nn.utils.prune.custom_from_mask`` leaves it; layers exported already are left
+    as they are. Returns the model.
     """
-    for m in prunable_layers(model).values():
+    for m in prunable_layers(model, torch_prune=True).values():
         mask = m._buffers.pop(MASK_BUFFER, None)
         if mask is not None:
             torch_prune.custom_from_mask(m, "weight", mask)

@@ -26,10 +26,11 @@ import torch.nn.functional as F
 from torch import nn
 from zennit.canonizers import SequentialMergeBatchNorm
 from zennit.composites import COMPOSITES, Composite
+from zennit.core import Hook
 
 from .fast_engine import walk
 from .fast_plan import make_plan
-from .graph import chain_steps
+from .graph import chain_steps, reused_modules
 from .layers import conv_padding, prunable_layers
 from .lrp_inputs import check_inputs, is_out_of_memory, memory_error, start_relevance
 
@@ -69,11 +70,13 @@ def lrp_backward(
     its *original* input ``a`` (captured by a pre-hook that runs before zennit wraps it) and its
     output ``b``; tensor hooks registered on them then receive rel(a) and rel(b) in the backward.
     Models whose graph is not a plain chain of layers are refused (``graph.chain_steps``): the
-    composites have no rules for skip connections or attention. Works inside ``torch.no_grad()``.
+    composites have no rules for skip connections or attention; so are chains that call one module at
+    several places where its rule needs its stored input (``zennit_reuse_problem``). Works inside
+    ``torch.no_grad()``.
     The model comes back as it came: same parameters, mode, ``.grad`` and no hooks left.
     """
     inputs = check_inputs(model, inputs)
-    chain_steps(model)
+    _check_zennit(model, composite, chain_steps(model))
     return _zennit_pass(model, inputs, targets, composite, layer_hooks)
 
 
@@ -175,8 +178,11 @@ def parameter_relevance(
     rules directly (``fast_engine.lrp_fast``: zennit's values to rounding, at about 1.5x the cost of a
     plain backward pass) and refuses models or composites it does not handle; ``"auto"`` (default)
     takes the fast engine where it applies and zennit otherwise (``engine_for`` says which). Either way,
-    models that are not a plain chain of layers (skip connections, attention) are refused. Works inside
-    ``torch.no_grad()``.
+    models that are not a plain chain of layers (skip connections, attention) are refused. A module
+    without weights called at several places (one ``self.relu`` after every layer) is one layer per
+    call; zennit cannot run such a model when the module's rule needs its input (average pooling,
+    ``zennit_reuse_problem``), so ``"auto"`` takes the fast engine there and ``"zennit"`` refuses it.
+    Works inside ``torch.no_grad()``.
     """
     if aggregate not in AGGREGATES:
         raise ValueError(f"unknown aggregate {aggregate!r}; expected one of {sorted(AGGREGATES)}")
@@ -209,16 +215,62 @@ def engine_for(model: nn.Module, composite: str | Composite = "epsilon_plus_flat
 
 
 def _fast_plan(model: nn.Module, composite: str | Composite, engine: str) -> list | None:
-    """The fast engine's plan, or None for zennit; a model that is not a chain is refused by both."""
+    """The fast engine's plan, or None for zennit; a model that is not a chain is refused by both, and
+    one whose reused modules zennit would misread runs on the fast engine or is refused saying why."""
     steps = chain_steps(model)
     if engine == "zennit":
+        _check_zennit(model, composite, steps)
         return None
     try:
         return make_plan(model, composite, steps)
-    except ValueError:
+    except ValueError as err:
         if engine == "fast":
             raise
+        problem = zennit_reuse_problem(model, composite, steps)
+        if problem:
+            raise ValueError(
+                f"neither relevance engine handles {type(model).__name__}: zennit because {problem}; and {err}"
+            ) from err
         return None
+
+
+def zennit_reuse_problem(model: nn.Module, composite: str | Composite, steps) -> str | None:
+    """Why zennit would give wrong relevance for a chain that calls a module at several places, or None.
+
+    zennit keeps one hook per module, and a rule that needs the layer's input (every ``BasicHook``:
+    ``Norm`` on average pooling, the rules of Conv2d/Linear) stores it in that one hook at each call,
+    so all but the last call would use the last call's input. Rules that store nothing (``Pass`` on
+    activations) and modules without a rule (max pooling, Flatten, Dropout: their gradient) are fine.
+    The hooks are those ``composite`` assigns, module by module (its canonizers are not applied).
+    """
+    reused = reused_modules(steps)
+    if not reused:
+        return None
+    mapping, ctx = make_composite(composite).module_map, {}
+    storing = []
+    for name, module in model.named_modules():
+        hook = mapping(ctx, name, module)
+        if name in reused and hook is not None and type(hook).forward is not Hook.forward:
+            storing.append(f"{name} ({type(module).__name__}, rule {type(hook).__name__})")
+    if not storing:
+        return None
+    return (
+        f"{', '.join(storing)} {'is' if len(storing) == 1 else 'are'} called at several places and zennit keeps "
+        "one stored input per module, which its rule needs for every call (each call but the last would get "
+        "the relevance of the wrong input)"
+    )
+
+
+def _check_zennit(model: nn.Module, composite: str | Composite, steps) -> None:
+    problem = zennit_reuse_problem(model, composite, steps)
+    if problem is None:
+        return
+    try:
+        make_plan(model, composite, steps)
+        fix = "use engine='fast' (or 'auto'), which computes it correctly, or give each call its own module"
+    except ValueError:
+        fix = "give each call its own module"
+    raise ValueError(f"engine='zennit' cannot handle {type(model).__name__}: {problem}; {fix}")
 
 
 def _add(sums: dict, key: tuple[str, str], reduced: torch.Tensor) -> None:

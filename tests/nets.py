@@ -26,6 +26,37 @@ class ConvFc(nn.Module):
         return self.fc(torch.relu(self.conv(x)).flatten(1))
 
 
+class Reused(nn.Module):
+    """One ``self.act`` and one ``self.pool`` called after every layer, as many CNNs are written, for
+    1 x 8 x 8 inputs and 3 classes; ``pool`` keeps the size (stride 1) or halves it."""
+
+    def __init__(self, pool: nn.Module, act: nn.Module | None = None):
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 4, 3, padding=1)
+        self.conv2 = nn.Conv2d(4, 6, 3, padding=1)
+        self.act = nn.ReLU() if act is None else act
+        self.pool = pool
+        with torch.no_grad():
+            features = pool(pool(torch.zeros(1, 6, 8, 8))).numel()
+        self.fc1 = nn.Linear(features, 8)
+        self.fc2 = nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.pool(self.act(self.conv1(x)))
+        x = self.pool(self.act(self.conv2(x)))
+        return self.fc2(self.act(self.fc1(torch.flatten(x, 1))))
+
+    def unrolled(self) -> nn.Module:
+        """The same network (same weights) with one module per call."""
+        import copy
+
+        a, p = self.act, self.pool
+        return nn.Sequential(
+            self.conv1, copy.deepcopy(a), copy.deepcopy(p), self.conv2, copy.deepcopy(a), copy.deepcopy(p),
+            nn.Flatten(), self.fc1, copy.deepcopy(a), self.fc2,
+        )  # fmt: skip
+
+
 def torch_masks(model: nn.Module) -> dict[str, torch.Tensor]:
     """The masks ``torch.nn.utils.prune`` left on ``model``, keyed like FlexRel's."""
     return {f"{n}.weight": m.weight_mask.bool() for n, m in model.named_modules() if hasattr(m, "weight_mask")}

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 import torchvision
 from torch import nn
 
@@ -165,6 +166,77 @@ def test_functional_relu_and_flatten():
     rel_f, _ = fast_lrp(model, x, "epsilon_plus_flat")
     assert torch.equal(x, original), "the caller's inputs were modified"
     assert_same_as_zennit(model, x)
+
+
+class FunctionalPool(nn.Module):
+    """F.max_pool2d with positional and keyword options, as tutorials write it."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.conv2 = nn.Conv2d(1, 3, 3, padding=1), nn.Conv2d(3, 4, 3, padding=1)
+        self.fc = nn.Linear(4 * 2 * 2, 3)
+
+    def forward(self, x):
+        x = F.max_pool2d(F.relu(self.conv1(x)), (2, 2))
+        x = F.max_pool2d(F.relu(self.conv2(x)), 3, stride=2, padding=1, ceil_mode=True)
+        return self.fc(x.view(-1, 16))
+
+
+class SizedView(nn.Module):
+    """Reshapes sized from the tensor: ``x.view(x.size(0), -1)``, ``x.reshape(x.shape[0], x.size(1) * 2, -1)``."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.fc = nn.Conv2d(2, 4, 3), nn.Linear(4 * 4 * 4, 3)
+
+    def forward(self, x):
+        x = torch.relu(self.conv(x))
+        x = x.reshape(x.shape[0], x.size(1) * 2, -1)
+        return self.fc(x.view(x.size(0), -1))
+
+
+def test_reshapes_sized_from_their_input():
+    model = SizedView().double()
+    assert [op.kind for op in make_plan(model)] == ["conv", "relu", "reshape", "reshape", "linear"]
+    assert_same_as_zennit(model, torch.randn(3, 2, 6, 6, dtype=torch.float64))
+
+
+class SizedByInput(nn.Module):
+    """A size read from the model's input, not from the tensor reshaped: the fast engine leaves it to zennit."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.fc = nn.Conv2d(1, 2, 3), nn.Linear(2 * 4 * 4, 3)
+
+    def forward(self, x):
+        n = x.size(0)
+        return self.fc(torch.relu(self.conv(x)).view(n, -1))
+
+
+def test_a_size_read_from_another_tensor_goes_to_zennit():
+    with pytest.raises(ValueError, match="no rule for the call view"):
+        make_plan(SizedByInput())
+    model, x = SizedByInput(), torch.randn(3, 1, 6, 6)
+    auto, zennit = parameter_relevance(model, x), parameter_relevance(model, x, engine="zennit")
+    assert all(torch.equal(auto[k], zennit[k]) for k in zennit)
+
+
+@pytest.mark.parametrize("composite", ["epsilon_plus_flat", "epsilon_plus"])
+def test_functional_max_pooling(composite):
+    model = FunctionalPool().double()
+    assert [op.kind for op in make_plan(model, composite)][:4] == ["conv", "relu", "maxpool", "conv"]
+    assert_same_as_zennit(model, torch.randn(4, 1, 7, 7, dtype=torch.float64), composite)
+    with pytest.raises(ValueError, match="no rule for the call max_pool2d"):
+        make_plan(nn.Sequential(nn.Conv2d(1, 2, 3), Lambda(lambda x: F.max_pool2d(x, 2, return_indices=True)[0])))
+
+
+class Lambda(nn.Module):
+    def __init__(self, fn):
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, x):
+        return self.fn(x)
 
 
 @pytest.mark.parametrize(

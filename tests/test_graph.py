@@ -5,10 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 import torchvision
+from nets import Reused
 from torch import nn
 
 from flexrel_core import build_model, lrp_backward, parameter_relevance
-from flexrel_core.graph import batchnorm_merges, chain_steps, is_chain
+from flexrel_core.graph import batchnorm_merges, chain_steps, is_chain, reused_modules
 
 
 class Attention(nn.Module):
@@ -127,14 +128,35 @@ def test_lrp_backward_refuses_non_chains_too():
 @pytest.mark.parametrize(
     "model,match",
     [
-        (Twice(), r"modules \['fc'\] are called more than once"),
-        (Registered(), "first layer when run is conv_b but conv_a is registered first"),
-        (MisplacedBatchNorm(), "BatchNorm bn runs after conv_b but is registered right after conv_a"),
+        (Twice(), r"modules \['fc'\] are called more than once \(shared weights\).*give each call its own module"),
+        (
+            Registered(),
+            "first layer when run is conv_b but conv_a is registered first.*define conv_b first in __init__",
+        ),
+        (
+            MisplacedBatchNorm(),
+            "BatchNorm bn runs after conv_b but is registered right after conv_a.*define each BatchNorm in __init__",
+        ),
+        (
+            nn.Sequential(*[nn.Linear(4, 4), bn := nn.BatchNorm1d(4, affine=False), nn.Linear(4, 4), bn]),
+            r"modules \['1'\] are called more than once \(shared buffers\)",
+        ),
     ],
 )
 def test_chains_zennit_would_misread_are_refused(model, match):
     with pytest.raises(ValueError, match=match):
         chain_steps(model)
+
+
+def test_a_parameter_free_module_called_twice_is_one_step_per_call():
+    """One ReLU and one MaxPool2d module after every layer: the chain of the unrolled network."""
+    model = Reused(nn.MaxPool2d(2))
+    steps = [s.name for s in chain_steps(model)]
+    assert steps == ["conv1", "act", "pool", "conv2", "act", "pool", "flatten", "fc1", "act", "fc2"]
+    assert reused_modules(chain_steps(model)) == {"act": "", "pool": ""}
+    same = nn.ReLU()
+    aliased = nn.Sequential(nn.Linear(4, 4), same, nn.Linear(4, 4), same, nn.Linear(4, 2))  # one module, two names
+    assert [s.name for s in chain_steps(aliased)] == ["0", "1", "2", "1", "4"]
 
 
 def test_untraceable_model_is_refused_with_the_reason():

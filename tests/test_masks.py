@@ -89,6 +89,31 @@ def test_torch_prune_export_round_trip_and_checkpoint():
     torch.testing.assert_close(fresh(x), out)
 
 
+def test_functions_that_only_read_weights_accept_a_torch_pruned_model():
+    """After ``to_torch_prune``: sparsity, masks and the weight count read weight_orig * weight_mask
+    (even after an optimiser step, before the next forward refreshes ``weight``); whatever propagates
+    relevance or writes masks still asks for ``from_torch_prune``."""
+    model = small_cnn()
+    masks = prune(model, pruning_scores(model, method="magnitude"), 0.7)
+    before, n = sparsity(model), prunable_count(model)
+    to_torch_prune(model)
+    to_torch_prune(model)  # exported layers are left as they are
+    assert sparsity(model) == before and prunable_count(model) == n
+    assert all(torch.equal(get_masks(model)[k], masks[k]) for k in masks)
+    conv = model[0]
+    with torch.no_grad():
+        conv.weight_orig[conv.weight_mask.bool()] = 0.0  # every kept weight of the first layer becomes zero
+    layer = sparsity(model)["layers"]["0.weight"]
+    assert layer == 1.0 and sparsity(model)["overall"] > before["overall"]
+    for call in (
+        lambda: parameter_relevance(model, torch.randn(2, 1, 6, 6)),
+        lambda: prune(model, pruning_scores(model, method="magnitude"), 0.8),
+        lambda: pruning_scores(model, method="magnitude"),
+    ):
+        with pytest.raises(ValueError, match=r"layer '0' carries a torch.nn.utils.prune.*from_torch_prune\(model\)"):
+            call()
+
+
 @pytest.mark.parametrize("amount", [-0.1, 1.0, 1.5, math.nan])
 def test_amount_outside_range(amount):
     model = small_cnn()

@@ -5,12 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 from lrp_reference import epsilon_lrp, flat_lrp, toeplitz, toeplitz_weight_relevance
+from nets import Reused
 from torch import nn
 from zennit.composites import LayerMapComposite
 from zennit.rules import Epsilon, Pass
 from zennit.types import Activation, Convolution
 
-from flexrel_core import parameter_relevance, prune, pruning_scores
+from flexrel_core import lrp_backward, parameter_relevance, prune, pruning_scores
 from flexrel_core.relevance import conv_weight_relevance
 
 
@@ -243,3 +244,56 @@ def test_engine_for_names_what_auto_runs():
 
     assert engine_for(_net()) == "fast"
     assert engine_for(_net(), "epsilon_alpha2_beta1_flat") == "zennit"  # a composite the fast engine does not have
+
+
+@pytest.mark.parametrize("engine", ["auto", "fast", "zennit"])
+@pytest.mark.parametrize("composite,first", [("epsilon_plus", "epsilon"), ("epsilon_plus_flat", "flat")])
+def test_one_relu_module_after_every_layer_matches_hand_computed_lrp(engine, composite, first):
+    relu = nn.ReLU()
+    model = nn.Sequential(nn.Linear(5, 4), relu, nn.Linear(4, 3), relu, nn.Linear(3, 2)).double()
+    x = torch.randn(7, 5, dtype=torch.float64)
+    rel = reference_mlp(model, x, first)
+    got = parameter_relevance(model, x, composite=composite, engine=engine)
+    for layer, name in enumerate(["0.weight", "2.weight", "4.weight"]):
+        expected = rel[layer + 1].abs().sum(0)[:, None] + rel[layer].abs().sum(0)[None, :]
+        torch.testing.assert_close(got[name], expected, rtol=1e-10, atol=1e-12)
+
+
+REUSED_POOLS = {"maxpool": nn.MaxPool2d(2), "avgpool": nn.AvgPool2d(3, stride=1, padding=1), "none": nn.Identity()}
+
+
+@pytest.mark.parametrize("pool", REUSED_POOLS.values(), ids=REUSED_POOLS.keys())
+@pytest.mark.parametrize("composite", ["epsilon_plus_flat", "epsilon_plus"])
+def test_reused_activation_and_pooling_equal_one_module_per_call(pool, composite):
+    """A reused ReLU and pooling module give the relevance of the unrolled network (zennit on it is the
+    reference); reused average pooling runs on the fast engine only, and engine='zennit' says why."""
+    from flexrel_core.relevance import engine_for
+
+    torch.manual_seed(0)
+    model = Reused(pool).double()
+    x = torch.randn(5, 1, 8, 8, dtype=torch.float64)
+    expected = list(parameter_relevance(model.unrolled(), x, composite=composite, engine="zennit").values())
+    engines = ["auto", "fast"] + ([] if isinstance(pool, nn.AvgPool2d) else ["zennit"])
+    for engine in engines:
+        got = list(parameter_relevance(model, x, composite=composite, engine=engine).values())
+        for g, e in zip(got, expected, strict=True):
+            torch.testing.assert_close(g, e, rtol=1e-10, atol=1e-12 * float(e.abs().max()))
+    assert engine_for(model, composite) == "fast"
+    if isinstance(pool, nn.AvgPool2d):
+        why = r"engine='zennit' cannot handle Reused: pool \(AvgPool2d, rule Norm\) is called at several.*engine='fast'"
+        with pytest.raises(ValueError, match=why):
+            parameter_relevance(model, x, composite=composite, engine="zennit")
+        with pytest.raises(ValueError, match=why):
+            lrp_backward(model, x, composite=composite)
+
+
+def test_reused_average_pooling_under_a_composite_only_zennit_has_is_refused_by_auto():
+    x = torch.randn(2, 1, 8, 8)
+    with pytest.raises(ValueError, match=r"neither relevance engine handles Reused: zennit because pool .*composite"):
+        parameter_relevance(Reused(nn.AvgPool2d(3, stride=1, padding=1)), x, composite="epsilon_alpha2_beta1")
+    model = Reused(nn.MaxPool2d(2)).double()  # max pooling has no zennit rule: reused, it is fine there
+    x = x.double()
+    got = parameter_relevance(model, x, composite="epsilon_alpha2_beta1")
+    expected = parameter_relevance(model.unrolled(), x, composite="epsilon_alpha2_beta1")
+    for g, e in zip(got.values(), expected.values(), strict=True):
+        torch.testing.assert_close(g, e, rtol=1e-10, atol=1e-12)

@@ -155,12 +155,29 @@ class Session:
     @torch.no_grad()
     def accuracy(self, inference: str, batch_size: int = 1024) -> float:
         """Accuracy of the working copy on the test samples of one inference choice."""
-        choice = self.choices[inference]
+        choice = self.choice(inference)
         hits = sum(
             int((self.work(choice.x[i : i + batch_size]).argmax(1) == choice.y[i : i + batch_size]).sum())
             for i in range(0, len(choice.y), batch_size)
         )
         return hits / len(choice.y)
+
+    def choice(self, inference: str) -> InferenceData:
+        """The inference-data choice named ``inference``; ``ValueError`` naming the choices otherwise."""
+        if inference not in self.choices:
+            raise ValueError(
+                f"unknown inference data {inference!r}; expected one of {list(self.choices)}, the choices this "
+                'session was built with ("shifted" needs shift_classes in the parameters)'
+            )
+        return self.choices[inference]
+
+    def check_layer(self, layer: str) -> str:
+        """``layer`` if it names a prunable weight of the model; ``ValueError`` naming them otherwise."""
+        if layer not in self.dense:
+            raise ValueError(
+                f"unknown layer {layer!r}; expected one of the model's prunable weights {list(self.dense)}"
+            )
+        return layer
 
     def prune_and_evaluate(
         self, delta: float, p: float, method: str, scope: str, inference: str
@@ -172,7 +189,7 @@ class Session:
             method=method,
             delta=delta,
             normalize=self.normalize,
-            relevance=self.choices[inference].relevance,
+            relevance=self.choice(inference).relevance,
         )
         self.reset()
         masks = prune(self.work, scores, p, scope=scope)
@@ -203,7 +220,9 @@ class Session:
         ``with_curve=False`` leaves ``state["curve"]`` None when the curve at this p is not known yet
         (``curve`` computes it: one evaluation per δ of ``curve_deltas``)."""
         if method not in METHODS:
-            raise ValueError(f"method must be one of {list(METHODS)}, got {method!r}")
+            raise ValueError(f"unknown method {method!r}; expected one of {list(METHODS)}")
+        self.choice(inference)
+        self.check_layer(layer)
         with torch_threads(self.threads):
             masks, accuracy = self.prune_and_evaluate(delta, p, method, scope, inference)
         kept = {n: int(m.sum()) for n, m in masks.items()}

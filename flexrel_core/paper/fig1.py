@@ -22,7 +22,7 @@ from ..layers import prunable_layers
 from ..masks import prune
 from ..scores import METHODS, magnitude, method_delta, normalize_scores, pruning_scores
 from ..workbook.report import markdown_table
-from .style import METHOD_ORDER, PALETTE
+from .style import LABELS, METHOD_ORDER, PALETTE, share
 
 
 def jaccard(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -93,11 +93,13 @@ def _layer_views(
         "score": (1 - delta) * m_norm + delta * r_norm,
         **{f"kept_{m}": masks[m][layer] for m in METHODS},
     }
+    positions = int(np.prod(m_norm.shape[2:]))  # kernel positions per input channel (1: a Linear layer)
     views = {k: v.detach().cpu().reshape(v.shape[0], -1)[:max_rows, :max_cols] for k, v in views.items()}
     rows, cols = np.indices(views["m_norm"].shape)
     return pd.DataFrame(
-        {"layer": layer, "row": rows.ravel(), "col": cols.ravel(), **{k: _values(v) for k, v in views.items()}}
-    )
+        {"layer": layer, "positions": positions, "row": rows.ravel(), "col": cols.ravel(),
+         **{k: _values(v) for k, v in views.items()}}
+    )  # fmt: skip
 
 
 def _agreement(
@@ -134,19 +136,26 @@ def _agreement(
     return overlap, kept
 
 
-def plot(weights: pd.DataFrame, overlap: pd.DataFrame) -> Figure:
+def plot(weights: pd.DataFrame, overlap: pd.DataFrame, kept: pd.DataFrame | None = None) -> Figure:
     """The kept/pruned mask of one layer under each method, and M_norm against R_norm coloured by
-    FlexRel's decision (``compute``'s ``weights`` and ``overlap``, read back from their CSVs)."""
+    FlexRel's decision (``compute``'s ``weights``, ``overlap`` and ``kept``, read back from their CSVs).
+    Each mask's title gives the share of the whole layer that method keeps (from ``kept``; without it,
+    the share of the weights shown)."""
     fig, axes = plt.subplots(1, 4, figsize=(17, 4.2), gridspec_kw={"width_ratios": [1, 1, 1, 1.1]})
     jac = {(r.method_a, r.method_b): r.jaccard_layer for r in overlap.itertuples()}
+    layer_kept = kept.set_index("method")["kept_layer"] if kept is not None else None
     cmap = ListedColormap(["#d9d9d9", "#08306b"])
+    positions = int(weights["positions"].iloc[0]) if "positions" in weights else 1
     for ax, method in zip(axes[:3], METHOD_ORDER, strict=True):
         grid = weights.pivot(index="row", columns="col", values=f"kept_{method}").astype(float)
         ax.imshow(grid.to_numpy(), cmap=cmap, vmin=0, vmax=1, aspect="auto", interpolation="nearest")
-        ax.set_title(f"{method}: keeps {grid.to_numpy().mean():.0%}")
-        ax.set_xlabel("input (x kernel position)")
+        if layer_kept is not None:
+            ax.set_title(f"{LABELS[method]}: keeps {share(layer_kept[method])} of the layer")
+        else:
+            ax.set_title(f"{LABELS[method]}: keeps {share(grid.to_numpy().mean())} of the weights shown")
+        ax.set_xlabel("input unit" if positions == 1 else f"input channel × kernel position ({positions} per channel)")
         ax.set_ylabel("output unit")
-    pairs = ", ".join(f"{a[:3]}–{b[:3]} {j:.2f}" for (a, b), j in jac.items())
+    pairs = "; ".join(f"{LABELS[a]} vs {LABELS[b]} {j:.2f}" for (a, b), j in jac.items())
     kept = weights["kept_flexrel"].astype(bool)
     ax = axes[3]
     ax.scatter(
@@ -165,7 +174,7 @@ def plot(weights: pd.DataFrame, overlap: pd.DataFrame) -> Figure:
     ax.set_title("FlexRel's decision")
     ax.legend(loc="best", markerscale=3, frameon=True)
     layer = weights["layer"].iloc[0]
-    fig.suptitle(f"Layer {layer}: kept (dark) and pruned (light) weights. Jaccard overlaps: {pairs}")
+    fig.suptitle(f"Layer {layer}: kept (dark) and pruned (light) weights\nJaccard overlap of the kept sets: {pairs}")
     fig.tight_layout()
     return fig
 

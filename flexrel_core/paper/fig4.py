@@ -180,8 +180,12 @@ def plot(df: pd.DataFrame, recommended: dict[str, float] | None = None) -> Figur
     fig, axes = plt.subplots(1, len(schedules), figsize=(6 * len(schedules), 4.2), squeeze=False)
     for ax, schedule in zip(axes[0], schedules, strict=True):
         data = df[df["schedule"] == schedule].assign(accuracy=lambda d: 100 * d["test_accuracy"])
-        data = data.assign(p=data["p"].map(lambda p: f"p = {p:g}"))
-        sns.lineplot(data=data, x="delta", y="accuracy", hue="p", errorbar="sd", marker="o", ax=ax, palette="viridis")
+        data = data.sort_values("p").assign(p=data.sort_values("p")["p"].map(lambda p: f"p = {p:g}"))
+        # One hue, marker and dash pattern per pruning factor: neighbouring factors stay apart.
+        sns.lineplot(
+            data=data, x="delta", y="accuracy", hue="p", style="p", markers=True, dashes=True, errorbar="sd", ax=ax,
+            palette="tab10",
+        )  # fmt: skip
         if recommended and schedule in recommended:
             delta = recommended[schedule]
             ax.axvline(delta, color="crimson", ls="--", lw=1.2, label=f"recommended δ = {delta:g}")

@@ -23,10 +23,19 @@ def _unstretch(s):
 
 
 def p_axis(ax, ps) -> None:
-    """Pruning-factor x axis stretched near 1, ticks at the usual factors inside the data range."""
+    """Pruning-factor x axis stretched near 1, ticks at the usual factors where the grid has a point
+    (every point of the grid when it holds fewer than two of them): no tick where nothing was measured."""
     ax.set_xscale("function", functions=(_stretch, _unstretch))
-    hi = max(ps)
-    ax.set_xticks([t for t in P_TICKS if t <= hi + 1e-9])
-    ax.set_xticklabels([f"{t:g}" for t in P_TICKS if t <= hi + 1e-9])
-    ax.set_xlim(min(ps), hi)
+    grid = sorted({round(float(p), 9) for p in ps})
+    ticks = [t for t in P_TICKS if any(abs(t - p) < 1e-9 for p in grid)]
+    ticks = ticks if len(ticks) >= 2 else grid
+    ax.set_xticks(ticks)
+    ax.set_xticklabels([f"{t:g}" for t in ticks])
+    ax.set_xlim(grid[0], grid[-1])
     ax.set_xlabel("pruning factor p (axis stretched near 1)")
+
+
+def share(x: float) -> str:
+    """A fraction as a percentage that never shows a non-zero share as 0 % or a partial one as 100 %:
+    one decimal below 10 % and above 90 % (``0.001`` -> ``0.1 %``), whole percents between."""
+    return f"{100 * x:.1f} %" if x < 0.1 or x > 0.9 else f"{100 * x:.0f} %"

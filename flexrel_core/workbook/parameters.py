@@ -161,6 +161,10 @@ RANGES: dict[str, Rule] = {
     "useful_within": number(0),
     "steps": POSITIVE_COUNT,
     "repeats": POSITIVE_COUNT,
+    # the method notebook
+    "tiny_p": PRUNING_FACTOR,
+    "tiny_deltas": list_of(FRACTION, distinct=True),
+    "heatmap_classes": list_of(COUNT, distinct=True),
     # Figure 3: cooperative learning
     "nodes": POSITIVE_COUNT,
     "partition": one_of_library("flexrel_core.workbook.config", "PARTITIONS"),

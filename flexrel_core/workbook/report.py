@@ -4,7 +4,10 @@ the small formatting helpers those sections share.
 Each notebook writes ``results/<profile>/report/<notebook>.md`` (``outputs.write_report_section``)
 with its numbers and its plain-words verdict on the paper's claim; this module puts them in paper
 order under a header naming the profile, its parameters and the commit (and, when the working tree
-had uncommitted changes, which files differed from it).
+had uncommitted changes, which files differed from it), and links the executed notebooks. Each
+section shows its figures inline (``figure_links``: every ``<notebook>*.png`` beside REPORT.md, as
+relative links that render on a code-hosting site). A report of a smoke-test profile (``quick``)
+says at its top that its numbers and verdicts mean nothing.
 """
 
 from __future__ import annotations
@@ -20,7 +23,17 @@ from .cache import write_text
 from .paths import REPO_ROOT, profile_dir, results_dir
 from .provenance import describe_commit, git_state
 
-ORDER = ("fig1", "fig2", "fig3", "fig4", "ablations", "table1", "explore")
+ORDER = ("method", "fig1", "fig2", "fig3", "fig4", "ablations", "table1", "explore")
+# Profiles that only check that the code runs end to end: their reports say so first.
+SMOKE_TESTS = {
+    "quick": (
+        "> **Smoke test — these numbers mean nothing.** The `quick` profile runs the whole workbook in "
+        "minutes on scikit-learn's 8×8 digits with a 25 k-weight model, 2 seeds and 3-point grids, to check "
+        "that every notebook runs. With 2 seeds an interval is degenerate or very wide, and a verdict below "
+        "says nothing about the paper's claims. The results are in `results/default/REPORT.md` "
+        "(`make reproduce`)."
+    )
+}
 
 
 def markdown_table(df: pd.DataFrame, floatfmt: str = ".3g") -> str:
@@ -40,10 +53,32 @@ def notebook_runs(folder: str | Path) -> dict[str, str]:
     import json
 
     runs = {}
-    for path in sorted(Path(folder, "notebooks").glob("*.ipynb")):
+    for path in sorted(Path(folder, "notebooks").glob("[!.]*.ipynb")):  # not a run's temporary copy
         meta = json.loads(path.read_text()).get("metadata", {}).get("flexrel")
         runs[path.stem] = describe_commit(meta) if meta else "an unrecorded commit"
     return runs
+
+
+def figure_links(folder: str | Path, name: str) -> list[str]:
+    """Markdown image links to the figures notebook ``name`` wrote beside REPORT.md
+    (``<name>.png`` and ``<name>_*.png``), relative so that they render wherever the folder is."""
+    pngs = sorted(Path(folder).glob(f"{name}*.png"))
+    return [f"![{p.stem}]({p.name})" for p in pngs if p.stem == name or p.stem.startswith(f"{name}_")]
+
+
+def with_figures(section: str, links: list[str]) -> str:
+    """``section`` with ``links`` right under its heading (its first line)."""
+    if not links:
+        return section
+    heading, _, rest = section.partition("\n")
+    return "\n\n".join([heading, *links]) + "\n" + rest
+
+
+def notebook_links(folder: str | Path) -> list[str]:
+    """Links to the executed notebooks under ``<folder>/notebooks/``, in ``ORDER``."""
+    found = {p.stem for p in Path(folder, "notebooks").glob("[!.]*.ipynb")}
+    names = [n for n in ORDER if n in found] + sorted(found - set(ORDER))
+    return [f"[{n}](notebooks/{n}.ipynb)" for n in names]
 
 
 def assemble(profile: str, results_root: str | Path = REPO_ROOT / "results") -> Path:
@@ -58,15 +93,19 @@ def assemble(profile: str, results_root: str | Path = REPO_ROOT / "results") -> 
         "",
         f"Produced by `make reproduce PROFILE={profile}` at {now}.",
         "Every number below was computed by that run; figures and CSVs sit beside this file.",
+        *(["Executed notebooks: " + ", ".join(notebook_links(folder)) + "."] if notebook_links(folder) else []),
         "Paper: Chiasserini, Malandrino, Molner, Zhao, *Combining Relevance and Magnitude for",
         "Resource-Aware DNN Pruning* (arXiv 2405.13088).",
         "",
     ]
+    if profile in SMOKE_TESTS:
+        header[1:1] = ["", SMOKE_TESTS[profile]]
     runs = notebook_runs(folder)
     if any(commit != now for commit in runs.values()):
         header += ["Not every notebook ran at that commit; each ran at:", ""]
         header += [f"- `{nb}`: {commit}" for nb, commit in runs.items()] + [""]
-    body = [p.read_text().strip() + "\n" for p in sections] or ["_No notebook has written a section yet._\n"]
+    body = [with_figures(p.read_text().strip(), figure_links(folder, p.stem)) + "\n" for p in sections]
+    body = body or ["_No notebook has written a section yet._\n"]
     config = ["## Configuration", ""]
     for path in sorted(profile_dir(profile).glob("*.yaml")):
         config += [f"`{path.relative_to(REPO_ROOT)}`:", "", "```yaml", path.read_text().strip(), "```", ""]

@@ -9,6 +9,14 @@ removed), and a temporary copy left by a run that was killed outright is removed
 The executed copy records the commit it ran at, and whether the working tree differed from it, in
 a note under its title and in its metadata (``flexrel``). Kernel ``python3``; progress bars in
 console mode; logs streamed (``--log-output``).
+
+The executed copy is what a reader sees, so it is written clean (``clean_notebook``): stream
+output (log lines, progress bars, warnings) went to the terminal as the cells ran and is not kept
+in the notebook; figures are drawn into their cells (inline backend); no execution times, no machine
+paths (``results_root`` is passed relative to the repository when it lies inside it), no widget state
+(a widget becomes a note), so a rerun that computes the same numbers writes the same bytes.
+Papermill's "Passed unknown parameter" warning is silenced for the names the parameters cell
+declares (papermill's own parser skips annotations such as ``str | None``; ``profiles`` checks them).
 """
 
 from __future__ import annotations
@@ -42,12 +50,18 @@ def run_notebook(
     if problems:
         raise ProfileError(f"extra parameters for {notebook.name}: " + "; ".join(problems))
     params.update(extra or {})
-    params["results_root"] = str(results_root)
+    params["results_root"] = _shown(Path(results_root))
     out = results_dir(profile, results_root) / "notebooks" / notebook.name
     os.environ.setdefault("FLEXREL_PROGRESS", "console")
     provenance = {"profile": profile, **git_state(), "libraries": library_versions()}
 
+    known = KnownParameters(set(declared) | set(params))
+    pm_log = logging.getLogger("papermill")
+
     def execute(tmp: str) -> None:
+        pm_log.addFilter(known)
+        backend = os.environ.get("MPLBACKEND")
+        os.environ["MPLBACKEND"] = INLINE_BACKEND  # the kernel inherits it: figures show in their cells
         try:
             papermill.execute_notebook(
                 str(notebook),
@@ -64,7 +78,14 @@ def run_notebook(
                 f"{notebook.name} failed in cell {err.exec_count}:\n{err.ename}: {err.evalue}\n"
                 + "".join(err.traceback)
             ) from None
+        finally:
+            pm_log.removeFilter(known)
+            if backend is None:
+                os.environ.pop("MPLBACKEND", None)
+            else:
+                os.environ["MPLBACKEND"] = backend
         record_provenance(tmp, provenance)
+        clean_notebook(tmp)
 
     start = time.time()
     atomic_write(out, execute)
@@ -86,6 +107,71 @@ def record_provenance(path: str | Path, provenance: dict) -> None:
     note.metadata["tags"] = ["provenance"]
     nb.cells.insert(1, note)
     nbformat.write(nb, str(path))
+
+
+# The kernel draws figures into their cells (a terminal's MPLBACKEND=Agg would leave them out).
+INLINE_BACKEND = "module://matplotlib_inline.backend_inline"
+WIDGET = "application/vnd.jupyter.widget-view+json"
+# What an executed notebook shows where a live widget was: outside a kernel it is invisible.
+WIDGET_NOTE = (
+    "*An interactive widget was here: it runs only in a live kernel. Use it in JupyterLab (`make lab`) or "
+    "as a web page (`make app`); REPORT.md shows its static views.*"
+)
+# Notebook and cell metadata that papermill and nbclient write and that change on every run
+# (times, durations) or name the machine (absolute input and output paths).
+_RUN_KEYS = ("start_time", "end_time", "duration", "input_path", "output_path", "exception")
+
+
+def clean_notebook(path: str | Path) -> None:
+    """Rewrite the executed notebook at ``path`` as a reader should get it: no stream output (logs,
+    progress bars and warnings, already streamed to the terminal that ran it), no execution times
+    in cell or notebook metadata, no absolute input/output paths, no random ids; a widget becomes a
+    note saying where to use it."""
+    import nbformat
+
+    nb = nbformat.read(str(path), as_version=4)
+    for key in _RUN_KEYS:
+        nb.metadata.get("papermill", {}).pop(key, None)
+    for cell in nb.cells:
+        tags = set(cell.metadata.get("tags", [])) & {"injected-parameters", "provenance"}
+        if tags:  # cells the run adds get a fixed id (papermill and nbformat draw random ones)
+            cell.id = tags.pop()
+        cell.metadata.pop("execution", None)
+        cell.metadata.pop("papermill", None)
+        if cell.cell_type == "code":
+            cell.outputs = [_static(o) for o in cell.outputs if o.get("output_type") != "stream"]
+    nb.metadata.pop("widgets", None)  # widget state: random model ids, and nothing a reader can use
+    nbformat.write(nb, str(path))
+
+
+def _static(output):
+    """A widget's output replaced by a note (its model id is random and it shows nothing outside a kernel)."""
+    import nbformat
+
+    if WIDGET not in output.get("data", {}):
+        return output
+    return nbformat.v4.new_output("display_data", data={"text/markdown": WIDGET_NOTE})
+
+
+def _shown(path: Path) -> str:
+    """``path`` relative to the repository (the kernel's working directory) when inside it."""
+    try:
+        return str(path.resolve().relative_to(REPO_ROOT))
+    except ValueError:
+        return str(path)
+
+
+class KnownParameters(logging.Filter):
+    """Drops papermill's "Passed unknown parameter: NAME" for names the notebook does declare."""
+
+    def __init__(self, names: set[str]) -> None:
+        super().__init__()
+        self.names = names
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        prefix = "Passed unknown parameter: "
+        message = record.getMessage()
+        return not (message.startswith(prefix) and message[len(prefix) :] in self.names)
 
 
 class NotebookFailed(RuntimeError):

@@ -249,3 +249,48 @@ def test_explore_notebook(run_quick):
         assert (out / f"{name}.png").exists() and (out / f"{name}.svg").exists()
     section = (out / "report" / "explore.md").read_text()
     assert section.startswith("## Explorer") and "budget" in section
+
+
+@pytest.fixture(scope="module")
+def tiny_session():
+    """A Session on a small untrained CNN with one inference-data choice (no cache, no training)."""
+    from nets import small_cnn
+
+    from flexrel_core import parameter_relevance
+    from flexrel_core.paper.explore_session import InferenceData, Session
+
+    torch.manual_seed(0)
+    model = small_cnn().eval()
+    x, y = torch.randn(8, 1, 6, 6), torch.randint(0, 5, (8,))
+    return Session(model, {"as trained": InferenceData(parameter_relevance(model, x), x, y)}, curve_deltas=(0.0, 1.0))
+
+
+GOOD = dict(delta=0.5, p=0.5, method="flexrel", scope="global", inference="as trained", layer="0.weight")
+
+
+@pytest.mark.parametrize(
+    ("change", "match"),
+    [
+        ({"inference": "shifted"}, r"unknown inference data 'shifted'; expected one of \['as trained'\]"),
+        (
+            {"layer": "features.1.weight"},
+            r"unknown layer 'features.1.weight'; expected one of .*\['0.weight', '2.weight'",
+        ),
+        ({"method": "random"}, r"unknown method 'random'; expected one of \['magnitude', 'relevance', 'flexrel'\]"),
+        ({"scope": "channel"}, r"scope must be one of \('global', 'layer'\)"),
+    ],
+)
+def test_session_names_the_valid_choices(tiny_session, change, match):
+    with pytest.raises(ValueError, match=match):
+        tiny_session.state_at(**{**GOOD, **change})
+    state, _ = tiny_session.state_at(**GOOD)  # the session still works afterwards
+    assert state["layer"] == "0.weight"
+
+
+def test_session_lookups_name_the_choices(tiny_session):
+    with pytest.raises(ValueError, match=r"unknown inference data 'imagenet'; expected one of \['as trained'\]"):
+        tiny_session.accuracy("imagenet")
+    with pytest.raises(ValueError, match="unknown inference data 'imagenet'"):
+        tiny_session.curve(0.5, "global", "imagenet")
+    with pytest.raises(ValueError, match="unknown inference data 'imagenet'"):
+        tiny_session.prune_and_evaluate(0.5, 0.5, "flexrel", "global", "imagenet")

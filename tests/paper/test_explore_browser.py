@@ -247,3 +247,106 @@ def test_explorer_in_jupyterlab(lab):
     assert (results / "quick" / "report" / "explore.md").exists()  # the notebook ran to its end
     assert screenshot.stat().st_size > 10_000
     print(f"browser test: {time.time() - start:.1f} s in the browser")
+
+
+@pytest.fixture()
+def app_server(tmp_path, quick_cache):
+    """``make app``'s server (Voilà, 127.0.0.1, token) on the explorer with the quick parameters and a
+    temporary cache and results; yields ``(page_url, results_root)`` and stops the server afterwards."""
+    require_chromium()
+    from flexrel_core.paper import app
+    from flexrel_core.paper.explore import Explorer
+
+    folder, results = tmp_path / "app", tmp_path / "results"
+    folder.mkdir()
+    overrides = {**START, "cache_root": str(quick_cache), "results_root": str(results)}
+    notebook = app.app_notebook("quick", folder, **overrides)
+    env = {
+        **os.environ,
+        "JUPYTER_RUNTIME_DIR": str(tmp_path / "runtime"),
+        "JUPYTER_CONFIG_DIR": str(tmp_path / "config"),
+        "IPYTHONDIR": str(tmp_path / "ipython"),
+        "JUPYTER_PATH": str(Path(sys.prefix) / "share" / "jupyter"),
+        "FLEXREL_PROGRESS": "off",
+        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2"),
+    }
+    port, token = free_port(), uuid.uuid4().hex
+    log = (tmp_path / "voila.log").open("w")
+    proc = subprocess.Popen(
+        app.voila_command(notebook, port, token), env=env, cwd=folder, stdout=log, stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    try:
+        Explorer.from_params({**parameters_for_quick(), **overrides})  # cache the model and relevance meanwhile
+        deadline = time.time() + 60
+        while True:
+            try:  # a static file answers once the server is up, without starting a kernel
+                urllib.request.urlopen(f"{base}/voila/static/voila.js?token={token}", timeout=2).close()
+                break
+            except OSError:
+                if proc.poll() is not None or time.time() > deadline:
+                    raise RuntimeError(f"Voilà did not start:\n{(tmp_path / 'voila.log').read_text()}") from None
+                time.sleep(0.5)
+        with urllib.request.urlopen(f"{base}/", timeout=10) as response:  # without the token: the login page
+            assert "/login" in response.geturl()
+        yield app.url(port, token), results
+    finally:
+        stop_server(proc, base, token)
+        log.close()
+
+
+def parameters_for_quick() -> dict:
+    from flexrel_core.workbook.profiles import parameters_for
+
+    return parameters_for("quick", NOTEBOOK)
+
+
+def test_explorer_as_a_web_page(app_server):
+    """The page shows the controls and views and no code; moving δ and p changes the numbers and the
+    mask. Prints the load time (page requested -> numbers shown) and the time of one δ and one p move."""
+    from playwright.sync_api import expect, sync_playwright
+
+    page_url, results = app_server
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        try:
+            start = time.perf_counter()
+            page.goto(page_url)
+            page.locator(".flexrel-explorer .flexrel-status-text").wait_for(timeout=120_000)
+            load = time.perf_counter() - start
+            assert page.locator(".jp-InputArea-editor, .jp-CodeMirrorEditor").count() == 0  # no code shown
+            before = status_numbers(page)
+            assert before["delta"] == "0.00" and before["sparsity"] == "0.9000", before
+
+            handle = page.locator(".flexrel-explorer .flexrel-delta .noUi-handle")
+            handle.focus()
+            start = time.perf_counter()
+            handle.press("ArrowRight")  # one step of 0.05
+            expect(page.locator(".flexrel-explorer .flexrel-delta-value")).to_have_text("0.05", timeout=30_000)
+            delta_move = time.perf_counter() - start
+            for _ in range(19):  # on to relevance only (δ = 1)
+                handle.press("ArrowRight")
+            expect(page.locator(".flexrel-explorer .flexrel-delta-value")).to_have_text("1.00", timeout=60_000)
+            after_delta = status_numbers(page)
+
+            p_handle = page.locator(".flexrel-explorer .flexrel-pruning-factor .noUi-handle")
+            p_handle.focus()
+            start = time.perf_counter()
+            p_handle.press("ArrowLeft")  # p from 0.90 to 0.89
+            expect(page.locator(".flexrel-explorer .flexrel-sparsity")).to_have_text("0.8900", timeout=60_000)
+            p_move = time.perf_counter() - start
+            after_p = status_numbers(page)
+        except Exception:
+            results.mkdir(parents=True, exist_ok=True)
+            page.screenshot(path=str(results / "app-failure.png"))
+            raise
+        finally:
+            browser.close()
+    assert after_delta["mask"] != before["mask"] and after_delta["pruned"] != before["pruned"], (before, after_delta)
+    assert after_delta["sparsity"] == "0.9000"
+    assert after_p["mask"] != after_delta["mask"], (after_delta, after_p)
+    assert not (results / "quick" / "report" / "explore.md").exists()  # the page writes no report section
+    moves = f"one δ move {delta_move:.2f} s, one p move {p_move:.2f} s"
+    print(f"app: page loaded with its numbers in {load:.1f} s; {moves}")

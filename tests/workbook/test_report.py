@@ -30,3 +30,25 @@ def test_report_names_the_commit_and_notebooks_run_elsewhere(tmp_path):
     text = assemble("quick", tmp_path).read_text()
     assert f"at {describe_commit(git_state())}." in text
     assert "`fig1`: commit `0123456789ab` with uncommitted changes" in text and "`flexrel_core/relevance.py`" in text
+
+
+def test_sections_show_their_figures_inline_and_quick_says_it_is_a_smoke_test(tmp_path):
+    from flexrel_core.workbook.outputs import write_report_section
+    from flexrel_core.workbook.report import SMOKE_TESTS, assemble
+
+    for profile in ("quick", "default"):
+        folder = tmp_path / profile
+        write_report_section(folder, "fig3", "## Figure 3\n\nnumbers")
+        write_report_section(folder, "fig1", "## Figure 1\n\nmore numbers")
+        for name in ("fig3.png", "fig3_curves.png", "fig1_masks.png", "fig10.png", "fig3.svg"):
+            (folder / name).write_bytes(b"png")
+        (folder / "notebooks").mkdir()
+        for name in ("fig3.ipynb", "method.ipynb", ".fig1.ipynb.1.tmp.ipynb"):
+            (folder / "notebooks" / name).write_text(json.dumps({"metadata": {}, "cells": []}))
+        text = assemble(profile, tmp_path).read_text()
+        assert "## Figure 1\n\n![fig1_masks](fig1_masks.png)\n\nmore numbers" in text
+        assert "## Figure 3\n\n![fig3](fig3.png)\n\n![fig3_curves](fig3_curves.png)\n\nnumbers" in text
+        assert "fig10" not in text and "fig3.svg" not in text  # another item's figure; only PNGs
+        assert "Executed notebooks: [method](notebooks/method.ipynb), [fig3](notebooks/fig3.ipynb)." in text
+        assert (SMOKE_TESTS["quick"] in text) == (profile == "quick")
+    assert text.index("Figure 1") < text.index("Figure 3")

@@ -5,7 +5,9 @@ leaves no temporary notebook."""
 from __future__ import annotations
 
 import json
+import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -14,6 +16,7 @@ import time
 import pytest
 from notebooks_util import write_notebook
 
+from flexrel_core.workbook.paths import REPO_ROOT
 from flexrel_core.workbook.profiles import ProfileError
 from flexrel_core.workbook.provenance import git_state
 from flexrel_core.workbook.runner import NotebookFailed, run_notebook
@@ -86,3 +89,45 @@ def test_sigterm_leaves_no_temporary_notebook(tmp_path):
     output, _ = proc.communicate(timeout=60)
     assert proc.returncode != 0, output
     assert not [p.name for p in folder.iterdir()], output
+
+
+@pytest.mark.notebook
+def test_executed_notebook_is_clean_and_byte_stable(tmp_path, no_profile, monkeypatch, caplog):
+    """Logs, progress bars and warnings reach the terminal, not the notebook; figures do; a widget
+    becomes a note; no times, no machine paths; the same numbers give the same bytes; papermill does
+    not call declared parameters unknown."""
+    body = (
+        "import logging, sys, warnings\n"
+        "logging.basicConfig(level=logging.INFO, stream=sys.stdout, force=True)\n"
+        "logging.getLogger('x').info('training for %d epochs', epochs)\n"
+        "print('\\rbar 50%', file=sys.stderr)\n"
+        "warnings.warn('careful')\n"
+        "import ipywidgets, matplotlib.pyplot as plt\n"
+        "display(ipywidgets.IntSlider())\n"
+        "plt.plot([1, 2])\n"
+        "epochs * 2"
+    )
+    nb = write_notebook(tmp_path / "clean.ipynb", "data_root: str | None = None\n" + PARAMS, body)
+    results = REPO_ROOT / "results" / f".test-{os.getpid()}"
+    monkeypatch.setenv("MPLBACKEND", "Agg")  # as `make` sets it: the figure still shows in its cell
+    try:
+        with caplog.at_level(logging.WARNING, logger="papermill"):
+            out = run_notebook(nb, "quick", results, extra={"data_root": None})
+        first = out.read_bytes()
+        out.unlink()
+        second = run_notebook(nb, "quick", results, extra={"data_root": None}).read_bytes()
+    finally:
+        shutil.rmtree(results, ignore_errors=True)
+    assert first == second
+    data = json.loads(first)
+    outputs = [o for c in data["cells"] if c["cell_type"] == "code" for o in c["outputs"]]
+    kinds = sorted((o["output_type"], *sorted(o.get("data", {}))) for o in outputs)
+    assert kinds == [  # only what the cell computes: a note for the widget, the figure, the value
+        ("display_data", "image/png", "text/plain"),
+        ("display_data", "text/markdown"),
+        ("execute_result", "text/plain"),
+    ], kinds
+    assert "widgets" not in data["metadata"] and "make app" in json.dumps(outputs)
+    assert all("execution" not in c["metadata"] and "papermill" not in c["metadata"] for c in data["cells"])
+    assert str(REPO_ROOT) not in first.decode() and str(tmp_path) not in first.decode().replace(str(nb), "")
+    assert not [r for r in caplog.records if "unknown parameter" in r.getMessage()]
