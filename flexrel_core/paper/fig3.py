@@ -370,12 +370,15 @@ def plot_data_needed(rounds: pd.DataFrame, selection: pd.DataFrame, panels: Sequ
                         label=LABELS[technique] if i == 0 else None)  # fmt: skip
             p = picked[(picked["technique"] == technique) & picked["reached"]]
             ax.scatter(p["amount"], p["mb"], s=60, facecolors="none", edgecolors=PALETTE[technique], lw=1.5)
-        ax.set_yscale("log")
+        if (here["reached"] & here["technique"].isin(panels)).any():
+            ax.set_yscale("log")
+            ax.legend(fontsize=7)
+        else:
+            ax.text(0.5, 0.5, "no run reaches the target", transform=ax.transAxes, ha="center")
         ax.set_xlabel("pruning factor p")
         ax.set_ylabel(f"MB to {target:.0%} (validation)")
         ax.set_title(f"data needed against p, target {target:g}" + (f" — {scenario}" if scenario else ""))
         ax.grid(alpha=0.3, which="both")
-        ax.legend(fontsize=7)
     fig.tight_layout()
     return fig
 

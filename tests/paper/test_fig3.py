@@ -4,6 +4,7 @@ their columns and value ranges)."""
 
 from __future__ import annotations
 
+import io
 import math
 
 import numpy as np
@@ -191,6 +192,9 @@ def test_report_states_the_verdict_per_scenario_and_the_closing_note():
     assert len(fig3.plot(sel).axes) == 6
     assert len(fig3.plot_curves(fig3.curves(table)).axes) == 4
     assert len(fig3.plot_data_needed(table, sel).axes) == 2
+    unreached = table.assign(val_accuracy=table["val_accuracy"].where(table["technique"] == "dense", 0.1))
+    fig = fig3.plot_data_needed(unreached, fig3.select_for_targets(unreached, [0.8, 0.85, 0.9, 0.95]))
+    fig.savefig(io.BytesIO(), format="png")  # a scenario where no pruned run reaches the target still draws
 
 
 def test_verdicts_come_from_the_interval():
@@ -229,7 +233,8 @@ def test_notebook_rounds_csv(fig3_out):
         assert len(grid) == runs * (rounds + 1)  # per-seed rows for every technique, round 0 included
         assert set(grid.loc[grid["technique"] != "dense", "amount"]) == set(amounts)
         refined = df[(df["scenario"] == scenario) & ~df["grid"]]
-        assert refined["round"].max() <= rounds and not refined["amount"].isin(amounts).any()
+        assert (refined["round"] <= rounds).all() and not refined["amount"].isin(amounts).any()
+        assert set(refined["technique"]) <= set(params["refine"])
     assert df[["accuracy", "val_accuracy"]].stack().between(0, 1).all()
     assert (df[["bytes_down", "bytes_up", "round_s"]] >= 0).all().all()
     assert np.allclose(df["round_s"], df["compute_s"] + df["transfer_s"])
