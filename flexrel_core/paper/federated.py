@@ -160,8 +160,11 @@ def fedavg_round(
     seed: int,
     device: str = "cpu",
     sizes: MaskCodeCache | None = None,
+    val=None,
 ) -> tuple[dict, list[dict]]:
-    """Run round ``index`` on ``model`` in place: returns (round record, per-node traffic records)."""
+    """Run round ``index`` on ``model`` in place: returns (round record, per-node traffic records).
+    The record holds the global model's test ``accuracy`` and, when ``val`` is given, its
+    ``val_accuracy``."""
     sizes = sizes if sizes is not None else MaskCodeCache()
     flops = forward_flops(model, tuple(test[0][0].shape))
     states, weights, downs, ups, computes, traffic = [], [], [], [], [], []
@@ -193,6 +196,8 @@ def fedavg_round(
     rec = {"round": index, "flops_per_sample": flops, "bytes_down": sum(downs), "bytes_up": sum(ups)}
     rec |= round_time_s(computes, downs, ups, cfg)
     rec["accuracy"] = evaluate(model, test, device=device)
+    if val is not None:
+        rec["val_accuracy"] = evaluate(model, val, device=device)
     return rec, traffic
 
 
@@ -234,7 +239,8 @@ def simulate(
     ``technique`` (``"dense"``: not pruned), then ``cfg.rounds`` FedAvg rounds with fixed masks.
 
     Returns ``{"rounds": [...], "traffic": [...], "state": final global state}``; round records
-    carry cumulative ``elapsed_s`` and ``mb`` (10^6 bytes, both directions, all nodes) and
+    carry test ``accuracy`` and ``val_accuracy``, cumulative ``elapsed_s`` and ``mb`` (10^6 bytes, both
+    directions, all nodes) and
     ``eligible`` (a round of learning, where a target may be reached). ``threads`` and ``device``
     only say where it runs and are not part of the cache key."""
     amount = 0.0 if technique == "dense" else float(amount)
@@ -251,9 +257,12 @@ def simulate(
         rounds = [{"round": 0, "flops_per_sample": forward_flops(model, setup.data.input_shape), "bytes_down": 0}]
         rounds[0] |= {"bytes_up": 0, "compute_s": 0.0, "transfer_s": 0.0, "round_s": 0.0}
         rounds[0]["accuracy"] = evaluate(model, setup.data.test, device=device)
+        rounds[0]["val_accuracy"] = evaluate(model, setup.data.val, device=device)
         shards, traffic, sizes = shards_of(setup, cfg), [], MaskCodeCache()
         for r in range(1, cfg.rounds + 1):
-            rec, tr = fedavg_round(model, shards, setup.data.test, cfg, r, setup.cfg.seed, device, sizes)
+            rec, tr = fedavg_round(
+                model, shards, setup.data.test, cfg, r, setup.cfg.seed, device, sizes, val=setup.data.val
+            )
             rounds.append(rec)
             traffic += tr
         elapsed = np.cumsum([r["round_s"] for r in rounds])

@@ -1,21 +1,22 @@
 """Figure 3: learning time and transmitted data to reach an accuracy target, measured over seeds.
 
-``compute`` runs ``federated.simulate`` for every seed, technique and pruning factor (plus the
-unpruned reference), each starting from the trained dense model of its seed. The primary view is
-accuracy against cumulative transmitted bytes and against elapsed time (``curves``: mean and 95 %
-interval over seeds). The paper's figure is derived from it: for each target and seed, the least
-data (and the time) with which each technique reaches the target over the pruning factors tried
-(``select_for_targets``); ``savings`` compares FlexRel with magnitude, relevance-only and no pruning,
-paired over seeds; ``report`` states the verdict on "saving over 35 % bandwidth for typical
-accuracy targets" against magnitude (the strict reading) and what the other baselines give.
+``compute`` runs ``federated.simulate`` for every seed, technique and pruning factor of a grid (plus
+the unpruned reference), each starting from a dense model of its seed: the model trained to
+convergence (scenario ``trained``) or, beside it, one trained for fewer epochs (``partial``: a
+scenario where learning still takes rounds). Every run records validation and test accuracy after
+each round. For each target, seed and technique the factor is **chosen on validation data** -- the
+one reaching the target with the least data (``select_for_targets``) -- and reported on test data;
+the grid is then refined by bisection where the choice lies (``next_factor``), so the data needed
+moves with the method rather than with the grid. ``savings`` compares FlexRel with magnitude,
+relevance-only and no pruning, paired over seeds; ``fig3_report.report`` states the verdicts.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
-import math
-from collections.abc import Mapping, Sequence
+import functools
+from collections.abc import Sequence
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -30,25 +31,32 @@ from ..training import evaluate
 from ..workbook.config import FedConfig, PruneConfig, TrainConfig
 from ..workbook.paths import REPO_ROOT
 from ..workbook.pipeline import prepare
-from ..workbook.report import pct
-from ..workbook.stats import direction, format_interval, t_interval
+from ..workbook.stats import t_interval
 from .federated import simulate
+from .fig3_report import BASELINES
 from .style import LABELS, PALETTE
 
 PANELS = ("magnitude", "flexrel", "relevance")  # (a) magnitude and (b) FlexRel as in the paper, (c) relevance
-BASELINES = ("magnitude", "relevance", "dense")  # what FlexRel's saving is measured against
-CLAIM = 0.35
+SCENARIOS = ("trained", "partial")  # the order of rows in the figures; other names follow, sorted
 
 
 @dataclasses.dataclass
 class SweepResult:
-    """Every run: per-round and per-node tables, the final global states of the first seed's runs, and
-    the size of the test split accuracy is measured on (per seed)."""
+    """Every run of one scenario: per-round and per-node tables (``grid``: the run is on the profile's
+    grid of factors, not a refinement), the final global states of the first seed's grid runs, and
+    the sizes of the validation and test splits accuracy is measured on (per seed)."""
 
     rounds: pd.DataFrame
     traffic: pd.DataFrame
     states: dict[tuple[str, float], dict]
     test_samples: dict[int, int]
+    val_samples: dict[int, int] = dataclasses.field(default_factory=dict)
+
+    @property
+    def refined_runs(self) -> int:
+        """How many runs the refinement added (over every seed and technique)."""
+        runs = self.rounds[~self.rounds["grid"]] if "grid" in self.rounds else self.rounds.iloc[:0]
+        return int(runs.groupby(["seed", "technique", "amount"]).ngroups)
 
 
 def compute(
@@ -60,84 +68,186 @@ def compute(
     techniques: Sequence[str],
     amounts: Sequence[float],
     delta: float,
+    targets: Sequence[float] = (),
+    resolution: float | None = None,
+    refine: Sequence[str] | None = None,
+    scenario: str = "trained",
     dense_baseline: bool = True,
     cache_root: str | Path = REPO_ROOT / "cache",
     threads: int | None = 1,
     device: str = "cpu",
 ) -> SweepResult:
-    """``federated.simulate`` for every seed, technique and pruning factor (plus one unpruned run per
-    seed if ``dense_baseline``); every technique sees the same seeds, so comparisons are paired."""
+    """``federated.simulate`` for every seed, technique and factor of ``amounts`` (plus one unpruned run
+    per seed if ``dense_baseline``), starting from the dense model ``base`` describes; every technique
+    sees the same seeds, so comparisons are paired. With ``targets`` and ``resolution``, each (seed,
+    technique of ``refine`` (default: all), target) is then refined by ``next_factor`` until the
+    factor chosen on validation data is known to ``resolution``. Rows carry ``scenario``."""
     runs = [(t, float(a)) for t in techniques for a in amounts] + ([("dense", 0.0)] if dense_baseline else [])
-    bar = progress(total=len(seeds) * len(runs), desc="fig3 runs")
-    rounds, traffic, states, test_samples = [], [], {}, {}
+    bar = progress(total=len(seeds) * len(runs), desc=f"fig3 runs ({scenario})")
+    rounds, traffic, states, test_samples, val_samples = [], [], {}, {}, {}
     for seed in seeds:
         setup = prepare(dataclasses.replace(base, seed=int(seed)), pcfg, cache_root=cache_root, device=device)
-        test_samples[int(seed)] = len(setup.data.test)
-        for technique, amount in runs:
-            try:
-                res = simulate(
-                    setup, pcfg, cfg, technique, amount, delta=delta, cache_root=cache_root, threads=threads,
-                    device=device,
-                )  # fmt: skip
-            except Exception as err:
-                raise RuntimeError(f"Figure 3 run failed at seed {seed}, {technique}, p = {amount:g}: {err}") from err
-            rounds += res["rounds"]
-            traffic += res["traffic"]
-            if seed == seeds[0]:
-                states[(technique, amount)] = res["state"]
-            bar.update()
+        test_samples[int(seed)], val_samples[int(seed)] = len(setup.data.test), len(setup.data.val)
+        run = functools.partial(
+            _run, setup, pcfg, cfg, delta=delta, cache_root=cache_root, threads=threads, device=device, bar=bar,
+            traffic=traffic, states=states if seed == seeds[0] else None,
+        )  # fmt: skip
+        mine = [r for technique, amount in runs for r in run(technique, amount, grid=True)]
+        for technique in [t for t in techniques if refine is None or t in refine] if resolution else ():
+            own = pd.DataFrame([r for r in mine if r["technique"] == technique])
+            for target in targets:
+                while (step := next_factor(own, target, resolution)) is not None:
+                    bar.total += 1
+                    extra = run(technique, step[0], grid=False, rounds=step[1])
+                    mine += extra
+                    own = pd.concat([own, pd.DataFrame(extra)], ignore_index=True)
+        rounds += mine
     bar.close()
-    first = ["seed", "technique", "amount", "round", "eligible", "accuracy", "elapsed_s", "mb"]
-    df = pd.DataFrame(rounds)
+    first = ["scenario", "seed", "technique", "amount", "grid", "round", "eligible", "val_accuracy", "accuracy"]
+    first += ["elapsed_s", "mb"]
+    df = pd.DataFrame(rounds).assign(scenario=scenario)
     return SweepResult(
-        df[first + [c for c in df.columns if c not in first]], pd.DataFrame(traffic), states, test_samples
+        df[first + [c for c in df.columns if c not in first]],
+        pd.DataFrame(traffic).assign(scenario=scenario),
+        states,
+        test_samples,
+        val_samples,
     )
 
 
+def _run(setup, pcfg, cfg, technique, amount, *, grid, delta, cache_root, threads, device, bar, traffic, states,
+         rounds=None):  # fmt: skip
+    """One cached run's rounds, marked ``grid``; its traffic appended to ``traffic``, its final state
+    kept in ``states`` (grid runs, when given). ``rounds``: stop after that many rounds (the first
+    rounds of a run do not depend on how many follow: each round's local training is seeded by its index)."""
+    cfg = dataclasses.replace(cfg, rounds=min(rounds, cfg.rounds)) if rounds else cfg
+    try:
+        res = simulate(
+            setup, pcfg, cfg, technique, amount, delta=delta, cache_root=cache_root, threads=threads, device=device
+        )
+    except Exception as err:
+        raise RuntimeError(f"Figure 3 run failed at seed {setup.cfg.seed}, {technique}, p = {amount:g}: {err}") from err
+    traffic.extend(t | {"grid": grid} for t in res["traffic"])
+    if grid and states is not None:
+        states[(technique, amount)] = res["state"]
+    bar.update()
+    return [r | {"grid": grid} for r in res["rounds"]]
+
+
 def curves(rounds: pd.DataFrame) -> pd.DataFrame:
-    """Accuracy against transmitted data and time: per (technique, amount, round), the mean over seeds
-    of accuracy (with its 95 % t-interval, clipped to [0, 1]), cumulative megabytes and elapsed seconds."""
+    """Accuracy against transmitted data and time: per (scenario, technique, amount, round) of the grid
+    runs, the mean over seeds of test accuracy (with its 95 % t-interval, clipped to [0, 1]),
+    cumulative megabytes and elapsed seconds."""
+    df = rounds[rounds["grid"]] if "grid" in rounds else rounds
+    keys = _scenario(df) + ["technique", "amount", "round"]
     rows = []
-    for (technique, amount, r), g in rounds.groupby(["technique", "amount", "round"], sort=False):
+    for key, g in df.groupby(keys, sort=False):
         acc = t_interval(g["accuracy"].tolist())
         rows.append(
-            {"technique": technique, "amount": amount, "round": r, "n": acc["n"], "accuracy": acc["mean"]}
+            dict(zip(keys, key, strict=True)) | {"n": acc["n"], "accuracy": acc["mean"]}
             | {"accuracy_ci_low": max(acc["ci_low"], 0.0), "accuracy_ci_high": min(acc["ci_high"], 1.0)}
             | {"mb": float(g["mb"].mean()), "elapsed_s": float(g["elapsed_s"].mean())}
-        )
+        )  # fmt: skip
     return pd.DataFrame(rows)
 
 
-def select_for_targets(rounds: pd.DataFrame, targets: Sequence[float]) -> pd.DataFrame:
-    """For each seed, target and technique, the pruning factor reaching the target with the least data.
+def _scenario(df: pd.DataFrame) -> list[str]:
+    return ["scenario"] if "scenario" in df else []
 
-    ``rounds`` needs columns seed (optional), technique, amount, round, accuracy, elapsed_s, mb and
-    eligible (optional). Per factor the first eligible round with accuracy >= target counts; among
-    factors the least ``mb`` wins, ties going to less time, then to the larger factor. A technique
-    that never reaches the target gets ``reached=False`` and NaN numbers."""
+
+def _scenarios(df: pd.DataFrame) -> list:
+    """The scenarios of ``df`` in ``SCENARIOS`` order (others after, sorted); ``[None]`` without the column."""
+    if "scenario" not in df:
+        return [None]
+    names = set(df["scenario"])
+    return [s for s in SCENARIOS if s in names] + sorted(names - set(SCENARIOS))
+
+
+def data_needed(rounds: pd.DataFrame, targets: Sequence[float], on: str = "val_accuracy") -> pd.DataFrame:
+    """Per (scenario, target, seed, technique, amount): whether the run reaches the target on ``on``
+    (the first eligible round whose ``on`` accuracy is >= target), and the round, time, data and the
+    validation and test accuracy at that round (NaN when not reached). ``rounds`` needs columns
+    technique, amount, round, elapsed_s, mb and ``on``; seed, eligible and scenario are optional."""
+    if on not in rounds:
+        raise ValueError(f"rounds has no {on!r} column: record it per round (federated.simulate does) or pass on=")
     df = rounds if "eligible" in rounds else rounds.assign(eligible=True)
     df = df if "seed" in df else df.assign(seed=0)
-    df = df[df["eligible"]].sort_values(["seed", "technique", "amount", "round"])
+    keys = _scenario(df) + ["seed", "technique", "amount"]
+    df = df[df["eligible"]].sort_values([*keys, "round"])
     out = []
     for target in targets:
-        for (seed, technique), group in df.groupby(["seed", "technique"], sort=False):
-            hits = group[group["accuracy"] >= target - 1e-9].groupby("amount").head(1)
-            row = {"target": float(target), "seed": int(seed), "technique": technique, "reached": not hits.empty}
-            if hits.empty:
-                row |= dict.fromkeys(("amount", "round", "elapsed_s", "mb", "accuracy"), np.nan)
-            else:
-                best = hits.assign(neg=-hits["amount"]).sort_values(["mb", "elapsed_s", "neg"]).iloc[0]
-                row |= {k: float(best[k]) for k in ("amount", "round", "elapsed_s", "mb", "accuracy")}
+        hit = df[df[on] >= target - 1e-9].groupby(keys, sort=False).head(1).set_index(keys)
+        for key in df.groupby(keys, sort=False).groups:
+            row = dict(zip(keys, key, strict=True)) | {"target": float(target), "reached": key in hit.index}
+            for k in ("round", "elapsed_s", "mb", "val_accuracy", "accuracy"):
+                row[k] = float(hit.loc[key, k]) if row["reached"] and k in hit else np.nan
             out.append(row)
     return pd.DataFrame(out)
 
 
+def select_for_targets(rounds: pd.DataFrame, targets: Sequence[float], on: str = "val_accuracy") -> pd.DataFrame:
+    """For each (scenario,) target, seed and technique, the pruning factor that reaches the target on
+    ``on`` (validation accuracy by default: chosen on validation, reported on test) with the least data,
+    over every factor run for that seed; ties go to less time, then to the larger factor. The row
+    carries that point's round, time, data, ``val_accuracy`` and test ``accuracy``, and ``test_meets``
+    (the test accuracy there also meets the target). Not reached: ``reached=False``, NaN numbers."""
+    need = data_needed(rounds, targets, on)
+    keys = _scenario(need) + ["target", "seed", "technique"]
+    out = []
+    for key, g in need.groupby(keys, sort=False):
+        hits = g[g["reached"]]
+        row = dict(zip(keys, key, strict=True)) | {"reached": not hits.empty}
+        cols = ("amount", "round", "elapsed_s", "mb", "val_accuracy", "accuracy")
+        if hits.empty:
+            row |= dict.fromkeys(cols, np.nan) | {"test_meets": False}
+        else:
+            best = hits.assign(neg=-hits["amount"]).sort_values(["mb", "elapsed_s", "neg"]).iloc[0]
+            row |= {k: float(best[k]) for k in cols if k in best}
+            row["test_meets"] = bool(best["accuracy"] >= row["target"] - 1e-9)
+        out.append(row)
+    return pd.DataFrame(out)
+
+
+def next_factor(
+    runs: pd.DataFrame, target: float, resolution: float, on: str = "val_accuracy"
+) -> tuple[float, int] | None:
+    """The next factor to run for one seed and technique (``runs``: every round of its runs so far) and
+    the rounds it needs to be run for, or None when the choice is known to ``resolution``.
+
+    The factor chosen (least data to the target on ``on``, ``select_for_targets``) reaches the target
+    at some round r; the next factor run above it is the first not known to reach it within r rounds.
+    Assuming accuracy after r rounds decreases with p, the highest factor reaching the target within r
+    rounds -- the least data in r rounds -- lies between the two: bisect there, running each midpoint
+    for r rounds, until they are at most ``resolution`` apart. A midpoint that would reach the target
+    only after round r counts as not reaching it: in r + 1 rounds it saves data over the choice only
+    if (1 - p_mid) / (1 - p_chosen) < r / (r + 1), i.e. if half the gap exceeds (1 - p_chosen) / (r + 1),
+    which a gap of a few hundredths allows only after many rounds. Where accuracy is not
+    monotone in p the bisection still ends (the interval halves at every step, at fixed midpoints)
+    and the choice is the least data over every factor run."""
+    sel = select_for_targets(runs, [target], on).iloc[0]
+    if not sel["reached"]:
+        return None
+    above = sorted(a for a in runs["amount"].unique() if a > sel["amount"] + 1e-12)
+    if not above or above[0] - sel["amount"] <= resolution + 1e-9:
+        return None
+    return round((sel["amount"] + above[0]) / 2, 6), int(sel["round"])
+
+
 def savings(selection: pd.DataFrame, other: str = "flexrel", bases: Sequence[str] = BASELINES) -> pd.DataFrame:
-    """Per target and baseline: the data saving of ``other``, 1 - mb_other / mb_base, paired per seed
-    over the seeds where both reach the target, with its 95 % t-interval; also the time saving and
-    how many seeds each side reached the target on."""
+    """Per (scenario,) target and baseline: the data saving of ``other``, 1 - mb_other / mb_base, paired
+    per seed over the seeds where both reach the target, with its 95 % t-interval; also the time
+    saving, how many seeds each side reached the target on, and in how many of the paired seeds both
+    reach it in the same round (``same_round``: there the saving is the ratio of message sizes)."""
+    if "scenario" in selection:
+        parts = [_savings(g, other, bases).assign(scenario=s) for s, g in selection.groupby("scenario", sort=False)]
+        df = pd.concat(parts, ignore_index=True)
+        return df[["scenario"] + [c for c in df.columns if c != "scenario"]]
+    return _savings(selection, other, bases)
+
+
+def _savings(selection: pd.DataFrame, other: str, bases: Sequence[str]) -> pd.DataFrame:
     wide = selection.pivot_table(
-        index=["target", "seed"], columns="technique", values=["mb", "elapsed_s"], dropna=False
+        index=["target", "seed"], columns="technique", values=["mb", "elapsed_s", "round"], dropna=False
     )
     reached = selection.pivot_table(index="target", columns="technique", values="reached", aggfunc="sum")
     rows = []
@@ -154,6 +264,7 @@ def savings(selection: pd.DataFrame, other: str = "flexrel", bases: Sequence[str
                 | {"ci_high": mb["ci_high"], "time_saving": time["mean"]}
                 | {f"mb_{base}": float(w.loc[both, ("mb", base)].mean()) if len(both) else np.nan}
                 | {f"mb_{other}": float(w.loc[both, ("mb", other)].mean()) if len(both) else np.nan}
+                | {"same_round": int((w.loc[both, ("round", base)] == w.loc[both, ("round", other)]).sum())}
                 | {
                     f"reached_{base}": int(reached.loc[target, base]),
                     f"reached_{other}": int(reached.loc[target, other]),
@@ -188,35 +299,41 @@ def half_precision_effect(
 
 
 def plot(selection: pd.DataFrame, panels: Sequence[str] = PANELS) -> Figure:
-    """The paper's Figure 3: elapsed learning time against accuracy target, one panel per technique
-    ((a) magnitude, (b) FlexRel, (c) relevance only), mean and 95 % interval over the seeds that
-    reach the target, each point annotated with the mean megabytes sent and the seeds reaching it;
-    the unpruned runs, where present, as a grey reference line."""
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.4 * len(panels), 3.8), sharey=True, squeeze=False)
-    summary = _by_target(selection)
-    dense = summary[summary["technique"] == "dense"]
-    for ax, technique, letter in zip(axes[0], panels, "abcdefgh", strict=False):
-        if not dense.empty:
-            ax.plot(dense["target"], dense["elapsed_s"], ls="--", color=PALETTE["dense"], lw=1, label=LABELS["dense"])
-        part = summary[summary["technique"] == technique]
-        ax.errorbar(
-            part["target"], part["elapsed_s"], yerr=[part["elapsed_s"] - part["low"], part["high"] - part["elapsed_s"]],
-            fmt="o-", capsize=3, color=PALETTE[technique], label=LABELS[technique],
-        )  # fmt: skip
-        for r in part.itertuples():
-            ax.annotate(f"{r.mb:.2f} MB\n{r.n}/{r.seeds}", (r.target, r.elapsed_s), fontsize=6.5,
-                        textcoords="offset points", xytext=(0, 7), ha="center")  # fmt: skip
-        ax.set_title(f"({letter}) {LABELS[technique]}")
-        ax.set_xlabel("accuracy target")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="upper left")
-    axes[0][0].set_ylabel("elapsed learning time (s)")
+    """The paper's Figure 3, one row per scenario: elapsed learning time against accuracy target, one
+    panel per technique ((a) magnitude, (b) FlexRel, (c) relevance only), mean and 95 % interval over
+    the seeds that reach the target, each point annotated with the mean megabytes sent, the mean round
+    reached and the seeds reaching it; the unpruned runs, where present, as a grey reference line."""
+    scenarios = _scenarios(selection)
+    fig, axes = plt.subplots(
+        len(scenarios), len(panels), figsize=(4.4 * len(panels), 3.8 * len(scenarios)), sharey="row", squeeze=False
+    )
+    for row, scenario in zip(axes, scenarios, strict=True):
+        summary = _by_target(selection if scenario is None else selection[selection["scenario"] == scenario])
+        dense = summary[summary["technique"] == "dense"]
+        for ax, technique, letter in zip(row, panels, "abcdefgh", strict=False):
+            if not dense.empty:
+                ax.plot(dense["target"], dense["elapsed_s"], ls="--", color=PALETTE["dense"], lw=1,
+                        label=LABELS["dense"])  # fmt: skip
+            part = summary[summary["technique"] == technique]
+            ax.errorbar(
+                part["target"], part["elapsed_s"],
+                yerr=[part["elapsed_s"] - part["low"], part["high"] - part["elapsed_s"]],
+                fmt="o-", capsize=3, color=PALETTE[technique], label=LABELS[technique],
+            )  # fmt: skip
+            for r in part.itertuples():
+                ax.annotate(f"{r.mb:.2f} MB, r{r.round:.1f}\n{r.n}/{r.seeds}", (r.target, r.elapsed_s), fontsize=6,
+                            textcoords="offset points", xytext=(0, 7), ha="center")  # fmt: skip
+            ax.set_title(f"({letter}) {LABELS[technique]}" + (f" — {scenario}" if scenario else ""))
+            ax.set_xlabel("accuracy target (validation)")
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=7, loc="upper left")
+        row[0].set_ylabel("elapsed learning time (s)")
     fig.tight_layout()
     return fig
 
 
 def _by_target(selection: pd.DataFrame) -> pd.DataFrame:
-    """Per (technique, target): mean time and data over the seeds that reach it, interval, counts."""
+    """Per (technique, target): mean time, data and round over the seeds that reach it, interval, counts."""
     rows = []
     for (technique, target), g in selection.groupby(["technique", "target"], sort=False):
         hit = g[g["reached"].astype(bool)]
@@ -226,149 +343,71 @@ def _by_target(selection: pd.DataFrame) -> pd.DataFrame:
         low, high = (t["ci_low"], t["ci_high"]) if t["n"] > 1 else (t["mean"], t["mean"])
         rows.append(
             {"technique": technique, "target": target, "elapsed_s": t["mean"], "low": low, "high": high}
-            | {"mb": float(hit["mb"].mean()), "n": len(hit), "seeds": g["seed"].nunique()}
+            | {"mb": float(hit["mb"].mean()), "round": float(hit["round"].mean()), "n": len(hit)}
+            | {"seeds": g["seed"].nunique()}
         )
-    return pd.DataFrame(rows, columns=["technique", "target", "elapsed_s", "low", "high", "mb", "n", "seeds"])
+    return pd.DataFrame(rows, columns=["technique", "target", "elapsed_s", "low", "high", "mb", "round", "n", "seeds"])
 
 
-def plot_curves(curve: pd.DataFrame, amounts: Sequence[float] | None = None) -> Figure:
-    """The primary view: test accuracy against cumulative transmitted megabytes (left) and against
-    elapsed time (right), per technique at the pruning factors ``amounts`` (default: a few across
-    the grid), mean and 95 % interval over seeds."""
-    grid = sorted(curve.loc[curve["technique"] != "dense", "amount"].unique())
-    amounts = amounts if amounts is not None else sorted({grid[0], grid[len(grid) // 2], grid[-1]})
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2), sharey=True)
-    styles = ["-", "--", ":", "-."]
-    for (technique, amount), g in curve.groupby(["technique", "amount"], sort=False):
-        if technique != "dense" and amount not in amounts:
-            continue
-        ls = "-" if technique == "dense" else styles[list(amounts).index(amount) % len(styles)]
-        label = LABELS[technique] + ("" if technique == "dense" else f", p = {amount:g}")
-        for ax, x in zip(axes, ("mb", "elapsed_s"), strict=True):
-            ax.plot(g[x], 100 * g["accuracy"], ls, marker="o", ms=2.5, color=PALETTE[technique], label=label)
-            ax.fill_between(g[x], 100 * g["accuracy_ci_low"], 100 * g["accuracy_ci_high"], color=PALETTE[technique],
-                            alpha=0.12, lw=0)  # fmt: skip
-    axes[0].set_xlabel("transmitted data, cumulative (MB)")
-    axes[1].set_xlabel("elapsed learning time (s)")
-    axes[0].set_ylabel("test accuracy (%)")
-    for ax in axes:
-        ax.grid(alpha=0.3)
-    axes[1].legend(fontsize=7, loc="lower right", ncol=2)
+def plot_data_needed(rounds: pd.DataFrame, selection: pd.DataFrame, panels: Sequence[str] = PANELS) -> Figure:
+    """How the data needed varies with the pruning factor, one row per scenario, at the middle target of
+    ``selection``: per technique and seed, the megabytes sent until the validation accuracy first
+    meets the target, against p, over every factor run (grid and refinement); the factor chosen for
+    each seed is circled. Factors that never reach the target within the rounds are left out."""
+    targets = sorted(selection["target"].unique())
+    target = targets[(len(targets) - 1) // 2]
+    need = data_needed(rounds, [target])
+    chosen = selection[selection["target"] == target]
+    scenarios = _scenarios(need)
+    fig, axes = plt.subplots(len(scenarios), 1, figsize=(7.5, 3.6 * len(scenarios)), squeeze=False)
+    for ax, scenario in zip(axes[:, 0], scenarios, strict=True):
+        here = need if scenario is None else need[need["scenario"] == scenario]
+        picked = chosen if scenario is None else chosen[chosen["scenario"] == scenario]
+        for technique in panels:
+            for i, (_, g) in enumerate(here[(here["technique"] == technique) & here["reached"]].groupby("seed")):
+                g = g.sort_values("amount")
+                ax.plot(g["amount"], g["mb"], "o-", ms=2.5, lw=0.8, alpha=0.6, color=PALETTE[technique],
+                        label=LABELS[technique] if i == 0 else None)  # fmt: skip
+            p = picked[(picked["technique"] == technique) & picked["reached"]]
+            ax.scatter(p["amount"], p["mb"], s=60, facecolors="none", edgecolors=PALETTE[technique], lw=1.5)
+        if (here["reached"] & here["technique"].isin(panels)).any():
+            ax.set_yscale("log")
+            ax.legend(fontsize=7)
+        else:
+            ax.text(0.5, 0.5, "no run reaches the target", transform=ax.transAxes, ha="center")
+        ax.set_xlabel("pruning factor p")
+        ax.set_ylabel(f"MB to {target:.0%} (validation)")
+        ax.set_title(f"data needed against p, target {target:g}" + (f" — {scenario}" if scenario else ""))
+        ax.grid(alpha=0.3, which="both")
     fig.tight_layout()
     return fig
 
 
-def _verdict(s: pd.Series, claim: float) -> str:
-    if s["n"] < 2:
-        return "undetermined"
-    if s["ci_low"] > claim:
-        return "holds"
-    if s["ci_high"] < claim:
-        return "does not hold"
-    return "undetermined"
-
-
-def _evaluation_set(test_samples: Mapping[int, int] | None, selection: pd.DataFrame) -> str:
-    """The evaluation set's size and the standard error of one accuracy on it, as a parenthesis for
-    the report ("" when sizes are not given)."""
-    if not test_samples:
-        return ""
-    sizes = sorted(set(test_samples.values()))
-    n = min(sizes)
-    a = float(np.median(selection["target"].unique()))
-    se = 100 * math.sqrt(a * (1 - a) / n)
-    shown = f"{n}" if len(sizes) == 1 else f"{n}–{max(sizes)}"
-    return f" ({shown} images: the standard error of one accuracy near {a:.0%} is {se:.1f} points)"
-
-
-def report(
-    selection: pd.DataFrame,
-    saving: pd.DataFrame,
-    half: pd.DataFrame | None,
-    cfg: FedConfig,
-    *,
-    amounts: Sequence[float],
-    delta: float,
-    test_samples: Mapping[int, int] | None = None,
-    claim: float = CLAIM,
-) -> str:
-    """The Figure 3 section of REPORT.md: the scenario, FlexRel's data saving per target against each
-    baseline (mean and 95 % interval over seeds), and the verdict on the paper's claim.
-    ``test_samples`` (``SweepResult.test_samples``) gives the evaluation set's size and, at the
-    middle target, the binomial standard error of one accuracy measured on it."""
-    seeds = selection["seed"].nunique()
-    steps = (
-        f"{cfg.local_steps} mini-batches of {cfg.local_batch_size}"
-        if cfg.local_steps
-        else f"{cfg.local_epochs} epoch(s)"
-    )
-    lines = [
-        "## Figure 3 — learning time and transmitted data to reach an accuracy target",
-        "",
-        f"Scenario: the dense model trained to convergence (the same one the other figures prune, one per seed) is "
-        f"pruned once at the server with each technique (FlexRel δ = {delta:g}), then learnt cooperatively by "
-        f"{cfg.nodes} nodes holding {cfg.partition} shards of the training split, by federated averaging for "
-        f"{cfg.rounds} rounds with fixed masks (each node trains {steps} per round). No dense warm-up traffic: the "
-        f"starting model was trained centrally. Node speed {cfg.node_flops / 1e9:g} GFLOP/s, links "
-        f"{cfg.bandwidth_bps / 1e6:g} Mbit/s, latency {1e3 * cfg.latency_s:g} ms. Data = real `encode_sparse` bytes, "
-        f"down and up, all nodes. Pruning factors tried: {', '.join(f'{a:g}' for a in amounts)}; {seeds} seeds. "
-        f"Accuracy is measured on the test split of each seed{_evaluation_set(test_samples, selection)}; a target "
-        "counts at the first round of learning "
-        "reaching it, with the factor that needs the least data (`fig3_targets.csv`; curves in `fig3_curves.csv`).",
-        "",
-        "FlexRel's data saving, 1 − MB(FlexRel) / MB(baseline), paired over the seeds where both reach the target "
-        "(mean [95 % t-interval], seeds):",
-        "",
-        "| target | vs magnitude | vs relevance only | vs no pruning |",
-        "|---|---|---|---|",
-    ]
-    table = saving.set_index(["target", "baseline"])
-    for target in sorted(saving["target"].unique()):
-        cells = []
-        for base in BASELINES:
-            if (target, base) not in table.index:
-                cells.append("—")
+def plot_curves(curve: pd.DataFrame, amounts: Sequence[float] | None = None) -> Figure:
+    """The primary view, one row per scenario: test accuracy against cumulative transmitted megabytes
+    (left) and against elapsed time (right), per technique at the pruning factors ``amounts`` (default:
+    a few across the grid), mean and 95 % interval over seeds."""
+    scenarios = _scenarios(curve)
+    fig, axes = plt.subplots(len(scenarios), 2, figsize=(12, 4.2 * len(scenarios)), sharey="row", squeeze=False)
+    styles = ["-", "--", ":", "-."]
+    for row, scenario in zip(axes, scenarios, strict=True):
+        here = curve if scenario is None else curve[curve["scenario"] == scenario]
+        grid = sorted(here.loc[here["technique"] != "dense", "amount"].unique())
+        shown = amounts if amounts is not None else sorted({grid[0], grid[len(grid) // 2], grid[-1]})
+        for (technique, amount), g in here.groupby(["technique", "amount"], sort=False):
+            if technique != "dense" and amount not in shown:
                 continue
-            r = table.loc[(target, base)]
-            cells.append(f"{format_interval(r['saving'], r['ci_low'], r['ci_high'], 100, '%', 1)} (n = {int(r['n'])})")
-        lines.append(f"| {target:.3f} | " + " | ".join(cells) + " |")
-    lines += ["", _claim_sentence(saving, claim)]
-    if half is not None and not half.empty:
-        ratio = float((half["bytes_fp16"] / half["bytes_fp32"]).mean())
-        lines += [
-            "",
-            f"**Half precision** (float16 values, `encode_sparse(half=True)`) on the first seed's final models: "
-            f"{pct(ratio)} of the float32 bytes on average; test accuracy changes by "
-            f"{half['accuracy_change'].min():+.4f} to {half['accuracy_change'].max():+.4f}.",
-        ]
-    return "\n".join(lines) + "\n"
-
-
-def _claim_sentence(saving: pd.DataFrame, claim: float) -> str:
-    """The verdict on "over 35 % bandwidth" against magnitude, and what the other baselines give."""
-    mag = saving[saving["baseline"] == "magnitude"]
-    verdicts = [_verdict(r, claim) for _, r in mag.iterrows()]
-    counts = {v: verdicts.count(v) for v in ("holds", "does not hold", "undetermined")}
-    better = [direction(r["ci_low"], r["ci_high"]) for _, r in mag.iterrows()]
-    text = (
-        f"**Paper's claim** (“saving over {pct(claim)} bandwidth for typical accuracy targets”), against magnitude "
-        f"pruning: the interval lies above {pct(claim)} at {counts['holds']} of {len(mag)} targets, below it at "
-        f"{counts['does not hold']}, and straddles it (or too few seeds reach the target) at {counts['undetermined']}. "
-        f"FlexRel needs significantly less data than magnitude at {better.count('higher')} targets and significantly "
-        f"more at {better.count('lower')}. "
-    )
-    if counts["holds"] == len(mag) and len(mag):
-        text += "**The claim holds here.**"
-    elif counts["holds"] == 0:
-        text += "**The claim does not hold here** against magnitude pruning."
-    else:
-        text += "**The claim holds here only at some targets.**"
-    for base in ("relevance", "dense"):
-        sub = saving[saving["baseline"] == base]
-        if len(sub):
-            above = sum(_verdict(r, claim) == "holds" for _, r in sub.iterrows())
-            text += (
-                f" Against {LABELS[base]}, the saving's interval lies above {pct(claim)} at {above} of {len(sub)} "
-                "targets."
-            )
-    return text
+            ls = "-" if technique == "dense" else styles[list(shown).index(amount) % len(styles)]
+            label = LABELS[technique] + ("" if technique == "dense" else f", p = {amount:g}")
+            for ax, x in zip(row, ("mb", "elapsed_s"), strict=True):
+                ax.plot(g[x], 100 * g["accuracy"], ls, marker="o", ms=2.5, color=PALETTE[technique], label=label)
+                ax.fill_between(g[x], 100 * g["accuracy_ci_low"], 100 * g["accuracy_ci_high"],
+                                color=PALETTE[technique], alpha=0.12, lw=0)  # fmt: skip
+        row[0].set_xlabel("transmitted data, cumulative (MB)")
+        row[1].set_xlabel("elapsed learning time (s)")
+        row[0].set_ylabel("test accuracy (%)" + (f" — {scenario}" if scenario else ""))
+        for ax in row:
+            ax.grid(alpha=0.3)
+        row[1].legend(fontsize=7, loc="lower right", ncol=2)
+    fig.tight_layout()
+    return fig

@@ -13,6 +13,7 @@ minutes. The counts follow the profiles when they change; the keys they read are
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections import Counter
 from collections.abc import Mapping, Sequence
 
@@ -38,7 +39,21 @@ KEYS_READ = {
     "common": ("seed", "seeds", "epochs", "limit", "inference_samples", "delta", "fine_tune_epochs", "fine_tune_lr"),
     "fig1": ("seed",),
     "fig2": ("methods", "pruning_factors", "shift_classes", "shift_weights"),
-    "fig3": ("nodes", "rounds", "local_epochs", "local_steps", "local_batch_size", "half", "techniques", "amounts"),
+    "fig3": (
+        "nodes",
+        "rounds",
+        "local_epochs",
+        "local_steps",
+        "local_batch_size",
+        "half",
+        "techniques",
+        "amounts",
+        "targets",
+        "resolution",
+        "partial_epochs",
+        "partial_rounds",
+        "partial_amounts",
+    ),  # fmt: skip
     "fig4": ("deltas", "pruning_factors", "pruning_factor"),
     "ablations": ("pruning_factors", "steps"),
     "table1": ("seed", "methods", "repeats", "inference_samples"),
@@ -102,11 +117,16 @@ def stage_counts(
       prune + eval; with ``fine_tune_epochs`` and p > 0, fine-tuning (scoring + prune + epochs x
       train images, shared by the conditions for magnitude, whose masks ignore relevance) + eval.
     - fig3: per seed, the setup Figure 2 cached, then per run (techniques x amounts, plus one
-      unpruned) scoring + prune, a test evaluation after pruning and after each of ``rounds``
-      rounds; a round: 2 x nodes messages (their bytes, ``message``; with ``half`` an encode and a
-      decode each), ``nodes`` x ``min(local_steps x local_batch_size, shard x local_epochs)`` images
-      trained, one average; the first seed's runs add the half-precision check (2 encodes, 1
-      decode, 2 test evals).
+      unpruned) scoring + prune, a val and a test evaluation after pruning and after each of
+      ``rounds`` rounds; a round: 2 x nodes messages (their bytes, ``message``; with ``half`` an
+      encode and a decode each), ``nodes`` x ``min(local_steps x local_batch_size, shard x
+      local_epochs)`` images trained, one average; the first seed's runs add the half-precision
+      check (2 encodes, 1 decode, 2 test evals). With ``resolution``, the refinement is counted at
+      its most: per technique and target, ceil(log2(widest grid gap / resolution)) more runs of
+      ``rounds`` rounds (a real run needs fewer where targets share midpoints, and stops at the
+      round of its choice). With ``partial_epochs``, scenario ``partial`` adds per seed a model
+      trained that many epochs (its relevance and dense evaluation), and the same runs with
+      ``partial_amounts`` and ``partial_rounds``.
     - ablations: see ``_ablations``.
     - fig4: per seed, delta, pruning factor: as a fig2 point, in-distribution only; then the
       compact explorer (as in explore, without timing or static views).
@@ -223,29 +243,48 @@ def _table1(t: _Tally, nb: str, s: Mapping) -> None:
 
 
 def _fig3(t: _Tally, nb: str, s: Mapping) -> None:
-    nodes, rounds = int(s.get("nodes", 5)), int(s.get("rounds", 5))
+    nodes = int(s.get("nodes", 5))
     shard = t.sizes["train"] / nodes
     per_node = shard * int(s.get("local_epochs", 1))
     if s.get("local_steps"):
         per_node = min(per_node, int(s["local_steps"]) * int(s.get("local_batch_size", 32)))
     message = ("encode", "decode") if s.get("half") else ("message",)
-    runs = [(tech, a) for tech in s.get("techniques", METHODS) for a in s.get("amounts", [])] + [("dense", 0.0)]
+    techniques = list(s.get("techniques", METHODS))
+    scenarios = [("trained", int(s.get("rounds", 5)), list(s.get("amounts", [])))]
+    if s.get("partial_epochs"):
+        scenarios.append(("partial", int(s.get("partial_rounds", 5)), list(s.get("partial_amounts", []))))
     seeds = s.get("seeds", [s.get("seed", 0)])
     for seed in seeds:
         _setup(t, nb, int(seed))  # the trained model and relevance Figure 2 computed
-        for technique, _amount in runs:
-            if technique != "dense":
-                t.add(nb, "scoring", 1)
-                t.add(nb, "prune", 1)
-            t.add(nb, "evaluate_image", (1 + rounds) * t.sizes["test"])  # after pruning, after each round
-            for stage in message:
-                t.add(nb, stage, 2 * nodes * rounds)  # down and up, every node, every round
-            t.add(nb, "train_image", rounds * nodes * per_node)
-            t.add(nb, "average", rounds)
-            if seed == seeds[0]:  # the half-precision check on the first seed's final models
-                t.add(nb, "encode", 2)
-                t.add(nb, "decode", 1)
-                t.add(nb, "evaluate_image", 2 * t.sizes["test"])
+        for scenario, rounds, amounts in scenarios:
+            if scenario == "partial" and t.first(("partial", int(seed))):  # its own model, relevance, dense eval
+                t.add(nb, "train_image", int(s["partial_epochs"]) * t.sizes["train"])
+                t.add(nb, "evaluate_image", 2 * t.sizes["val"] + t.sizes["test"])
+                t.add(nb, "load_image", t.samples(t.common.get("inference_samples")))
+                t.add(nb, "relevance_sample", t.samples(t.common.get("inference_samples")))
+            runs = [tech for tech in techniques for _ in amounts] + ["dense"]
+            runs += [tech for tech in techniques for _ in range(_refinements(s, amounts))]
+            for technique in runs:
+                if technique != "dense":
+                    t.add(nb, "scoring", 1)
+                    t.add(nb, "prune", 1)
+                t.add(nb, "evaluate_image", (1 + rounds) * (t.sizes["val"] + t.sizes["test"]))  # each round
+                for stage in message:
+                    t.add(nb, stage, 2 * nodes * rounds)  # down and up, every node, every round
+                t.add(nb, "train_image", rounds * nodes * per_node)
+                t.add(nb, "average", rounds)
+        if seed == seeds[0]:  # the half-precision check on the first seed's final models of the grid
+            t.add(nb, "encode", 2 * (len(techniques) * len(scenarios[0][2]) + 1))
+            t.add(nb, "decode", len(techniques) * len(scenarios[0][2]) + 1)
+            t.add(nb, "evaluate_image", 2 * t.sizes["test"] * (len(techniques) * len(scenarios[0][2]) + 1))
+
+
+def _refinements(s: Mapping, amounts: Sequence[float]) -> int:
+    """Most refinement runs per technique: per target, ceil(log2(widest grid gap / resolution))."""
+    if not s.get("resolution") or len(amounts) < 2:
+        return 0
+    gap = max(b - a for a, b in zip(sorted(amounts), sorted(amounts)[1:], strict=False))
+    return len(s.get("targets", [])) * max(0, math.ceil(math.log2(gap / float(s["resolution"]))))
 
 
 def _ablations(t: _Tally, nb: str, s: Mapping) -> None:

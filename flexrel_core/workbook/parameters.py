@@ -203,6 +203,12 @@ RANGES: dict[str, Rule] = {
     "techniques": list_of(METHOD, distinct=True),
     "amounts": list_of(PRUNING_FACTOR, distinct=True),
     "targets": list_of(FRACTION, distinct=True),
+    "resolution": number(0, 0.5, lo_open=True),
+    "refine": list_of(METHOD, nonempty=False, distinct=True),
+    "partial_epochs": POSITIVE_COUNT,
+    "partial_rounds": POSITIVE_COUNT,
+    "partial_partition": one_of_library("flexrel_core.workbook.config", "PARTITIONS"),
+    "partial_amounts": list_of(PRUNING_FACTOR, distinct=True),
     # the explorer
     "eval_samples": COUNT,
     "explorer_threads": COUNT,

@@ -52,11 +52,22 @@ def test_counts_follow_the_profile_keys():
     assert one["message"] == 2 * (2 * 4 * 3)  # two runs (magnitude 0.9, dense) x down and up x nodes x rounds
     assert one["encode"] == 2 * 2 and one["decode"] == 2  # the half-precision check, first seed
     assert one["train_image"] == 2 * 3 * 4 * 20  # runs x rounds x nodes x local steps x batch
-    assert one["evaluate_image"] == 100 + 250 + 2 * (1 + 3) * 150 + 2 * 2 * 150  # setup, runs, half check
+    # setup, runs (val + test after pruning and after each round), half check
+    assert one["evaluate_image"] == 100 + 250 + 2 * (1 + 3) * 250 + 2 * 2 * 150
     seeds = {**TINY["common"], "seeds": [0, 1]}
     two = stage_counts({"common": seeds, "fig3": fig3}, images=1000, classes=10)["fig3"]
     assert two["message"] == 2 * one["message"] and two["train_image"] == 2 * one["train_image"]
     assert two["encode"] == one["encode"]  # the half-precision check runs on the first seed only
+    # refinement at its most: grid 0.5, 0.9 (gap 0.4) to 0.05 = 3 halvings per target, 2 targets: 6 more runs;
+    # scenario partial: a 1-epoch model (600 images, 2 val + 1 test evaluations) and 2 runs of 2 rounds
+    more = {**fig3, "amounts": [0.5, 0.9], "targets": [0.8, 0.9], "resolution": 0.05}
+    refined = stage_counts({"common": TINY["common"], "fig3": more}, images=1000, classes=10)["fig3"]
+    assert refined["message"] == (2 + 1 + 6) * (2 * 4 * 3)
+    partial = {**fig3, "partial_epochs": 1, "partial_rounds": 2, "partial_amounts": [0.9]}
+    both = stage_counts({"common": TINY["common"], "fig3": partial}, images=1000, classes=10)["fig3"]
+    assert both["message"] == one["message"] + 2 * (2 * 4 * 2)
+    assert both["train_image"] == one["train_image"] + 600 + 2 * 2 * 4 * 20
+    assert both["evaluate_image"] == one["evaluate_image"] + 350 + 2 * (1 + 2) * 250
 
 
 def test_ablations_reuse_figure_2_points_and_count_their_variants():

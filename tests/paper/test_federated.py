@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -9,9 +11,10 @@ import torch
 from torch import nn
 
 from flexrel_core.encoding import encode_sparse, information_bound_bits
-from flexrel_core.masks import get_masks, prune
+from flexrel_core.masks import get_masks, load_state, prune
 from flexrel_core.paper import federated as fl
 from flexrel_core.scores import pruning_scores
+from flexrel_core.training import evaluate
 from flexrel_core.workbook.config import PARTITIONS, FedConfig, PruneConfig, TrainConfig
 from flexrel_core.workbook.pipeline import prepare
 
@@ -132,6 +135,22 @@ def test_simulation_is_deterministic_and_cached(setup, tmp_path):
     assert kept == total - round(0.7 * total)
     again = fl.simulate(setup, PCFG, TINY, "flexrel", 0.7, delta=0.5, cache_root=tmp_path / "a")  # from the cache
     assert again["rounds"] == a["rounds"]
+
+
+def test_rounds_record_validation_and_test_accuracy_of_the_global_model(setup, tmp_path):
+    """Each round's accuracies are the global model's on the validation and the test split (checked on the
+    final state, evaluated here), and the first rounds of a run do not depend on how many rounds follow."""
+    run = fl.simulate(setup, PCFG, TINY, "magnitude", 0.6, delta=0.5, cache_root=tmp_path)
+    final = load_state(setup.fresh_model(), run["state"])
+    last = run["rounds"][-1]
+    assert last["val_accuracy"] == evaluate(final, setup.data.val, device="cpu")
+    assert last["accuracy"] == evaluate(final, setup.data.test, device="cpu")
+    assert run["rounds"][0]["val_accuracy"] != last["val_accuracy"] or run["rounds"][0]["accuracy"] != last["accuracy"]
+    short = fl.simulate(
+        setup, PCFG, dataclasses.replace(TINY, rounds=1), "magnitude", 0.6, delta=0.5, cache_root=tmp_path
+    )
+    for a, b in zip(short["rounds"], run["rounds"][:2], strict=True):
+        assert a == b
 
 
 def test_unknown_technique_refused(setup):

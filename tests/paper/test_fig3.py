@@ -4,6 +4,7 @@ their columns and value ranges)."""
 
 from __future__ import annotations
 
+import io
 import math
 
 import numpy as np
@@ -11,7 +12,7 @@ import pandas as pd
 import pytest
 from quick_outputs import QUICK
 
-from flexrel_core.paper import fig3
+from flexrel_core.paper import fig3, fig3_report
 from flexrel_core.workbook.config import FedConfig
 
 # (technique, amount): accuracy after each round of learning; data per round = 1 - amount (MB); seed 1 is
@@ -26,16 +27,18 @@ CURVES = {
 }
 
 
-def hand_table(seeds=(0, 1)) -> pd.DataFrame:
+def hand_table(seeds=(0, 1), val_shift: float = 0.0) -> pd.DataFrame:
+    """Test accuracy per CURVES; validation accuracy is the test accuracy plus ``val_shift``."""
     rows = []
     for seed in seeds:
         for (t, a), accs in CURVES.items():
             rows.append({"seed": seed, "technique": t, "amount": a, "round": 0, "accuracy": 0.99, "elapsed_s": 0.0})
-            rows[-1] |= {"mb": 0.0, "eligible": False}
+            rows[-1] |= {"mb": 0.0, "eligible": False, "val_accuracy": 0.99}
             for r, acc in enumerate(accs, start=1):
                 rows.append(
                     {"seed": seed, "technique": t, "amount": a, "round": r, "accuracy": acc - 0.01 * seed}
                     | {"elapsed_s": 10.0 * r, "mb": r * (1 - a), "eligible": True}
+                    | {"val_accuracy": acc - 0.01 * seed + val_shift}
                 )
     return pd.DataFrame(rows)
 
@@ -50,6 +53,79 @@ def test_target_selection_per_seed_on_a_hand_made_table():
     assert sel.loc[(0.9, 0, "flexrel"), ["amount", "round"]].tolist() == [0.9, 3]
     assert not sel.loc[(0.95, 0, "magnitude"), "reached"] and math.isnan(sel.loc[(0.95, 0, "magnitude"), "mb"])
     assert not sel.loc[(0.8, 0, "relevance"), "reached"]  # the ineligible round 0 does not count
+    assert sel["test_meets"].eq(sel["reached"]).all()  # validation = test here
+
+
+def test_factors_are_chosen_on_validation_and_reported_on_test():
+    """Validation 0.02 above test: the choice follows validation (an earlier round, another factor), the
+    reported accuracy is the test accuracy at that point, and test_meets says whether it meets the target."""
+    sel = fig3.select_for_targets(hand_table(val_shift=0.02), [0.85, 0.9]).set_index(["target", "seed", "technique"])
+    # seed 0, magnitude, 0.85 on validation: 0.5 at round 1 (0.70 + 0.02 < 0.85: no), round 2 (0.87): 1.0 MB;
+    # 0.9 at round 2 (0.82): no; round 3 (0.86): 0.3 MB -> 0.9 at round 3, test accuracy 0.84 misses 0.85
+    row = sel.loc[(0.85, 0, "magnitude")]
+    assert [row["amount"], row["round"], row["mb"]] == pytest.approx([0.9, 3, 0.3])
+    assert row["accuracy"] == pytest.approx(0.84) and row["val_accuracy"] == pytest.approx(0.86)
+    assert not row["test_meets"]
+    # seed 0, FlexRel, 0.9 on validation: 0.9 at round 3 (0.94): test 0.92 meets it
+    row = sel.loc[(0.9, 0, "flexrel")]
+    assert [row["amount"], row["round"]] == [0.9, 3] and row["accuracy"] == pytest.approx(0.92) and row["test_meets"]
+    on_test = fig3.select_for_targets(hand_table(val_shift=0.02), [0.85], on="accuracy")
+    assert on_test.set_index(["seed", "technique"]).loc[(0, "magnitude"), "amount"] == 0.5  # test-chosen differs
+    with pytest.raises(ValueError, match="val_accuracy"):
+        fig3.select_for_targets(hand_table().drop(columns="val_accuracy"), [0.85])
+
+
+def monotone_runs(crossing: float, amounts, rounds: int = 3) -> pd.DataFrame:
+    """Runs whose accuracy after round r is 0.9 + 0.01 r - (p - crossing): a factor p reaches 0.9 within r
+    rounds iff p <= crossing + 0.01 r; data per round 1 - p."""
+    rows = []
+    for a in amounts:
+        for r in range(1, rounds + 1):
+            acc = 0.9 + 0.01 * r - (a - crossing)
+            rows.append({"technique": "flexrel", "amount": a, "round": r, "val_accuracy": acc, "accuracy": acc})
+            rows[-1] |= {"elapsed_s": float(r), "mb": r * (1 - a), "eligible": True}
+    return pd.DataFrame(rows)
+
+
+def test_bisection_finds_the_crossing_to_the_stated_resolution():
+    """Crossing of round 1 at p = 0.9337: grid 0.8, 0.9, 0.95 -> 0.9 chosen (round 1, 0.1 MB; 0.95 needs 3
+    rounds, 0.15 MB); bisection adds 0.925 (round 1), 0.9375 (round 2: more data), 0.93125 (round 1), and
+    stops when the choice is within 0.01 of the next factor run above it."""
+    grid, added = [0.8, 0.9, 0.95], []
+    runs = monotone_runs(0.9237, grid)
+    while (step := fig3.next_factor(runs, 0.9, 0.01)) is not None:
+        added.append(step)
+        runs = pd.concat([runs, monotone_runs(0.9237, [step[0]], rounds=step[1])], ignore_index=True)
+    assert [p for p, _ in added] == pytest.approx([0.925, 0.9375, 0.93125])
+    assert [r for _, r in added] == [1, 1, 1]  # each midpoint runs for the round of the current choice
+    best = fig3.select_for_targets(runs, [0.9]).iloc[0]
+    # an independent statement: the highest factor reaching 0.9 after one round is 0.9337; the choice is below
+    # it and within the resolution of it, the next factor run above it misses
+    assert best["round"] == 1 and 0.9337 - 0.01 <= best["amount"] <= 0.9337
+    assert fig3.next_factor(monotone_runs(0.5, grid), 0.99, 0.01) is None  # never reached: nothing to refine
+
+
+def test_bisection_on_a_non_monotone_curve_ends_deterministically():
+    rng = np.random.default_rng(0)
+    rows = []
+    for a in np.round(np.linspace(0.5, 0.99, 50), 4):  # a look-up table: accuracy noisy in p
+        acc = 0.9 + 0.05 * rng.standard_normal()
+        rows.append({"technique": "flexrel", "amount": a, "round": 1, "val_accuracy": acc, "accuracy": acc})
+        rows[-1] |= {"elapsed_s": 1.0, "mb": 1 - a, "eligible": True}
+    table = pd.DataFrame(rows)
+
+    def refine(grid):
+        runs = table[table["amount"].isin(grid)]
+        steps = 0
+        while (step := fig3.next_factor(runs, 0.9, 0.02)) is not None:
+            steps += 1
+            near = table.iloc[[int(np.abs(table["amount"] - step[0]).argmin())]].assign(amount=step[0])
+            runs = pd.concat([runs, near], ignore_index=True)
+        return steps, fig3.select_for_targets(runs, [0.9]).iloc[0]["amount"]
+
+    grid = [table["amount"].iloc[0], table["amount"].iloc[25], table["amount"].iloc[-1]]
+    first, again = refine(grid), refine(grid)
+    assert first == again and first[0] <= 5  # the bracket halves at every step: log2(0.245 / 0.02) < 5
 
 
 def test_savings_are_paired_over_the_seeds_where_both_reach():
@@ -69,21 +145,63 @@ def test_savings_are_paired_over_the_seeds_where_both_reach():
     assert sav.loc[(0.95, "magnitude"), "reached_magnitude"] == 0
 
 
-def test_report_states_the_verdict_against_magnitude_and_the_other_baselines():
-    sel = fig3.select_for_targets(hand_table(), [0.8, 0.85, 0.9, 0.95])
-    text = fig3.report(sel, fig3.savings(sel), None, FedConfig(), amounts=[0.5, 0.9], delta=0.5)
-    assert "## Figure 3" in text and "Paper's claim" in text
-    assert "+80.0 [+80.0, +80.0] % (n = 2)" in text  # target 0.85 against magnitude
-    assert "above 35.0 % at 2 of 4 targets" in text and "only at some targets" in text
-    assert "Against relevance only" in text and "Against dense (no pruning)" in text
-    assert len(fig3.plot(sel).axes) == 3
-    assert len(fig3.plot_curves(fig3.curves(hand_table())).axes) == 2
-    assert "images" not in text  # no evaluation-set size given, none stated
-    sized = fig3.report(
-        sel, fig3.savings(sel), None, FedConfig(), amounts=[0.5], delta=0.5, test_samples={0: 400, 1: 400}
+def test_savings_per_scenario_count_seeds_reaching_in_the_same_round():
+    table = pd.concat([hand_table().assign(scenario="a"), hand_table(val_shift=0.02).assign(scenario="b")])
+    sav = fig3.savings(fig3.select_for_targets(table, [0.85])).set_index(["scenario", "baseline"])
+    # scenario a, 0.85: FlexRel 0.9 at round 2 / 3, dense at round 1 in both seeds: no seed in the same round
+    assert sav.loc[("a", "dense"), "same_round"] == 0 and sav.loc[("a", "magnitude"), "same_round"] == 2
+    assert sav.loc[("a", "magnitude"), "saving"] == pytest.approx(0.8)
+    # scenario b (validation +0.02): magnitude 0.9 at round 3 in both seeds (0.84 + 0.02, 0.83 + 0.02: 0.3 MB),
+    # FlexRel 0.9 at round 2 (0.85 + 0.02, 0.84 + 0.02: 0.2 MB): saving 1/3, never in the same round
+    assert sav.loc[("b", "magnitude"), "saving"] == pytest.approx(1 / 3)
+    assert sav.loc[("b", "magnitude"), "same_round"] == 0
+    assert list(sav.reset_index()["scenario"].unique()) == ["a", "b"]
+
+
+def test_report_states_the_verdict_per_scenario_and_the_closing_note():
+    table = pd.concat([hand_table().assign(scenario="trained"), hand_table(val_shift=0.02).assign(scenario="partial")])
+    sel = fig3.select_for_targets(table, [0.8, 0.85, 0.9, 0.95])
+    cfgs = {"trained": FedConfig(rounds=3), "partial": FedConfig(rounds=3, partition="dirichlet")}
+    text = fig3_report.report(
+        sel, fig3.savings(sel), None, cfgs, start_epochs={"trained": 15, "partial": 1},
+        amounts={"trained": [0.5, 0.9], "partial": [0.5, 0.9]}, resolution=0.01, delta=0.5,
+        test_samples={0: 400, 1: 400}, val_samples={0: 300, 1: 300},
+    )  # fmt: skip
+    assert "## Figure 3" in text and "### Scenario `trained`" in text and "### Scenario `partial`" in text
+    assert "+80.0 [+80.0, +80.0] % (n = 2)" in text  # scenario trained, target 0.85 against magnitude
+    assert "above 35.0 % at 1 of 4 targets" in text and "only at some targets" in text
+    assert "Against relevance only" in text and "Against no pruning" in text
+    assert "dirichlet shards" in text and "after 1 training epoch(s)" in text
+    # middle target 0.875: sqrt(0.875 * 0.125 / 300) = 1.9 points, / 400 = 1.7 points
+    assert "300 validation images: the standard error of one accuracy near 88% is 1.9 points" in text
+    assert "400 test images: the standard error of one accuracy near 88% is 1.7 points" in text
+    trained = sel[(sel["scenario"] == "trained") & sel["reached"] & (sel["technique"] != "dense")]
+    counts = trained["round"].astype(int).value_counts().sort_index()
+    assert fig3_report.rounds_needed(trained) in text
+    assert fig3_report.rounds_needed(trained) == f"round 2: {counts[2]}, round 3: {counts[3]} (of {len(trained)}; " + (
+        f"mean {trained['round'].mean():.2f})"
     )
-    # middle target 0.875: sqrt(0.875 * 0.125 / 400) = 0.0165
-    assert "(400 images: the standard error of one accuracy near 88% is 1.7 points)" in sized
+    assert "**Closing note.**" in text and "`trained`: above at 1, below at 0, undetermined at 3 of 4" in text
+    assert "on the grid only" not in text
+    grid_only = fig3_report.report(
+        sel, fig3.savings(sel), None, cfgs, start_epochs={"trained": 15, "partial": 1},
+        amounts={"trained": [0.5, 0.9], "partial": [0.5, 0.9]}, resolution=0.01, delta=0.5,
+        refine=["magnitude", "flexrel"],
+    )  # fmt: skip
+    assert "refined by bisection (relevance only: on the grid only)" in grid_only
+    assert len(fig3.plot(sel).axes) == 6
+    assert len(fig3.plot_curves(fig3.curves(table)).axes) == 4
+    assert len(fig3.plot_data_needed(table, sel).axes) == 2
+    unreached = table.assign(val_accuracy=table["val_accuracy"].where(table["technique"] == "dense", 0.1))
+    fig = fig3.plot_data_needed(unreached, fig3.select_for_targets(unreached, [0.8, 0.85, 0.9, 0.95]))
+    fig.savefig(io.BytesIO(), format="png")  # a scenario where no pruned run reaches the target still draws
+
+
+def test_verdicts_come_from_the_interval():
+    assert fig3_report.verdict({"n": 5, "ci_low": 0.36, "ci_high": 0.5}) == "holds"
+    assert fig3_report.verdict({"n": 5, "ci_low": 0.1, "ci_high": 0.34}) == "does not hold"
+    assert fig3_report.verdict({"n": 5, "ci_low": 0.3, "ci_high": 0.4}) == "undetermined"
+    assert fig3_report.verdict({"n": 1, "ci_low": math.nan, "ci_high": math.nan}) == "undetermined"
 
 
 def test_curves_average_over_seeds_with_an_interval():
@@ -102,20 +220,52 @@ def fig3_out(run_quick):
 def test_notebook_rounds_csv(fig3_out):
     params, seeds = QUICK["fig3"], QUICK["common"]["seeds"]
     df = pd.read_csv(fig3_out / "fig3_rounds.csv")
-    expected = {"seed", "technique", "amount", "round", "eligible", "accuracy", "elapsed_s", "mb"}
-    expected |= {"flops_per_sample", "bytes_down", "bytes_up", "compute_s", "transfer_s", "round_s"}
-    assert expected <= set(df.columns)
+    expected = {"scenario", "seed", "technique", "amount", "grid", "round", "eligible", "val_accuracy", "accuracy"}
+    expected |= {"elapsed_s", "mb", "flops_per_sample", "bytes_down", "bytes_up", "compute_s", "transfer_s", "round_s"}
+    assert expected <= set(df.columns) and set(df["scenario"]) == {"trained", "partial"}
     assert set(df["technique"]) == {"magnitude", "flexrel", "relevance", "dense"} and set(df["seed"]) == set(seeds)
-    runs = len(seeds) * (len(params["techniques"]) * len(params["amounts"]) + 1)
-    assert len(df) == runs * (params["rounds"] + 1)  # per-seed rows for every technique, round 0 included
-    assert df["accuracy"].between(0, 1).all() and (df[["bytes_down", "bytes_up", "round_s"]] >= 0).all().all()
+    for scenario, rounds, amounts in (
+        ("trained", params["rounds"], params["amounts"]),
+        ("partial", params["partial_rounds"], params["partial_amounts"]),
+    ):
+        grid = df[(df["scenario"] == scenario) & df["grid"]]
+        runs = len(seeds) * (len(params["techniques"]) * len(amounts) + 1)
+        assert len(grid) == runs * (rounds + 1)  # per-seed rows for every technique, round 0 included
+        assert set(grid.loc[grid["technique"] != "dense", "amount"]) == set(amounts)
+        refined = df[(df["scenario"] == scenario) & ~df["grid"]]
+        assert (refined["round"] <= rounds).all() and not refined["amount"].isin(amounts).any()
+        assert set(refined["technique"]) <= set(params["refine"])
+    assert df[["accuracy", "val_accuracy"]].stack().between(0, 1).all()
+    assert (df[["bytes_down", "bytes_up", "round_s"]] >= 0).all().all()
     assert np.allclose(df["round_s"], df["compute_s"] + df["transfer_s"])
-    dense = df[(df["technique"] == "dense") & (df["round"] == 1)].set_index("seed")["bytes_down"]
-    for (seed, technique, amount), run in df.groupby(["seed", "technique", "amount"]):
+    dense = df[(df["technique"] == "dense") & (df["round"] == 1)].set_index(["scenario", "seed"])["bytes_down"]
+    for (scenario, seed, technique, amount), run in df.groupby(["scenario", "seed", "technique", "amount"]):
         assert run["elapsed_s"].is_monotonic_increasing and run["mb"].is_monotonic_increasing
         if technique != "dense":  # a pruned model travels in fewer bytes than the dense one, roughly by 1 - p
-            ratio = run.loc[run["round"] == 1, "bytes_down"].iloc[0] / dense[seed]
+            ratio = run.loc[run["round"] == 1, "bytes_down"].iloc[0] / dense[(scenario, seed)]
             assert ratio < 1 - amount + 0.1, (seed, technique, amount, ratio)
+
+
+@pytest.mark.notebook
+def test_notebook_choices_are_made_on_validation_at_the_stated_resolution(fig3_out):
+    """A second route to the choices: recomputed here from the rounds CSV, per (scenario, seed, technique,
+    target), as the least data over the runs whose validation accuracy meets the target; and each choice is
+    within the resolution of the next factor run above it, or that factor needs more rounds."""
+    params = QUICK["fig3"]
+    rounds = pd.read_csv(fig3_out / "fig3_rounds.csv")
+    sel = pd.read_csv(fig3_out / "fig3_targets.csv")
+    ok = rounds[rounds["eligible"]]
+    for r in sel[sel["reached"]].itertuples():
+        runs = ok[(ok["scenario"] == r.scenario) & (ok["seed"] == r.seed) & (ok["technique"] == r.technique)]
+        first = runs[runs["val_accuracy"] >= r.target - 1e-9].sort_values("round").groupby("amount").head(1)
+        assert r.mb == pytest.approx(first["mb"].min()), r
+        assert r.val_accuracy >= r.target - 1e-9 and r.test_meets == (r.accuracy >= r.target - 1e-9)
+        if r.technique == "dense":
+            continue
+        above = sorted(a for a in runs["amount"].unique() if a > r.amount + 1e-12)
+        if above and above[0] - r.amount > params["resolution"] + 1e-9:
+            nxt = first[first["amount"] == above[0]]
+            assert nxt.empty or nxt["round"].iloc[0] > r.round, r
 
 
 @pytest.mark.notebook
@@ -131,14 +281,16 @@ def test_notebook_traffic_csv(fig3_out):
 def test_notebook_targets_savings_and_intervals(fig3_out):
     seeds = QUICK["common"]["seeds"]
     sel = pd.read_csv(fig3_out / "fig3_targets.csv")
-    assert {"target", "seed", "technique", "reached", "amount", "round", "elapsed_s", "mb"} <= set(sel.columns)
-    assert len(sel) == len(QUICK["fig3"]["targets"]) * len(seeds) * (len(QUICK["fig3"]["techniques"]) + 1)
+    columns = {"scenario", "target", "seed", "technique", "reached", "amount", "round", "elapsed_s", "mb"}
+    assert columns | {"val_accuracy", "accuracy", "test_meets"} <= set(sel.columns)
+    assert len(sel) == 2 * len(QUICK["fig3"]["targets"]) * len(seeds) * (len(QUICK["fig3"]["techniques"]) + 1)
     reached = sel[sel["reached"]]
     assert len(reached) > 0 and (reached["mb"] > 0).all() and (reached["elapsed_s"] > 0).all()
-    assert reached["accuracy"].ge(reached["target"] - 1e-9).all()
+    assert reached["val_accuracy"].ge(reached["target"] - 1e-9).all()  # chosen on validation
     sav = pd.read_csv(fig3_out / "fig3_savings.csv")
     assert {"target", "baseline", "n", "saving", "ci_low", "ci_high", "time_saving"} <= set(sav.columns)
     assert set(sav["baseline"]) == {"magnitude", "relevance", "dense"} and sav["n"].le(len(seeds)).all()
+    assert set(sav["scenario"]) == {"trained", "partial"} and sav["same_round"].le(sav["n"]).all()
     both = sav.dropna(subset=["ci_low"])
     assert (both["ci_low"] <= both["saving"] + 1e-12).all() and (both["saving"] <= both["ci_high"] + 1e-12).all()
     assert sav["saving"].dropna().lt(1).all()
@@ -157,10 +309,30 @@ def test_notebook_half_csv(fig3_out):
 
 @pytest.mark.notebook
 def test_notebook_figures_and_report(fig3_out):
-    for name in ("fig3", "fig3_curves"):
+    for name in ("fig3", "fig3_curves", "fig3_data_needed"):
         for ext in ("png", "svg"):
             assert (fig3_out / f"{name}.{ext}").stat().st_size > 1000
     text = (fig3_out / "report" / "fig3.md").read_text()
     assert "## Figure 3" in text and "Paper's claim" in text and "vs magnitude" in text
-    assert "The claim" in text and "Half precision" in text
-    assert "images: the standard error of one accuracy near" in text
+    assert "The claim" in text and "Half precision" in text and "Closing note" in text
+    assert "### Scenario `trained`" in text and "### Scenario `partial`" in text
+    assert "validation images: the standard error of one accuracy near" in text
+    assert "**Rounds the choices needed**" in text and f"within {QUICK['fig3']['resolution']:g} of" in text
+
+
+@pytest.mark.parametrize(
+    ("lows", "highs", "words"),
+    [
+        ([0.4, 0.5], [0.6, 0.7], "**The claim holds here.**"),
+        ([0.1, 0.2], [0.3, 0.34], "**The claim does not hold here**"),
+        ([0.1, 0.2], [0.3, 0.5], "**The claim is not supported here**"),
+        ([0.1, 0.2], [0.5, 0.6], "**Not determined here**"),
+        ([0.4, 0.2], [0.6, 0.5], "**The claim holds here only at some targets.**"),
+    ],
+)
+def test_claim_sentence_follows_the_intervals(lows, highs, words):
+    rows = [
+        {"baseline": "magnitude", "n": 5, "saving": (lo + hi) / 2, "ci_low": lo, "ci_high": hi}
+        for lo, hi in zip(lows, highs, strict=True)
+    ]
+    assert words in fig3_report.claim_sentence(pd.DataFrame(rows))
