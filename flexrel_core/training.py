@@ -7,6 +7,7 @@ stay exactly zero whatever the optimiser does with its state (momentum, Adam mom
 
 from __future__ import annotations
 
+import copy
 import random
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -131,13 +132,27 @@ def predict(
     dev = select_device(device)
     was_training = model.training
     model.to(dev).eval()
+    net = _inference_copy(model, dev)
     preds, labels = [], []
     for x, y in loader(dataset, batch_size):
         with _out_of_memory_hint("evaluation", batch_size, dev):
-            preds.append(model(x.to(dev)).argmax(1).cpu())
+            preds.append(net(x.to(dev)).argmax(1).cpu())
         labels.append(y)
     model.train(was_training)
     return torch.cat(preds), torch.cat(labels)
+
+
+def _inference_copy(model: nn.Module, device: torch.device) -> nn.Module:
+    """The network evaluation runs: on a CPU, a convolutional model's copy with its weights in
+    channels-last layout (oneDNN's convolutions and pooling run ~2x faster on it; same predictions,
+    ``tests/test_training.py``); ``model`` itself otherwise. The caller's model is never converted."""
+    if device.type != "cpu" or not any(isinstance(m, nn.Conv2d) for m in model.modules()):
+        return model
+    try:
+        net = copy.deepcopy(model)
+    except (TypeError, RuntimeError):  # a user's model holding something that cannot be copied
+        return model
+    return net.to(memory_format=torch.channels_last)
 
 
 def evaluate(

@@ -83,3 +83,22 @@ def test_out_of_memory_names_the_fix(monkeypatch):
         train(model, data, epochs=1, batch_size=4, device="cpu")
     with pytest.raises(torch.OutOfMemoryError, match="during evaluation with batch_size=512"):
         evaluate(model, data, device="cpu")
+
+
+def test_evaluation_on_a_channels_last_copy_predicts_as_the_model_and_leaves_it_alone():
+    from torch.utils.data import TensorDataset
+
+    from flexrel_core.models import build_model
+    from flexrel_core.training import _inference_copy, predict
+
+    model = build_model("vgg_mnist", image_size=28).eval()
+    x = torch.randn(64, 1, 28, 28)
+    copy = _inference_copy(model, torch.device("cpu"))
+    assert copy is not model and copy.features[0].weight.is_contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        torch.testing.assert_close(copy(x), model(x), rtol=1e-5, atol=1e-5)
+    preds, _ = predict(model, TensorDataset(x, torch.zeros(64, dtype=torch.long)), device="cpu")
+    assert torch.equal(preds, model(x).argmax(1))
+    assert all(p.is_contiguous() for p in model.parameters())  # the caller's model is not converted
+    dense = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 2))
+    assert _inference_copy(dense, torch.device("cpu")) is dense  # nothing to gain without convolutions

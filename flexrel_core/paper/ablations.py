@@ -29,11 +29,11 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from ..progress import progress
+from ..parallel import run_tasks
 from ..scores import method_delta
 from ..workbook.config import PruneConfig, TrainConfig
 from ..workbook.paths import REPO_ROOT
-from ..workbook.pipeline import evaluate_point, iterative_point, prepare
+from ..workbook.pipeline import evaluate_point, iterative_point, prepare, prepare_seeds
 from ..workbook.stats import format_interval, paired_differences
 from .style import PALETTE
 
@@ -108,39 +108,48 @@ def compute(
     steps: int = 2,
     cache_root: str | Path = REPO_ROOT / "cache",
     device: str = "auto",
+    workers: int | None = None,
 ) -> pd.DataFrame:
     """Every variant at every pruning factor and seed (points cached, shared with Figures 2 and 4
     where they coincide). One row per (ablation, variant, p, seed): method, delta, dense_accuracy,
-    one_shot_accuracy (NaN for iterative schedules), fine_tuned_accuracy, sparsity."""
+    one_shot_accuracy (NaN for iterative schedules), fine_tuned_accuracy, sparsity. Each (seed, variant) is a
+    task for ``parallel.run_tasks`` (``workers``: its worker processes; ``None``: one per CPU core)."""
     if pcfg.fine_tune_epochs < 1:
         raise ValueError("the ablations compare fine-tuned schedules: fine_tune_epochs must be >= 1")
     todo = variants(steps, pcfg.fine_tune_epochs)
-    bar = progress(total=len(seeds) * len(todo) * len(pruning_factors), desc="ablation points")
+    factors = [float(p) for p in pruning_factors]
+    tasks = [
+        (dataclasses.replace(base, seed=int(seed)), pcfg, v, factors, float(delta), str(cache_root), device)
+        for seed in seeds
+        for v in todo
+    ]
+    prepare_seeds(base, pcfg, seeds, cache_root=cache_root, device=device, workers=workers)
+    parts = run_tasks(
+        variant_rows, tasks, workers=workers, device=device, desc="ablation points", units=lambda _t: len(factors)
+    )
+    return pd.DataFrame([r for part in parts for r in part])
+
+
+def variant_rows(task: tuple) -> list[dict]:
+    """The rows of ``compute`` for one (seed, variant): ``(cfg, pcfg, variant, factors, delta,
+    cache_root, device)``, a task for ``parallel.run_tasks``."""
+    cfg, pcfg, v, factors, delta, cache_root, device = task
+    vcfg = dataclasses.replace(pcfg, **dict(v.changes))
+    setup = prepare(cfg, vcfg, cache_root=cache_root, device=device)
+    d = method_delta(v.method, delta)
     rows = []
-    for seed in seeds:
-        cfg = dataclasses.replace(base, seed=int(seed))
-        for v in todo:
-            vcfg = dataclasses.replace(pcfg, **dict(v.changes))
-            setup = prepare(cfg, vcfg, cache_root=cache_root, device=device)
-            d = method_delta(v.method, delta)
-            for p in pruning_factors:
-                row = {"ablation": v.ablation, "variant": v.name, "method": v.method, "delta": d, "p": float(p)}
-                row |= {"seed": int(seed), "dense_accuracy": setup.dense_test_accuracy}
-                if v.steps > 1:
-                    point = iterative_point(setup, d, float(p), vcfg, v.steps, cache_root=cache_root, device=device)
-                    row |= {"one_shot_accuracy": np.nan, "fine_tuned_accuracy": point["test"]}
-                    row["sparsity"] = point["sparsity"]
-                else:
-                    point = evaluate_point(setup, d, float(p), vcfg, cache_root=cache_root, device=device)
-                    row |= {"one_shot_accuracy": point["one_shot"]["test"]}
-                    row |= {
-                        "fine_tuned_accuracy": point["fine_tuned"]["test"],
-                        "sparsity": point["one_shot"]["sparsity"],
-                    }
-                rows.append(row)
-                bar.update()
-    bar.close()
-    return pd.DataFrame(rows)
+    for p in factors:
+        row = {"ablation": v.ablation, "variant": v.name, "method": v.method, "delta": d, "p": p}
+        row |= {"seed": int(cfg.seed), "dense_accuracy": setup.dense_test_accuracy}
+        if v.steps > 1:
+            point = iterative_point(setup, d, p, vcfg, v.steps, cache_root=cache_root, device=device)
+            row |= {"one_shot_accuracy": np.nan, "fine_tuned_accuracy": point["test"], "sparsity": point["sparsity"]}
+        else:
+            point = evaluate_point(setup, d, p, vcfg, cache_root=cache_root, device=device)
+            row |= {"one_shot_accuracy": point["one_shot"]["test"]}
+            row |= {"fine_tuned_accuracy": point["fine_tuned"]["test"], "sparsity": point["one_shot"]["sparsity"]}
+        rows.append(row)
+    return rows
 
 
 def differences(df: pd.DataFrame, steps: int, fine_tune_epochs: int) -> pd.DataFrame:

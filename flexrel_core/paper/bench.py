@@ -11,7 +11,8 @@ For each model, on the same batch of inference samples (default 512):
   relevance + magnitudes + scores) with ``engine="zennit"`` and ``engine="fast"``.
 
 Also: the sparse encoding's size against the information bound per sparsity (``encoding_bench``)
-and the explorer's update time on the default model (``explore.bench``).
+and the explorer's update time on the default model (``explore.bench``); evaluation on a channels-last
+copy and a slice of Figure 2's sweep in worker processes against one process (``bench_sweep``).
 
 Time: median of ``repeats`` runs after one warm-up (``workbook.measure.timings``). Peak memory, on
 one more (warm) run: ``workbook.measure.peak_rss_bytes`` -- on CUDA the allocator's peak above what was allocated
@@ -171,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--vgg-repeats", type=int, default=2)
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--skip", nargs="*", default=[], choices=["scoring", "encoding", "explorer"])
+    parser.add_argument("--skip", nargs="*", default=[], choices=["scoring", "encoding", "explorer", "sweep"])
     args = parser.parse_args(argv)
     if "MALLOC_MMAP_THRESHOLD_" not in os.environ:  # see module docstring
         os.environ["MALLOC_MMAP_THRESHOLD_"] = "131072"
@@ -191,6 +192,10 @@ def main(argv: list[str] | None = None) -> int:
         shown = f"delta {ex['delta_feedback_median_s']:.3f} s, p {ex['p_feedback_median_s']:.3f} s"
         print(f"explorer, median of 20 moves until the new setting shows: {shown}")
         print(f"  a p move complete with its Figure 4 curve: {ex['p_update_median_s']:.3f} s")
+    if "sweep" not in args.skip:
+        from .bench_sweep import run_clean
+
+        report |= run_clean()
     if "scoring" not in args.skip:
         print(f"FlexRel scoring benchmark on {device} ({torch.get_num_threads()} threads), {args.samples} samples")
         report["scoring"] = scoring_benchmarks(args.samples, args.vgg_size, device, args.repeats, args.vgg_repeats)

@@ -20,7 +20,7 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.figure import Figure
 
-from ..progress import progress
+from ..parallel import run_tasks
 from ..scores import METHODS, method_delta
 from ..workbook.config import PruneConfig, TrainConfig
 from ..workbook.paths import REPO_ROOT
@@ -34,6 +34,98 @@ THRESHOLDS = (1.0, 2.0, 5.0)
 COMPARED = ("flexrel", "relevance")  # each compared with magnitude, the standard baseline
 
 
+@dataclasses.dataclass
+class SeedSweep:
+    """One seed's share of a Figure 2 sweep (a task for ``parallel.run_tasks``): the trained model of
+    ``cfg`` (whose ``seed`` it is) pruned by every method of ``methods`` at every factor of
+    ``pruning_factors``, in-distribution and, when ``shift`` is non-empty, shifted."""
+
+    cfg: TrainConfig
+    pcfg: PruneConfig
+    methods: tuple[str, ...]
+    pruning_factors: tuple[float, ...]
+    delta: float
+    shift: dict
+    cache_root: str
+    device: str
+
+    @property
+    def conditions(self) -> dict[str, dict]:
+        return {"in-distribution": {}, **({"shifted": self.shift} if self.shift else {})}
+
+    @property
+    def points(self) -> int:
+        return len(self.methods) * len(self.pruning_factors) * len(self.conditions)
+
+
+def prepare_sweep(sweep: SeedSweep) -> None:
+    """Train (or load) the sweep's dense model and compute (or load) its relevance for every condition."""
+    for spec in sweep.conditions.values():
+        prepare(sweep.cfg, sweep.pcfg, shift=spec, cache_root=sweep.cache_root, device=sweep.device)
+
+
+def sweep_rows(sweep: SeedSweep) -> list[dict]:
+    """The rows of ``compute`` for one seed's sweep (every point cached)."""
+    pcfg, cache_root, device = sweep.pcfg, sweep.cache_root, sweep.device
+    setups = {
+        c: prepare(sweep.cfg, pcfg, shift=spec, cache_root=cache_root, device=device)
+        for c, spec in sweep.conditions.items()
+    }
+    rows = []
+    for method in sweep.methods:
+        d = method_delta(method, sweep.delta)
+        for p in sweep.pruning_factors:
+            memo: dict = {}  # a magnitude model fine-tuned once serves every condition
+            for condition, setup in setups.items():
+                point = evaluate_point(setup, d, float(p), pcfg, cache_root=cache_root, device=device, memo=memo)
+                tuned = point["fine_tuned"] or {}
+                rows.append(
+                    {
+                        "condition": condition,
+                        "method": method,
+                        "delta": d,
+                        "p": float(p),
+                        "seed": int(sweep.cfg.seed),
+                        "dense_accuracy": setup.dense_test_accuracy,
+                        "one_shot_accuracy": point["one_shot"]["test"],
+                        "fine_tuned_accuracy": tuned.get("test", np.nan),
+                        "sparsity": point["one_shot"]["sparsity"],
+                        "fine_tuned_sparsity": tuned.get("sparsity", np.nan),
+                    }
+                )
+    return rows
+
+
+def seed_sweeps(
+    base: TrainConfig,
+    pcfg: PruneConfig,
+    *,
+    methods: Sequence[str],
+    pruning_factors: Sequence[float],
+    seeds: Sequence[int],
+    delta: float,
+    shift: dict | None,
+    cache_root: str | Path,
+    device: str,
+) -> list[SeedSweep]:
+    """One ``SeedSweep`` per seed."""
+    for method in methods:
+        method_delta(method, delta)  # refuses an unknown method before any work
+    return [
+        SeedSweep(
+            dataclasses.replace(base, seed=int(seed)),
+            pcfg,
+            tuple(methods),
+            tuple(float(p) for p in pruning_factors),
+            float(delta),
+            dict(shift or {}),
+            str(cache_root),
+            str(device),
+        )
+        for seed in seeds
+    ]
+
+
 def compute(
     base: TrainConfig,
     pcfg: PruneConfig,
@@ -45,6 +137,7 @@ def compute(
     shift: dict | None = None,
     cache_root: str | Path = REPO_ROOT / "cache",
     device: str = "auto",
+    workers: int | None = None,
 ) -> pd.DataFrame:
     """Test accuracy against pruning factor, one row per (condition, method, p, seed).
 
@@ -52,42 +145,22 @@ def compute(
     (relevance on the shifted inference split, accuracy on the shifted test split). Columns:
     condition, method, delta, p, seed, dense_accuracy, one_shot_accuracy, fine_tuned_accuracy
     (NaN without fine-tuning), sparsity, fine_tuned_sparsity (measured on the weights).
-    """
-    conditions = {"in-distribution": {}, **({"shifted": shift} if shift else {})}
-    deltas = {m: method_delta(m, delta) for m in methods}
-    bar = progress(total=len(seeds) * len(conditions) * len(methods) * len(pruning_factors), desc="fig2 points")
-    rows = []
-    for seed in seeds:
-        cfg = dataclasses.replace(base, seed=int(seed))
-        setups = {
-            c: prepare(cfg, pcfg, shift=spec, cache_root=cache_root, device=device) for c, spec in conditions.items()
-        }
-        for method in methods:
-            for p in pruning_factors:
-                memo: dict = {}  # a magnitude model fine-tuned once serves every condition
-                for condition, setup in setups.items():
-                    point = evaluate_point(
-                        setup, deltas[method], float(p), pcfg, cache_root=cache_root, device=device, memo=memo
-                    )
-                    tuned = point["fine_tuned"] or {}
-                    rows.append(
-                        {
-                            "condition": condition,
-                            "method": method,
-                            "delta": deltas[method],
-                            "p": float(p),
-                            "seed": int(seed),
-                            "dense_accuracy": setup.dense_test_accuracy,
-                            "one_shot_accuracy": point["one_shot"]["test"],
-                            "fine_tuned_accuracy": tuned.get("test", np.nan),
-                            "sparsity": point["one_shot"]["sparsity"],
-                            "fine_tuned_sparsity": tuned.get("sparsity", np.nan),
-                        }
-                    )
-                    bar.update()
-    bar.close()
+
+    The seeds' models are trained first, then each (seed, method) sweep is a task for
+    ``parallel.run_tasks`` (``workers``: its worker processes; ``None``: one per CPU core)."""
+    sweeps = seed_sweeps(
+        base, pcfg, methods=methods, pruning_factors=pruning_factors, seeds=seeds, delta=delta, shift=shift,
+        cache_root=cache_root, device=device,
+    )  # fmt: skip
+    run_tasks(prepare_sweep, sweeps, workers=workers, device=device, desc="fig2 models")
+    pieces = [dataclasses.replace(s, methods=(m,)) for s in sweeps for m in s.methods]
+    parts = run_tasks(sweep_rows, pieces, workers=workers, device=device, desc="fig2 points", units=_sweep_points)
     order = ["condition", "method", "p", "seed"]
-    return pd.DataFrame(rows).sort_values(order, kind="stable", ignore_index=True)
+    return pd.DataFrame([r for part in parts for r in part]).sort_values(order, kind="stable", ignore_index=True)
+
+
+def _sweep_points(sweep: SeedSweep) -> int:
+    return sweep.points
 
 
 def long_form(df: pd.DataFrame) -> pd.DataFrame:

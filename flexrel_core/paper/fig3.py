@@ -26,7 +26,7 @@ from matplotlib.figure import Figure
 
 from ..encoding import decode_sparse, encode_sparse
 from ..masks import load_state
-from ..progress import progress
+from ..parallel import run_tasks
 from ..training import evaluate
 from ..workbook.config import FedConfig, PruneConfig, TrainConfig
 from ..workbook.paths import REPO_ROOT
@@ -76,33 +76,41 @@ def compute(
     cache_root: str | Path = REPO_ROOT / "cache",
     threads: int | None = 1,
     device: str = "cpu",
+    workers: int | None = None,
 ) -> SweepResult:
     """``federated.simulate`` for every seed, technique and factor of ``amounts`` (plus one unpruned run
     per seed if ``dense_baseline``), starting from the dense model ``base`` describes; every technique
     sees the same seeds, so comparisons are paired. With ``targets`` and ``resolution``, each (seed,
     technique of ``refine`` (default: all), target) is then refined by ``next_factor`` until the
-    factor chosen on validation data is known to ``resolution``. Rows carry ``scenario``."""
+    factor chosen on validation data is known to ``resolution``. Rows carry ``scenario``. Each seed is a
+    task for ``parallel.run_tasks`` (``workers``: its worker processes; ``None``: one per CPU core)."""
     runs = [(t, float(a)) for t in techniques for a in amounts] + ([("dense", 0.0)] if dense_baseline else [])
-    bar = progress(total=len(seeds) * len(runs), desc=f"fig3 runs ({scenario})")
-    rounds, traffic, states, test_samples, val_samples = [], [], {}, {}, {}
-    for seed in seeds:
-        setup = prepare(dataclasses.replace(base, seed=int(seed)), pcfg, cache_root=cache_root, device=device)
-        test_samples[int(seed)], val_samples[int(seed)] = len(setup.data.test), len(setup.data.val)
-        run = functools.partial(
-            _run, setup, pcfg, cfg, delta=delta, cache_root=cache_root, threads=threads, device=device, bar=bar,
-            traffic=traffic, states=states if seed == seeds[0] else None,
+    refined = [t for t in techniques if refine is None or t in refine] if resolution else []
+    tasks = [
+        SeedRuns(
+            dataclasses.replace(base, seed=int(seed)),
+            pcfg,
+            cfg,
+            runs,
+            refined,
+            [float(t) for t in targets],
+            resolution,
+            delta,
+            str(cache_root),
+            threads,
+            device,
+            keep_states=i == 0,
         )  # fmt: skip
-        mine = [r for technique, amount in runs for r in run(technique, amount, grid=True)]
-        for technique in [t for t in techniques if refine is None or t in refine] if resolution else ():
-            own = pd.DataFrame([r for r in mine if r["technique"] == technique])
-            for target in targets:
-                while (step := next_factor(own, target, resolution)) is not None:
-                    bar.total += 1
-                    extra = run(technique, step[0], grid=False, rounds=step[1])
-                    mine += extra
-                    own = pd.concat([own, pd.DataFrame(extra)], ignore_index=True)
-        rounds += mine
-    bar.close()
+        for i, seed in enumerate(seeds)
+    ]
+    done = run_tasks(
+        seed_runs, tasks, workers=workers, device=device, desc=f"fig3 seeds ({scenario})", units=lambda t: len(t.runs)
+    )
+    rounds = [r for d in done for r in d["rounds"]]
+    traffic = [t for d in done for t in d["traffic"]]
+    states = done[0]["states"] if done else {}
+    test_samples = {int(t.base.seed): d["test_samples"] for t, d in zip(tasks, done, strict=True)}
+    val_samples = {int(t.base.seed): d["val_samples"] for t, d in zip(tasks, done, strict=True)}
     first = ["scenario", "seed", "technique", "amount", "grid", "round", "eligible", "val_accuracy", "accuracy"]
     first += ["elapsed_s", "mb"]
     df = pd.DataFrame(rounds).assign(scenario=scenario)
@@ -115,7 +123,53 @@ def compute(
     )
 
 
-def _run(setup, pcfg, cfg, technique, amount, *, grid, delta, cache_root, threads, device, bar, traffic, states,
+@dataclasses.dataclass
+class SeedRuns:
+    """One seed's share of ``compute`` (a task for ``parallel.run_tasks``): the grid ``runs``
+    (technique, factor) from the dense model of ``base``, then the refinement of each technique of
+    ``refine`` toward each target (``next_factor``); ``keep_states``: return the grid runs' final states."""
+
+    base: TrainConfig
+    pcfg: PruneConfig
+    cfg: FedConfig
+    runs: list[tuple[str, float]]
+    refine: list[str]
+    targets: list[float]
+    resolution: float | None
+    delta: float
+    cache_root: str
+    threads: int | None
+    device: str
+    keep_states: bool = False
+
+
+def seed_runs(task: SeedRuns) -> dict:
+    """Every run of one seed: ``{"rounds", "traffic", "states", "test_samples", "val_samples"}``."""
+    setup = prepare(task.base, task.pcfg, cache_root=task.cache_root, device=task.device)
+    traffic: list = []
+    states: dict = {}
+    run = functools.partial(
+        _run, setup, task.pcfg, task.cfg, delta=task.delta, cache_root=task.cache_root, threads=task.threads,
+        device=task.device, traffic=traffic, states=states if task.keep_states else None,
+    )  # fmt: skip
+    mine = [r for technique, amount in task.runs for r in run(technique, amount, grid=True)]
+    for technique in task.refine:
+        own = pd.DataFrame([r for r in mine if r["technique"] == technique])
+        for target in task.targets:
+            while (step := next_factor(own, target, task.resolution)) is not None:
+                extra = run(technique, step[0], grid=False, rounds=step[1])
+                mine += extra
+                own = pd.concat([own, pd.DataFrame(extra)], ignore_index=True)
+    return {
+        "rounds": mine,
+        "traffic": traffic,
+        "states": states,
+        "test_samples": len(setup.data.test),
+        "val_samples": len(setup.data.val),
+    }
+
+
+def _run(setup, pcfg, cfg, technique, amount, *, grid, delta, cache_root, threads, device, traffic, states,
          rounds=None):  # fmt: skip
     """One cached run's rounds, marked ``grid``; its traffic appended to ``traffic``, its final state
     kept in ``states`` (grid runs, when given). ``rounds``: stop after that many rounds (the first
@@ -130,7 +184,6 @@ def _run(setup, pcfg, cfg, technique, amount, *, grid, delta, cache_root, thread
     traffic.extend(t | {"grid": grid} for t in res["traffic"])
     if grid and states is not None:
         states[(technique, amount)] = res["state"]
-    bar.update()
     return [r | {"grid": grid} for r in res["rounds"]]
 
 

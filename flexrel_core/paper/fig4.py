@@ -18,11 +18,11 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.figure import Figure
 
-from ..progress import progress
+from ..parallel import run_tasks
 from ..scores import check_delta
 from ..workbook.config import PruneConfig, TrainConfig
 from ..workbook.paths import REPO_ROOT
-from ..workbook.pipeline import evaluate_point, prepare
+from ..workbook.pipeline import evaluate_point, prepare, prepare_seeds
 from ..workbook.report import pct
 from ..workbook.stats import format_interval, t_interval
 
@@ -42,39 +42,53 @@ def compute(
     seeds: Sequence[int],
     cache_root: str | Path = REPO_ROOT / "cache",
     device: str = "auto",
+    workers: int | None = None,
 ) -> pd.DataFrame:
     """Validation and test accuracy against δ for several pruning factors.
 
     One row per (schedule, delta, p, seed); schedules ``one-shot`` and (with fine-tuning)
     ``fine-tuned``. Columns: schedule, delta, p, seed, val_accuracy, test_accuracy, sparsity,
-    dense_val_accuracy, dense_test_accuracy.
+    dense_val_accuracy, dense_test_accuracy. Each (seed, δ) is a task for ``parallel.run_tasks``
+    (``workers``: its worker processes; ``None``: one per CPU core).
     """
-    bar = progress(total=len(seeds) * len(deltas) * len(pruning_factors), desc="fig4 points")
+    factors = [float(p) for p in pruning_factors]
+    tasks = [
+        (dataclasses.replace(base, seed=int(seed)), pcfg, check_delta(delta), factors, str(cache_root), device)
+        for seed in seeds
+        for delta in deltas
+    ]
+    prepare_seeds(base, pcfg, seeds, cache_root=cache_root, device=device, workers=workers)
+    parts = run_tasks(
+        delta_rows, tasks, workers=workers, device=device, desc="fig4 points", units=lambda _t: len(factors)
+    )
+    return pd.DataFrame([r for part in parts for r in part])
+
+
+def delta_rows(task: tuple) -> list[dict]:
+    """The rows of ``compute`` for one (seed, δ): ``(cfg, pcfg, delta, factors, cache_root, device)``,
+    a task for ``parallel.run_tasks``."""
+    cfg, pcfg, delta, factors, cache_root, device = task
+    setup = prepare(cfg, pcfg, cache_root=cache_root, device=device)
     rows = []
-    for seed in seeds:
-        setup = prepare(dataclasses.replace(base, seed=int(seed)), pcfg, cache_root=cache_root, device=device)
-        for delta in deltas:
-            for p in pruning_factors:
-                point = evaluate_point(setup, check_delta(delta), float(p), pcfg, cache_root=cache_root, device=device)
-                for schedule, key in (("one-shot", "one_shot"), ("fine-tuned", "fine_tuned")):
-                    if point[key] is None:
-                        continue
-                    rows.append(
-                        {
-                            "schedule": schedule,
-                            "delta": float(delta),
-                            "p": float(p),
-                            "seed": int(seed),
-                            "val_accuracy": point[key]["val"],
-                            "test_accuracy": point[key]["test"],
-                            "sparsity": point[key]["sparsity"],
-                            "dense_val_accuracy": setup.dense_val_accuracy,
-                            "dense_test_accuracy": setup.dense_test_accuracy,
-                        }
-                    )
-                bar.update()
-    bar.close()
-    return pd.DataFrame(rows)
+    for p in factors:
+        point = evaluate_point(setup, delta, p, pcfg, cache_root=cache_root, device=device)
+        for schedule, key in (("one-shot", "one_shot"), ("fine-tuned", "fine_tuned")):
+            if point[key] is None:
+                continue
+            rows.append(
+                {
+                    "schedule": schedule,
+                    "delta": float(delta),
+                    "p": p,
+                    "seed": int(cfg.seed),
+                    "val_accuracy": point[key]["val"],
+                    "test_accuracy": point[key]["test"],
+                    "sparsity": point[key]["sparsity"],
+                    "dense_val_accuracy": setup.dense_val_accuracy,
+                    "dense_test_accuracy": setup.dense_test_accuracy,
+                }
+            )
+    return rows
 
 
 def useful_range(df: pd.DataFrame, within: float = USEFUL_WITHIN) -> tuple[list[float], str]:

@@ -26,6 +26,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from ..layers import prunable_layers
+from ..parallel import run_tasks
 from ..training import torch_threads
 from ..workbook.config import PruneConfig, TrainConfig
 from ..workbook.paths import REPO_ROOT
@@ -71,44 +72,59 @@ def compute(
     cache_root: str | Path = REPO_ROOT / "cache",
     device: str = "auto",
     threads: int | None = None,
+    workers: int | None = None,
 ) -> pd.DataFrame:
     """Figure 2's table (``fig2.compute``, magnitude and FlexRel) for every setting and fine-tuning
     budget (epochs >= 1; a setting's own ``budgets`` replace these), on the setting's
     ``pruning_factors``; and, budget 0, its ``one_shot_factors`` (if any) pruned without fine-tuning.
     Columns ``setting`` and ``budget`` come first. ``threads``: torch's intra-op threads meanwhile
-    (``training.torch_threads``; small models on a CPU run as fast on one and stay fast on a busy machine)."""
+    (``training.torch_threads``; small models on a CPU run as fast on one and stay fast on a busy machine)
+    when the sweeps run in this process; each (setting, seed) is a task for ``parallel.run_tasks``
+    (``workers``: its worker processes, of one thread each; ``None``: one per CPU core)."""
     for own in [budgets, *(s["budgets"] for s in settings if "budgets" in s)]:
         if not own or min(own) < 1:
             raise ValueError(f"budgets must be fine-tuning epochs >= 1 (one-shot comes with each), got {list(own)}")
     if not settings:
         raise ValueError("settings is empty: give at least one setting (a name, pruning_factors and knee)")
     with torch_threads(threads):
-        return _sweeps(base, pcfg, settings, budgets, seeds, delta, shift, cache_root, device)
+        return _sweeps(base, pcfg, settings, budgets, seeds, delta, shift, cache_root, device, workers)
 
 
-def _sweeps(base, pcfg, settings, budgets, seeds, delta, shift, cache_root, device) -> pd.DataFrame:
-    parts = []
+def _sweeps(base, pcfg, settings, budgets, seeds, delta, shift, cache_root, device, workers) -> pd.DataFrame:
+    tasks = []  # one per (setting, seed): its sweeps share one trained model and its relevance
     for setting in settings:
         cfg = setting_config(base, setting)
         own = setting.get("budgets", budgets)
-        sweeps = [(0, setting.get("one_shot_factors") or [])] + [(int(b), setting["pruning_factors"]) for b in own]
-        for budget, grid in sweeps:
-            if not grid:
-                continue
-            df = fig2.compute(
-                cfg,
-                dataclasses.replace(pcfg, fine_tune_epochs=budget),
-                methods=METHODS,
-                pruning_factors=grid,
-                seeds=seeds,
-                delta=delta,
-                shift=shift,
-                cache_root=cache_root,
-                device=device,
-            )
-            parts.append(df.assign(setting=setting["name"], budget=budget))
-    df = pd.concat(parts, ignore_index=True)
+        grids = [(0, setting.get("one_shot_factors") or [])] + [(int(b), setting["pruning_factors"]) for b in own]
+        for seed in seeds:
+            sweeps = []
+            for budget, grid in grids:
+                if grid:
+                    pb = dataclasses.replace(pcfg, fine_tune_epochs=budget)
+                    kw = {"delta": delta, "shift": shift, "cache_root": cache_root, "device": device}
+                    sweeps += [
+                        (budget, *fig2.seed_sweeps(cfg, pb, methods=METHODS, pruning_factors=grid, seeds=[seed], **kw))
+                    ]
+            tasks.append((setting["name"], sweeps))
+    parts = run_tasks(
+        _setting_rows, tasks, workers=workers, device=device, desc="robustness points",
+        units=lambda task: sum(sweep.points for _, sweep in task[1]),
+    )  # fmt: skip
+    order = {s["name"]: i for i, s in enumerate(settings)}
+    df = pd.DataFrame([r for part in parts for r in part])
+    df = df.sort_values(
+        ["setting", "budget", "condition", "method", "p", "seed"],
+        key=lambda c: c.map(order) if c.name == "setting" else c,
+        kind="stable",
+        ignore_index=True,
+    )
     return df[["setting", "budget", *[c for c in df.columns if c not in ("setting", "budget")]]]
+
+
+def _setting_rows(task: tuple[str, list]) -> list[dict]:
+    """Figure 2's rows of one setting and seed, every budget (``fig2.sweep_rows``)."""
+    name, sweeps = task
+    return [r | {"setting": name, "budget": budget} for budget, sweep in sweeps for r in fig2.sweep_rows(sweep)]
 
 
 def _by_schedule(df: pd.DataFrame) -> list[tuple[str, int, str, pd.DataFrame]]:

@@ -31,6 +31,7 @@ from torch import nn
 from ..data import DataSplits, class_counts, data_fingerprint, draw, load_dataset, tensors
 from ..masks import load_state, prune, sparsity
 from ..models import build_model
+from ..parallel import run_tasks
 from ..relevance import parameter_relevance
 from ..scores import pruning_scores, shuffle_within_layers
 from ..training import evaluate, select_device, train
@@ -241,6 +242,26 @@ def prepare(
     relevance_id = dict_hash({**rel_config, "aggregate": pcfg.aggregate, **variant})
     sample = relevance_sample(data, pcfg.inference_samples, cfg.seed)
     return Setup(cfg, data, state, relevance, relevance_id, eval_id, dense["val"], dense["test"], mid, sample)
+
+
+def prepare_seeds(
+    base: TrainConfig,
+    pcfg: PruneConfig,
+    seeds: Sequence[int],
+    *,
+    cache_root: str | Path = REPO_ROOT / "cache",
+    device: str = "auto",
+    workers: int | None = None,
+) -> None:
+    """``prepare`` every seed's dense model side by side (``parallel.run_tasks``), so that the tasks
+    of a sweep that follow, several per seed, find it trained instead of each training it again."""
+    tasks = [(dataclasses.replace(base, seed=int(s)), pcfg, str(cache_root), device) for s in seeds]
+    run_tasks(_prepare_task, tasks, workers=workers, device=device, desc="dense models")
+
+
+def _prepare_task(task: tuple) -> None:
+    cfg, pcfg, cache_root, device = task
+    prepare(cfg, pcfg, cache_root=cache_root, device=device)
 
 
 def pruned_model(setup: Setup, delta: float, p: float, pcfg: PruneConfig, device: str = "cpu") -> nn.Module:

@@ -164,7 +164,7 @@ def test_a_setting_with_figure_2s_configuration_reads_figure_2s_points(sweep, mo
     setting = {"name": "fig2", "budgets": [1], "pruning_factors": [0.5, 0.9], "knee": [0.9]}
     df = robustness.compute(
         sweep.base, sweep.pcfg, settings=[setting], budgets=[1, 2], seeds=[0, 1], delta=0.5, shift=sweep.shift,
-        cache_root=sweep.cache, device="cpu", threads=1,
+        cache_root=sweep.cache, device="cpu", threads=1, workers=1,
     )  # fmt: skip
     assert set(df["budget"]) == {1} and set(df["method"]) == {"magnitude", "flexrel"}  # the setting's own budgets
     keys = ["condition", "method", "p", "seed"]

@@ -43,6 +43,7 @@ def test_rerun_is_cached_and_identical(sweep, monkeypatch):
         shift=sweep.shift,
         cache_root=sweep.cache,
         device="cpu",
+        workers=1,  # in this process, where the stages are replaced
     )
     pd.testing.assert_frame_equal(sweep.df, again)
 
@@ -52,7 +53,14 @@ def test_magnitude_fine_tuned_once_for_both_conditions(sweep, tmp_path, monkeypa
     real = pipeline._fine_tune
     monkeypatch.setattr(pipeline, "_fine_tune", lambda setup, delta, *a: calls.append(delta) or real(setup, delta, *a))
     fig2.compute(
-        sweep.base, sweep.pcfg, pruning_factors=[0.5], seeds=[0], shift=sweep.shift, cache_root=tmp_path, device="cpu"
+        sweep.base,
+        sweep.pcfg,
+        pruning_factors=[0.5],
+        seeds=[0],
+        shift=sweep.shift,
+        cache_root=tmp_path,
+        device="cpu",
+        workers=1,
     )
     # in-distribution: magnitude, relevance, FlexRel; shifted: relevance and FlexRel only (new relevance)
     assert sorted(calls) == [0.0, 0.5, 0.5, 1.0, 1.0]

@@ -1,0 +1,107 @@
+"""``make bench``'s sweep section: how the workbook's sweeps use a CPU, measured side by side.
+
+- ``evaluation``: test accuracy of the default model (``vgg_mnist``, 28 px) on 750 images, on the model
+  as it is against on its channels-last copy (``training.predict`` evaluates on the copy): median of
+  ``repeats`` timings each.
+- ``sweep``: a slice of Figure 2's sweep on the default profile's data and model (dense training,
+  relevance, one-shot and fine-tuned points; ``seeds`` × magnitude and FlexRel × ``factors``), from an
+  empty cache each time: in this process with torch's threads (``workers=1``: how the sweeps ran
+  before) against ``parallel.run_tasks``'s worker processes of one thread each, their start-up
+  included. Also the largest difference between the two runs' accuracies: only floating-point
+  summation order differs (one thread against several), so points that differ at all differ by an image or two.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from ..models import build_model
+from ..parallel import cpu_workers, run_tasks, shutdown
+from ..training import _inference_copy, evaluate
+from ..workbook.config import PruneConfig, TrainConfig
+from ..workbook.measure import timings
+from . import fig2
+
+
+def evaluation_bench(repeats: int = 7) -> dict:
+    """Seconds to evaluate the default model on 750 images: the model itself against its channels-last copy."""
+    model = build_model("vgg_mnist", image_size=28).eval()
+    data = torch.utils.data.TensorDataset(torch.randn(750, 1, 28, 28), torch.randint(0, 10, (750,)))
+    net = _inference_copy(model, torch.device("cpu"))
+    plain = statistics.median(timings(lambda: evaluate(_AsIs(model), data, device="cpu"), repeats=repeats))
+    copy = statistics.median(timings(lambda: evaluate(net, data, device="cpu"), repeats=repeats))
+    return {"plain_seconds": plain, "channels_last_seconds": copy, "speedup": plain / copy}
+
+
+class _AsIs(torch.nn.Module):
+    """The model behind a module without convolutions of its own, so ``predict`` evaluates it as it is."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.run = [model]  # a list: not registered as a submodule
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.run[0](x)
+
+
+def sweep_bench(seeds: int = 4, factors: tuple[float, ...] = (0.9, 0.95, 0.97), epochs: int = 2) -> dict:
+    """Wall seconds of the same slice of Figure 2's sweep in one process and in worker processes."""
+    base = TrainConfig(dataset="mnist5k", image_size=28, model="vgg_mnist", epochs=epochs, lr=2e-3)
+    pcfg = PruneConfig(inference_samples=256, fine_tune_epochs=1)
+    kw = {"methods": ("magnitude", "flexrel"), "pruning_factors": factors, "seeds": range(seeds), "device": "cpu"}
+    out: dict = {"seeds": seeds, "factors": list(factors), "dense_epochs": epochs, "threads": torch.get_num_threads()}
+    with tempfile.TemporaryDirectory() as one, tempfile.TemporaryDirectory() as many:
+        start = time.perf_counter()
+        alone = fig2.compute(base, pcfg, cache_root=one, workers=1, **kw)
+        out["one_process_seconds"] = time.perf_counter() - start
+        shutdown()
+        out["workers"] = cpu_workers(seeds * 2)
+        start = time.perf_counter()
+        run_tasks(abs, [0] * out["workers"], workers=out["workers"])  # start the workers
+        out["worker_start_seconds"] = time.perf_counter() - start
+        side = fig2.compute(base, pcfg, cache_root=many, **kw)
+        out["workers_seconds"] = time.perf_counter() - start
+    out["speedup"] = out["one_process_seconds"] / out["workers_seconds"]
+    cols = ["one_shot_accuracy", "fine_tuned_accuracy"]
+    out["largest_accuracy_difference_points"] = float(100 * (alone[cols] - side[cols]).abs().max().max())
+    return out
+
+
+def run_clean() -> dict:
+    """``main`` in a fresh interpreter without ``bench.py``'s ``MALLOC_MMAP_THRESHOLD_`` (which makes
+    every large allocation a system call: right for measuring peak memory, wrong for timing sweeps)."""
+    env = {k: v for k, v in os.environ.items() if k != "MALLOC_MMAP_THRESHOLD_"}
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "sweep.json"
+        subprocess.run([sys.executable, "-m", __name__, str(out)], env=env, check=True)
+        return json.loads(out.read_text())
+
+
+def main() -> dict:
+    """Both measurements, printed; returns them for ``bench.py``'s JSON."""
+    report = {"evaluation": evaluation_bench(), "sweep": sweep_bench()}
+    e, s = report["evaluation"], report["sweep"]
+    print(
+        f"evaluation of vgg_mnist on 750 images: {e['plain_seconds']:.3f} s as is, "
+        f"{e['channels_last_seconds']:.3f} s channels-last ({e['speedup']:.2f}x)"
+    )
+    print(
+        f"Figure 2 slice ({s['seeds']} seeds x 2 methods x {len(s['factors'])} factors, empty cache): "
+        f"{s['one_process_seconds']:.1f} s in one process ({s['threads']} threads), {s['workers_seconds']:.1f} s "
+        f"in {s['workers']} workers of one thread (start-up {s['worker_start_seconds']:.1f} s): {s['speedup']:.2f}x; "
+        f"largest accuracy difference {s['largest_accuracy_difference_points']:.2f} points"
+    )
+    return report
+
+
+if __name__ == "__main__":
+    Path(sys.argv[1]).write_text(json.dumps(main()))

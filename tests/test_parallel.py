@@ -1,0 +1,63 @@
+"""Worker processes for independent pieces of a sweep: same results as one process, errors that name
+the task, and a worker count that can be set and is refused when it makes no sense."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+import pytest
+import torch
+
+from flexrel_core import parallel
+from flexrel_core.paper import fig2
+from flexrel_core.training import torch_threads
+
+
+def test_results_come_back_in_task_order_from_worker_processes():
+    tasks = [9, 4, 1, 16, 25]
+    assert parallel.run_tasks(math.isqrt, tasks, workers=2) == [3, 2, 1, 4, 5]
+    assert parallel.run_tasks(math.isqrt, tasks, workers=1) == [3, 2, 1, 4, 5]
+    assert parallel.run_tasks(math.isqrt, [], workers=2) == []
+
+
+def test_a_failing_task_is_named():
+    with pytest.raises(RuntimeError, match=r"isqrt failed on task -1"):
+        parallel.run_tasks(math.isqrt, [4, -1, 9], workers=2)
+    with pytest.raises(ValueError):  # in this process the error is the task's own
+        parallel.run_tasks(math.isqrt, [4, -1], workers=1)
+
+
+def test_the_worker_count(monkeypatch):
+    monkeypatch.setenv(parallel.ENV, "3")
+    assert parallel.cpu_workers(10) == 3
+    assert parallel.cpu_workers(2) == 2  # never more workers than tasks
+    assert parallel.cpu_workers(10, device="cuda") == 1  # a GPU is kept busy by one process
+    monkeypatch.setenv(parallel.ENV, "0")
+    with pytest.raises(ValueError, match="FLEXREL_WORKERS must be a whole number >= 1"):
+        parallel.cpu_workers(10)
+    monkeypatch.delenv(parallel.ENV)
+    assert 1 <= parallel.cpu_workers(1_000) <= 1_000
+
+
+def test_figure_2_in_worker_processes_equals_figure_2_in_one(sweep, tmp_path):
+    """The session's sweep ran in as many workers as cores; rerun in this process on one thread (as
+    each worker runs) from an empty cache, every number is the same."""
+    with torch_threads(1):
+        alone = fig2.compute(
+            sweep.base, sweep.pcfg, pruning_factors=sweep.grid, seeds=[0, 1], delta=0.5, shift=sweep.shift,
+            cache_root=tmp_path, device="cpu", workers=1,
+        )  # fmt: skip
+    if parallel.cpu_workers(6) == 1:
+        pytest.skip("one core: the session's sweep ran in this process too")
+    pd.testing.assert_frame_equal(alone, sweep.df)
+
+
+def test_workers_run_one_torch_thread_each():
+    assert parallel.run_tasks(_threads, [0, 1], workers=2) == [1, 1]
+    with torch_threads(2):
+        assert parallel.run_tasks(_threads, [0], workers=2) == [2]  # one task: this process, as it is
+
+
+def _threads(_task: int) -> int:
+    return torch.get_num_threads()
