@@ -52,6 +52,20 @@ def torch_threads(n: int | None) -> Iterator[None]:
 
 
 @contextmanager
+def stage_threads(device: str | torch.device) -> Iterator[None]:
+    """One torch thread while a cached stage is computed on a CPU (none changed on a GPU).
+
+    Summation order, and so every trained weight, depends on the number of threads; pinned to one,
+    a stage gives the same numbers on any number of cores, in any worker process or notebook that
+    computes it first. A sweep gets its parallelism from worker processes instead (``parallel``)."""
+    if select_device(device).type == "cpu":
+        with torch_threads(1):
+            yield
+    else:
+        yield
+
+
+@contextmanager
 def _out_of_memory_hint(what: str, batch_size: int, device: torch.device) -> Iterator[None]:
     """Turn an out-of-memory error into one that says so and names the fix (a smaller batch size)."""
     try:

@@ -11,7 +11,7 @@ import torch
 
 from flexrel_core import parallel
 from flexrel_core.paper import fig2
-from flexrel_core.training import torch_threads
+from flexrel_core.training import stage_threads, torch_threads
 
 
 def test_results_come_back_in_task_order_from_worker_processes():
@@ -41,16 +41,22 @@ def test_the_worker_count(monkeypatch):
 
 
 def test_figure_2_in_worker_processes_equals_figure_2_in_one(sweep, tmp_path):
-    """The session's sweep ran in as many workers as cores; rerun in this process on one thread (as
-    each worker runs) from an empty cache, every number is the same."""
-    with torch_threads(1):
+    """The session's sweep ran in as many workers as cores; rerun in this process with two torch
+    threads from an empty cache, every number is the same: each stage pins itself to one thread."""
+    with torch_threads(2):
         alone = fig2.compute(
             sweep.base, sweep.pcfg, pruning_factors=sweep.grid, seeds=[0, 1], delta=0.5, shift=sweep.shift,
             cache_root=tmp_path, device="cpu", workers=1,
         )  # fmt: skip
+        assert torch.get_num_threads() == 2  # and gives the threads back
     if parallel.cpu_workers(6) == 1:
         pytest.skip("one core: the session's sweep ran in this process too")
     pd.testing.assert_frame_equal(alone, sweep.df)
+
+
+def test_a_stage_on_a_cpu_runs_on_one_thread():
+    with torch_threads(2), stage_threads("cpu"):
+        assert torch.get_num_threads() == 1
 
 
 def test_workers_run_one_torch_thread_each():

@@ -5,10 +5,10 @@
   ``repeats`` timings each.
 - ``sweep``: a slice of Figure 2's sweep on the default profile's data and model (dense training,
   relevance, one-shot and fine-tuned points; ``seeds`` × magnitude and FlexRel × ``factors``), from an
-  empty cache each time: in this process with torch's threads (``workers=1``: how the sweeps ran
-  before) against ``parallel.run_tasks``'s worker processes of one thread each, their start-up
-  included. Also the largest difference between the two runs' accuracies: only floating-point
-  summation order differs (one thread against several), so points that differ at all differ by an image or two.
+  empty cache each time: in this process (``workers=1``) against ``parallel.run_tasks``'s worker
+  processes, their start-up included. Every stage runs on one thread either way
+  (``training.stage_threads``), so the two runs' accuracies must agree exactly: the largest
+  difference is reported as a check.
 """
 
 from __future__ import annotations
@@ -96,7 +96,7 @@ def main() -> dict:
     )
     print(
         f"Figure 2 slice ({s['seeds']} seeds x 2 methods x {len(s['factors'])} factors, empty cache): "
-        f"{s['one_process_seconds']:.1f} s in one process ({s['threads']} threads), {s['workers_seconds']:.1f} s "
+        f"{s['one_process_seconds']:.1f} s in one process, {s['workers_seconds']:.1f} s "
         f"in {s['workers']} workers of one thread (start-up {s['worker_start_seconds']:.1f} s): {s['speedup']:.2f}x; "
         f"largest accuracy difference {s['largest_accuracy_difference_points']:.2f} points"
     )

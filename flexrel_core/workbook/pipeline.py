@@ -8,6 +8,9 @@ fine-tuned with its masks held fixed; its accuracies are cached, so a rerun only
 Conventions used throughout:
 
 - Accuracies are fractions in [0, 1].
+- On a CPU every stage is computed with one torch thread (``training.stage_threads``), so its
+  numbers do not depend on the core count or on which process or notebook computes it first;
+  sweeps run their independent pieces in worker processes instead (``parallel.run_tasks``).
 - Fine-tuning at p = 0 is skipped (nothing was pruned, so there is nothing to recover): the
   fine-tuned accuracy at p = 0 *is* the dense accuracy, and extra training of the dense model
   never enters a comparison.
@@ -20,10 +23,12 @@ Conventions used throughout:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 from torch import nn
@@ -34,12 +39,28 @@ from ..models import build_model
 from ..parallel import run_tasks
 from ..relevance import parameter_relevance
 from ..scores import pruning_scores, shuffle_within_layers
-from ..training import evaluate, select_device, train
+from ..training import evaluate, select_device, stage_threads, train
 from .cache import cached
 from .config import PruneConfig, TrainConfig, as_dict, config_hash, dict_hash
 from .paths import REPO_ROOT, cache_dir
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+def _one_thread(device: str) -> Callable[[Callable[[], T]], Callable[[], T]]:
+    """Computes a stage under ``training.stage_threads``: its numbers do not depend on the core count
+    or on which process computes it."""
+
+    def wrap(compute: Callable[[], T]) -> Callable[[], T]:
+        @functools.wraps(compute)
+        def run() -> T:
+            with stage_threads(device):
+                return compute()
+
+        return run
+
+    return wrap
 
 
 def data_for(cfg: TrainConfig, **shift) -> DataSplits:
@@ -95,6 +116,7 @@ def trained_model(
     data = data if data is not None else data_for(cfg)
     folder = cache_dir("models", model_id(cfg), cache_root)
 
+    @_one_thread(device)
     def compute() -> dict:
         log.info("training %s on %s (%d epochs)", cfg.model, cfg.dataset, cfg.epochs)
         torch.manual_seed(cfg.seed)
@@ -154,6 +176,7 @@ def relevance_for(
         config["target"] = lrp_target
     folder = cache_dir("relevance", dict_hash(config), cache_root)
 
+    @_one_thread(device)
     def compute() -> dict[str, torch.Tensor]:
         x, y = tensors(sample)
         dev = select_device(device)
@@ -234,7 +257,9 @@ def prepare(
     state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     dense = cached(
         cache_dir("dense_eval", dict_hash({"eval": eval_id}), cache_root) / "accuracy.pt",
-        lambda: {"val": evaluate(model, data.val, device=device), "test": evaluate(model, data.test, device=device)},
+        _one_thread(device)(
+            lambda: {"val": evaluate(model, data.val, device=device), "test": evaluate(model, data.test, device=device)}
+        ),
         config={"eval": eval_id},
     )
     variant = {"target": pcfg.lrp_target, "control": pcfg.relevance_control}
@@ -369,6 +394,7 @@ def evaluate_point(
         "fine_tune": _fine_tune_config(pcfg, setup.cfg.seed) if fine_tune else None,
     }
 
+    @_one_thread(device)
     def compute() -> dict:
         one_shot = _measure(setup, pruned_model(setup, delta, p, pcfg, device), device)
         if not fine_tune:
@@ -418,6 +444,7 @@ def iterative_point(
         "samples": pcfg.inference_samples,
     }
 
+    @_one_thread(device)
     def compute() -> dict:
         dev = select_device(device)
         model = setup.fresh_model(dev)
