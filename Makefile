@@ -2,12 +2,13 @@
 #   make reproduce [PROFILE=default|quick|paper]   set up, then run every notebook in order
 #   make test                                      set up, then ruff + the whole pytest suite
 #   make bench                                     timing/memory ratios -> results/bench.json
+#   make bench-sweep                               make bench's sweep section alone -> results/bench_sweep.json
 #   make bench-paper                               paper-profile stage times + estimated reproduce time
 #   make lab                                       JupyterLab on the notebooks
 #   make app [PROFILE=...]                         the explorer as a web page (Voila, 127.0.0.1, token)
 #   make clean [MODELS=1]                          remove generated results (trained models kept unless MODELS=1;
 #                                                  the committed results/default/ stays)
-# Run without -j: the machine this targets has 2 cores and torch uses both.
+# Run without -j: the notebooks' sweeps already use every core (worker processes, flexrel_core/parallel.py).
 
 .DELETE_ON_ERROR:
 SHELL := /bin/bash
@@ -32,7 +33,7 @@ export MPLBACKEND := Agg
 NOTEBOOKS := $(foreach n,method fig1 fig2 fig3 fig4 ablations robustness table1 explore,$(if $(wildcard notebooks/$(n).ipynb),$(n)))
 RESULTS := results/$(PROFILE)
 
-.PHONY: setup test test-browser screenshot lint chromium check-profile reproduce bench bench-paper lab app clean
+.PHONY: setup test test-browser screenshot lint chromium check-profile reproduce bench bench-sweep bench-paper lab app clean
 
 # The project is installed in the venv in editable mode, so `import flexrel_core` works from any
 # folder and any kernel. One venv may serve several checkouts (CI keeps it outside the clone): when
@@ -106,6 +107,10 @@ $(RESULTS)/REPORT.md: $(NB_OUT) | setup
 
 bench: setup
 	$(PY) -m flexrel_core.paper.bench --out results/bench.json
+
+# Evaluation on a channels-last copy, and a slice of Figure 2's sweep in one process against worker processes.
+bench-sweep: setup
+	$(PY) -m flexrel_core.paper.bench_sweep results/bench_sweep.json
 
 # Each stage of the paper profile timed on VGG16 (random weights, a synthetic ImageNet-format folder in a
 # temporary directory), and the wall time of `make reproduce PROFILE=paper` on 50,000 images estimated from
