@@ -14,7 +14,7 @@ and with standard global magnitude pruning:
   it keeps how relevance shares the cut between layers and destroys its per-weight ranking, so the
   part of a gain over magnitude that survives the shuffle comes from the allocation between layers;
 - **schedule**: reaching p in several prune → fine-tune steps, re-scoring relevance on the pruned
-  model between them (``pipeline.iterative_point``), against one step fine-tuned for the same total
+  model between them (``points.iterative_point``), against one step fine-tuned for the same total
   number of epochs.
 """
 
@@ -33,7 +33,8 @@ from ..parallel import run_tasks
 from ..scores import method_delta
 from ..workbook.config import PruneConfig, TrainConfig
 from ..workbook.paths import REPO_ROOT
-from ..workbook.pipeline import evaluate_point, iterative_point, prepare, prepare_seeds
+from ..workbook.pipeline import prepare, prepare_seeds
+from ..workbook.points import evaluate_point, iterative_point
 from ..workbook.stats import format_interval, paired_differences
 from .style import PALETTE
 

@@ -24,7 +24,8 @@ from ..parallel import run_tasks
 from ..scores import METHODS, method_delta
 from ..workbook.config import PruneConfig, TrainConfig
 from ..workbook.paths import REPO_ROOT
-from ..workbook.pipeline import evaluate_point, prepare
+from ..workbook.pipeline import prepare
+from ..workbook.points import evaluate_point
 from ..workbook.report import pct
 from ..workbook.stats import direction, format_interval, paired_differences
 from .style import METHOD_ORDER, PALETTE, p_axis

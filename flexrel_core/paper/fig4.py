@@ -22,7 +22,8 @@ from ..parallel import run_tasks
 from ..scores import check_delta
 from ..workbook.config import PruneConfig, TrainConfig
 from ..workbook.paths import REPO_ROOT
-from ..workbook.pipeline import evaluate_point, prepare, prepare_seeds
+from ..workbook.pipeline import prepare, prepare_seeds
+from ..workbook.points import evaluate_point
 from ..workbook.report import pct
 from ..workbook.stats import format_interval, t_interval
 

@@ -25,7 +25,8 @@ from ..masks import get_masks, prune
 from ..relevance import lrp_backward
 from ..scores import pruning_scores
 from ..workbook.config import PruneConfig
-from ..workbook.pipeline import Setup, pruned_model
+from ..workbook.pipeline import Setup
+from ..workbook.points import pruned_model
 from .fig1 import jaccard
 from .style import share
 

@@ -183,7 +183,7 @@ def _setup(t: _Tally, nb: str, seed: int, shift: Mapping | None = None) -> None:
 def _point(
     t: _Tally, nb: str, s: Mapping, seed: int, delta: float, p: float, shift=None, memo=None, variant: tuple = ()
 ) -> None:
-    """``pipeline.evaluate_point``: one-shot (and fine-tuned) accuracies of one pruned model (cached;
+    """``points.evaluate_point``: one-shot (and fine-tuned) accuracies of one pruned model (cached;
     ``variant``: the ablation's changes to how it is scored, part of its key)."""
     epochs = int(s.get("fine_tune_epochs") or 0)
     tune = (epochs, s.get("fine_tune_lr")) if epochs else None

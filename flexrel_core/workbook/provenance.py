@@ -36,7 +36,7 @@ PACKAGE_DIR = Path(__file__).resolve().parents[1]
 # defaults that a configuration hash leaves out, so it is code of every stage).
 _MODEL = ("data", "models", "training", "workbook.config", "workbook.pipeline")
 _RELEVANCE = (*_MODEL, "relevance")
-_POINTS = (*_RELEVANCE, "scores", "masks")
+_POINTS = (*_RELEVANCE, "scores", "masks", "workbook.points")
 
 STAGE_CODE: dict[str, tuple[str, ...]] = {
     "models": _MODEL,

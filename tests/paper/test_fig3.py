@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 from quick_outputs import QUICK
 
-from flexrel_core.paper import fig3, fig3_report
+from flexrel_core.paper import fig3, fig3_report, fig3_views
 from flexrel_core.workbook.config import FedConfig
 
 # (technique, amount): accuracy after each round of learning; data per round = 1 - amount (MB); seed 1 is
@@ -189,11 +189,11 @@ def test_report_states_the_verdict_per_scenario_and_the_closing_note():
         refine=["magnitude", "flexrel"],
     )  # fmt: skip
     assert "refined by bisection (relevance only: on the grid only)" in grid_only
-    assert len(fig3.plot(sel).axes) == 6
-    assert len(fig3.plot_curves(fig3.curves(table)).axes) == 4
-    assert len(fig3.plot_data_needed(table, sel).axes) == 2
+    assert len(fig3_views.plot(sel).axes) == 6
+    assert len(fig3_views.plot_curves(fig3.curves(table)).axes) == 4
+    assert len(fig3_views.plot_data_needed(table, sel).axes) == 2
     unreached = table.assign(val_accuracy=table["val_accuracy"].where(table["technique"] == "dense", 0.1))
-    fig = fig3.plot_data_needed(unreached, fig3.select_for_targets(unreached, [0.8, 0.85, 0.9, 0.95]))
+    fig = fig3_views.plot_data_needed(unreached, fig3.select_for_targets(unreached, [0.8, 0.85, 0.9, 0.95]))
     fig.savefig(io.BytesIO(), format="png")  # a scenario where no pruned run reaches the target still draws
 
 

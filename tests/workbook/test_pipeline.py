@@ -12,7 +12,7 @@ import torch
 from flexrel_core.data import tensors
 from flexrel_core.paper import fig2
 from flexrel_core.relevance import parameter_relevance
-from flexrel_core.workbook import pipeline
+from flexrel_core.workbook import pipeline, points
 from flexrel_core.workbook.pipeline import prepare
 
 
@@ -32,8 +32,10 @@ def test_rerun_is_cached_and_identical(sweep, monkeypatch):
     def computed(*args, **kwargs):
         raise AssertionError("a rerun with nothing changed computed a stage again")
 
-    for name in ("train", "evaluate", "parameter_relevance", "_fine_tune"):
-        monkeypatch.setattr(pipeline, name, computed)
+    for module in (pipeline, points):
+        for name in ("train", "evaluate", "parameter_relevance", "_fine_tune"):
+            if hasattr(module, name):
+                monkeypatch.setattr(module, name, computed)
     again = fig2.compute(
         sweep.base,
         sweep.pcfg,
@@ -50,8 +52,8 @@ def test_rerun_is_cached_and_identical(sweep, monkeypatch):
 
 def test_magnitude_fine_tuned_once_for_both_conditions(sweep, tmp_path, monkeypatch):
     calls = []
-    real = pipeline._fine_tune
-    monkeypatch.setattr(pipeline, "_fine_tune", lambda setup, delta, *a: calls.append(delta) or real(setup, delta, *a))
+    real = points._fine_tune
+    monkeypatch.setattr(points, "_fine_tune", lambda setup, delta, *a: calls.append(delta) or real(setup, delta, *a))
     fig2.compute(
         sweep.base,
         sweep.pcfg,
@@ -67,20 +69,20 @@ def test_magnitude_fine_tuned_once_for_both_conditions(sweep, tmp_path, monkeypa
 
 
 def test_iterative_steps_remove_the_same_fraction_of_the_remaining_weights():
-    assert pipeline.iterative_steps(0.9, 1) == [0.9]
-    steps = pipeline.iterative_steps(0.96, 2)
+    assert points.iterative_steps(0.9, 1) == [0.9]
+    steps = points.iterative_steps(0.96, 2)
     assert steps[0] == pytest.approx(0.8) and steps[1] == 0.96  # 1 - sqrt(0.04), then the target
 
 
 def test_iterative_point_reaches_the_pruning_factor_and_rescores(sweep, monkeypatch, tmp_path):
     setup = prepare(sweep.base, sweep.pcfg, cache_root=sweep.cache, device="cpu")
     calls = []
-    real = pipeline.parameter_relevance
-    monkeypatch.setattr(pipeline, "parameter_relevance", lambda m, *a, **k: calls.append(1) or real(m, *a, **k))
-    point = pipeline.iterative_point(setup, 0.5, 0.9, sweep.pcfg, 2, cache_root=tmp_path, device="cpu")
+    real = points.parameter_relevance
+    monkeypatch.setattr(points, "parameter_relevance", lambda m, *a, **k: calls.append(1) or real(m, *a, **k))
+    point = points.iterative_point(setup, 0.5, 0.9, sweep.pcfg, 2, cache_root=tmp_path, device="cpu")
     assert len(calls) == 2  # relevance recomputed on the pruned model at every step
     assert point["sparsity"] == pytest.approx(0.9, abs=1e-3) and 0 <= point["test"] <= 1
-    again = pipeline.iterative_point(setup, 0.5, 0.9, sweep.pcfg, 2, cache_root=tmp_path, device="cpu")
+    again = points.iterative_point(setup, 0.5, 0.9, sweep.pcfg, 2, cache_root=tmp_path, device="cpu")
     assert again == point and len(calls) == 2  # cached
 
 
