@@ -1,4 +1,5 @@
-"""What produced a result: the source code of each cached stage, library versions, and the git commit.
+"""What produced a result: the source code of each cached stage, library versions, the git commit, and
+the machine (``machine``: its CPU and the instruction set torch's kernels use).
 
 A cached stage is keyed by its configuration *and* by the code that computes it, so editing that
 code moves the stage to a new cache folder (``paths.cache_dir``) and the next run recomputes it,
@@ -26,6 +27,7 @@ import functools
 import hashlib
 import importlib.metadata
 import json
+import platform
 import subprocess
 from pathlib import Path
 
@@ -161,3 +163,39 @@ def describe_commit(state: dict, max_paths: int = 10) -> str:
             shown += f" and {len(dirty) - max_paths} more"
         text += f" with uncommitted changes (the working tree was dirty: {shown})"
     return text
+
+
+def _cpu_name() -> str:
+    """The CPU's model name (Linux: ``/proc/cpuinfo``), else what ``platform`` knows, else "unknown"."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def machine() -> dict:
+    """``{"arch", "cpu", "torch_cpu", "gpu"}``: what computed a run. ``torch_cpu`` is the instruction set
+    torch's CPU kernels dispatch to (``torch.backends.cpu.get_cpu_capability``, e.g. AVX2, AVX512);
+    ``gpu`` the CUDA device's name, or None.
+
+    Float32 sums are rounded in an order that depends on the kernel, so another instruction set gives
+    other last bits, which training amplifies: the record says why a rerun elsewhere differs."""
+    import torch
+
+    return {
+        "arch": platform.machine() or "unknown",
+        "cpu": _cpu_name(),
+        "torch_cpu": torch.backends.cpu.get_cpu_capability(),
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
+
+
+def describe_machine(m: dict | None) -> str:
+    """One phrase for ``machine()``'s record, e.g. "x86_64, AMD EPYC, torch CPU kernels AVX512"."""
+    if not m:
+        return "an unrecorded machine"
+    text = f"{m['arch']}, {m['cpu']}, torch CPU kernels {m['torch_cpu']}"
+    return text + (f", GPU {m['gpu']}" if m.get("gpu") else "")

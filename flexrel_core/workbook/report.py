@@ -3,11 +3,11 @@ the small formatting helpers those sections share.
 
 Each notebook writes ``results/<profile>/report/<notebook>.md`` (``outputs.write_report_section``)
 with its numbers and its plain-words verdict on the paper's claim; this module puts them in paper
-order under a header naming the profile, its parameters and the commit (and, when the working tree
-had uncommitted changes, which files differed from it), and links the executed notebooks. Each
-section shows its figures inline (``figure_links``: every ``<notebook>*.png`` beside REPORT.md, as
-relative links that render on a code-hosting site). A report of a smoke-test profile (``quick``)
-says at its top that its numbers and verdicts mean nothing.
+order under a header naming the profile, its parameters, the commit (and, when the working tree
+had uncommitted changes, which files differed from it) and the machine the notebooks recorded, and
+links the executed notebooks. Each section shows its figures inline (``figure_links``: every
+``<notebook>*.png`` beside REPORT.md, as relative links that render on a code-hosting site). A
+report of a smoke-test profile (``quick``) says at its top that its numbers and verdicts mean nothing.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import pandas as pd
 
 from .cache import write_text
 from .paths import REPO_ROOT, profile_dir, results_dir
-from .provenance import describe_commit, git_state
+from .provenance import describe_commit, describe_machine, git_state
 
 ORDER = ("method", "fig1", "fig2", "fig3", "fig4", "ablations", "robustness", "table1", "explore")
 # Profiles that only check that the code runs end to end: their reports say so first.
@@ -48,15 +48,38 @@ def pct(x: float | None) -> str:
     return "—" if x is None or np.isnan(x) else f"{100 * x:.1f} %"
 
 
-def notebook_runs(folder: str | Path) -> dict[str, str]:
-    """For each executed notebook under ``<folder>/notebooks/``, the commit sentence its run recorded."""
+def run_records(folder: str | Path) -> dict[str, dict | None]:
+    """For each executed notebook under ``<folder>/notebooks/``, the provenance its run recorded
+    (``metadata["flexrel"]``: commit, dirty paths, libraries, machine), or None."""
     import json
 
-    runs = {}
-    for path in sorted(Path(folder, "notebooks").glob("[!.]*.ipynb")):  # not a run's temporary copy
-        meta = json.loads(path.read_text()).get("metadata", {}).get("flexrel")
-        runs[path.stem] = describe_commit(meta) if meta else "an unrecorded commit"
-    return runs
+    return {
+        path.stem: json.loads(path.read_text()).get("metadata", {}).get("flexrel")
+        for path in sorted(Path(folder, "notebooks").glob("[!.]*.ipynb"))  # not a run's temporary copy
+    }
+
+
+def notebook_runs(folder: str | Path) -> dict[str, str]:
+    """For each executed notebook under ``<folder>/notebooks/``, the commit sentence its run recorded."""
+    return {nb: describe_commit(meta) if meta else "an unrecorded commit" for nb, meta in run_records(folder).items()}
+
+
+def machine_lines(folder: str | Path) -> list[str]:
+    """The report's lines on what machine computed the notebooks, and what another one would change."""
+    machines = {nb: describe_machine((meta or {}).get("machine")) for nb, meta in run_records(folder).items()}
+    if not machines:
+        return []
+    kinds = sorted(set(machines.values()))
+    where = (
+        [f"Computed on {kinds[0]}."]
+        if len(kinds) == 1
+        else ["The notebooks ran on different machines:", "", *(f"- `{nb}`: {m}" for nb, m in machines.items()), ""]
+    )
+    return where + [
+        "Another CPU (another instruction set, another torch build) rounds float32 sums in another order and",
+        "training amplifies the difference, so a rerun there gives other numbers: a verdict whose interval",
+        "lies near 0 can change, one far from it should not.",
+    ]
 
 
 def figure_links(folder: str | Path, name: str) -> list[str]:
@@ -93,6 +116,7 @@ def assemble(profile: str, results_root: str | Path = REPO_ROOT / "results") -> 
         "",
         f"Produced by `make reproduce PROFILE={profile}` at {now}.",
         "Every number below was computed by that run; figures and CSVs sit beside this file.",
+        *machine_lines(folder),
         *(["Executed notebooks: " + ", ".join(notebook_links(folder)) + "."] if notebook_links(folder) else []),
         "Paper: Chiasserini, Malandrino, Molner, Zhao, *Combining Relevance and Magnitude for",
         "Resource-Aware DNN Pruning* (arXiv 2405.13088).",

@@ -6,8 +6,9 @@ a temporary name and moved to ``results/<profile>/notebooks/<name>.ipynb`` only 
 failed run never leaves a notebook that looks complete; the failing cell's traceback goes to the
 terminal and the exit code is non-zero. SIGTERM ends the run like Ctrl-C (the temporary copy is
 removed), and a temporary copy left by a run that was killed outright is removed by the next run.
-The executed copy records the commit it ran at, and whether the working tree differed from it, in
-a note under its title and in its metadata (``flexrel``). Kernel ``python3``; progress bars in
+The executed copy records the commit it ran at, whether the working tree differed from it, and the
+machine (CPU, torch's instruction set: ``provenance.machine``), in a note under its title and in its
+metadata (``flexrel``). Kernel ``python3``; progress bars in
 console mode; logs streamed (``--log-output``).
 
 The executed copy is what a reader sees, so it is written clean (``clean_notebook``): stream
@@ -33,7 +34,7 @@ from .cache import atomic_write
 from .parameters import check
 from .paths import REPO_ROOT, results_dir
 from .profiles import ProfileError, notebook_declarations, parameters_for
-from .provenance import describe_commit, git_state, library_versions
+from .provenance import describe_commit, describe_machine, git_state, library_versions, machine
 
 
 def run_notebook(
@@ -53,7 +54,7 @@ def run_notebook(
     params["results_root"] = _shown(Path(results_root))
     out = results_dir(profile, results_root) / "notebooks" / notebook.name
     os.environ.setdefault("FLEXREL_PROGRESS", "console")
-    provenance = {"profile": profile, **git_state(), "libraries": library_versions()}
+    provenance = {"profile": profile, **git_state(), "libraries": library_versions(), "machine": machine()}
 
     known = KnownParameters(set(declared) | set(params))
     pm_log = logging.getLogger("papermill")
@@ -94,7 +95,7 @@ def run_notebook(
 
 
 def record_provenance(path: str | Path, provenance: dict) -> None:
-    """Write ``provenance`` (profile, commit, dirty paths, library versions) into the executed
+    """Write ``provenance`` (profile, commit, dirty paths, library versions, machine) into the executed
     notebook at ``path``: as ``metadata["flexrel"]`` and as a note after its first cell."""
     import nbformat
 
@@ -102,7 +103,8 @@ def record_provenance(path: str | Path, provenance: dict) -> None:
     nb.metadata["flexrel"] = provenance
     versions = ", ".join(f"{k} {v}" for k, v in provenance["libraries"].items())
     note = nbformat.v4.new_markdown_cell(
-        f"*Executed under profile `{provenance['profile']}` at {describe_commit(provenance)}; {versions}.*"
+        f"*Executed under profile `{provenance['profile']}` at {describe_commit(provenance)} on "
+        f"{describe_machine(provenance.get('machine'))}; {versions}.*"
     )
     note.metadata["tags"] = ["provenance"]
     nb.cells.insert(1, note)

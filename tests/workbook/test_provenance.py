@@ -164,3 +164,19 @@ def test_commit_and_dirty_tree_are_described(tmp_path):
     assert state["dirty"] == ["code.py", "new.py"]
     text = describe_commit(state)
     assert clean["commit"] in text and "dirty" in text and "`code.py`" in text
+
+
+def test_the_machine_record_names_the_cpu_and_the_instruction_set_torch_uses():
+    import platform
+
+    import torch
+
+    from flexrel_core.workbook.provenance import describe_machine, machine
+
+    m = machine()
+    assert m["arch"] == platform.machine() and m["cpu"] and m["cpu"] != "unknown"
+    assert m["torch_cpu"] == torch.backends.cpu.get_cpu_capability()
+    assert (m["gpu"] is None) == (not torch.cuda.is_available())
+    assert describe_machine(m).startswith(f"{m['arch']}, {m['cpu']}, torch CPU kernels {m['torch_cpu']}")
+    assert describe_machine(None) == "an unrecorded machine"
+    assert describe_machine({**m, "gpu": "NVIDIA H200"}).endswith(", GPU NVIDIA H200")

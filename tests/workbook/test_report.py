@@ -32,6 +32,27 @@ def test_report_names_the_commit_and_notebooks_run_elsewhere(tmp_path):
     assert "`fig1`: commit `0123456789ab` with uncommitted changes" in text and "`flexrel_core/relevance.py`" in text
 
 
+def test_report_names_the_machine_the_notebooks_recorded(tmp_path):
+    from flexrel_core.workbook.provenance import describe_machine, machine
+    from flexrel_core.workbook.report import assemble
+
+    here = machine()
+    other = {**here, "cpu": "Some Other CPU", "torch_cpu": "AVX2"}
+    folder = tmp_path / "quick"
+    (folder / "notebooks").mkdir(parents=True)
+    for name in ("fig1", "fig2"):
+        meta = {"commit": "0123456789ab", "dirty": [], "machine": here}
+        (folder / "notebooks" / f"{name}.ipynb").write_text(json.dumps({"metadata": {"flexrel": meta}, "cells": []}))
+    text = assemble("quick", tmp_path).read_text()
+    assert f"Computed on {describe_machine(here)}." in text and "rerun there gives other numbers" in text
+
+    meta = {"commit": "0123456789ab", "dirty": [], "machine": other}
+    (folder / "notebooks" / "fig2.ipynb").write_text(json.dumps({"metadata": {"flexrel": meta}, "cells": []}))
+    text = assemble("quick", tmp_path).read_text()
+    assert "Computed on" not in text and "ran on different machines" in text
+    assert f"- `fig1`: {describe_machine(here)}" in text and f"- `fig2`: {describe_machine(other)}" in text
+
+
 def test_sections_show_their_figures_inline_and_quick_says_it_is_a_smoke_test(tmp_path):
     from flexrel_core.workbook.outputs import write_report_section
     from flexrel_core.workbook.report import SMOKE_TESTS, assemble

@@ -18,7 +18,7 @@ from notebooks_util import write_notebook
 
 from flexrel_core.workbook.paths import REPO_ROOT
 from flexrel_core.workbook.profiles import ProfileError
-from flexrel_core.workbook.provenance import git_state
+from flexrel_core.workbook.provenance import describe_machine, git_state, machine
 from flexrel_core.workbook.runner import NotebookFailed, run_notebook
 
 PARAMS = 'profile: str = "quick"\nresults_root: str = "results"\nepochs: int = 1'
@@ -56,6 +56,7 @@ def test_executed_notebook_records_the_commit(tmp_path, no_profile):
     assert meta["commit"] == state["commit"] and meta["dirty"] == state["dirty"] and meta["profile"] == "quick"
     note = "".join(data["cells"][1]["source"])
     assert state["commit"] in note and ("dirty" in note) == bool(state["dirty"])
+    assert meta["machine"] == machine() and f"on {describe_machine(machine())};" in note
     assert out.stat().st_mode & 0o777 == 0o666 & ~_umask()
 
 
