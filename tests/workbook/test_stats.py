@@ -54,3 +54,36 @@ def test_direction_and_format():
     assert direction(-0.1, 0.2) == "no detectable difference" and direction(math.nan, math.nan) == "undetermined"
     assert format_interval(0.0123, 0.002, 0.0226, scale=100, unit="points") == "+1.23 [+0.20, +2.26] points"
     assert format_interval(math.nan, math.nan, math.nan) == "—"
+
+
+def test_a_verdict_is_robust_when_the_interval_clears_zero_by_half_its_half_width():
+    from flexrel_core.workbook.stats import possible_directions, robustness
+
+    # half-width 1: robust "higher" needs the low end at or above 0.5; robust "no difference", 0 within 0.5 of centre
+    assert robustness(0.6, 2.6) == "robust" and robustness(0.4, 2.4) == "marginal"
+    assert robustness(-2.6, -0.6) == "robust" and robustness(-2.4, -0.4) == "marginal"
+    assert robustness(-1.4, 0.6) == "robust" and robustness(-0.6, 1.4) == "robust"
+    assert robustness(-1.6, 0.4) == "marginal" and robustness(-0.4, 1.6) == "marginal"
+    assert possible_directions(-0.4, 1.6) == {"no detectable difference", "higher"}
+    # against another reference (a saving above 35 %): the same rule around it
+    assert robustness(0.36, 0.40, ref=0.35) == "marginal" and robustness(0.37, 0.41, ref=0.35) == "robust"
+    # zero-width intervals (every seed the same difference) and missing ones
+    assert robustness(0.01, 0.01) == "robust" and robustness(0.0, 0.0) == "robust"
+    assert robustness(math.nan, math.nan) == "undetermined"
+
+
+def test_an_aggregate_verdict_is_robust_when_no_marginal_part_can_turn_it():
+    from flexrel_core.workbook.stats import labelled, robust_aggregate
+
+    def every_higher(directions):
+        return all(d == "higher" for d in directions)
+
+    assert robust_aggregate(every_higher, [(0.6, 2.6), (1.0, 3.0)]) == "robust"
+    assert robust_aggregate(every_higher, [(0.6, 2.6), (0.1, 2.1)]) == "marginal"
+
+    def any_higher(directions):
+        return "higher" in directions
+
+    # one robust "higher" carries "any higher" whatever the marginal part does
+    assert robust_aggregate(any_higher, [(0.6, 2.6), (-0.4, 1.6)]) == "robust"
+    assert labelled("holds", "marginal") == "holds (marginal)" and labelled("holds", "robust") == "holds"
