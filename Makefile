@@ -1,6 +1,8 @@
 # FlexRel reproducibility workbook.
 #   make reproduce [PROFILE=default|quick|paper]   set up, then run every notebook in order
 #   make test                                      set up, then ruff + the whole pytest suite
+#   make compare REF=<git ref or folder>           this run's verdicts against another run's, claim by claim
+#                                                  -> results/$(PROFILE)/COMPARISON.md
 #   make bench                                     timing/memory ratios -> results/bench.json
 #   make bench-sweep                               make bench's sweep section alone -> results/bench_sweep.json
 #   make bench-paper                               paper-profile stage times + estimated reproduce time
@@ -33,7 +35,7 @@ export MPLBACKEND := Agg
 NOTEBOOKS := $(foreach n,method fig1 fig2 fig3 fig4 ablations robustness table1 explore,$(if $(wildcard notebooks/$(n).ipynb),$(n)))
 RESULTS := results/$(PROFILE)
 
-.PHONY: setup test test-browser screenshot lint chromium check-profile reproduce bench bench-sweep bench-paper lab app clean
+.PHONY: setup test test-browser screenshot lint chromium check-profile reproduce compare bench bench-sweep bench-paper lab app clean
 
 # The project is installed in the venv in editable mode, so `import flexrel_core` works from any
 # folder and any kernel. One venv may serve several checkouts (CI keeps it outside the clone): when
@@ -102,8 +104,16 @@ $(RESULTS)/.runs/%.done: notebooks/%.ipynb $(LIBRARY) $(wildcard profiles/$(PROF
 	$(PY) -m flexrel_core.workbook.runner $< --profile $(PROFILE)
 	mkdir -p $(@D) && touch $@
 
+# Every verdict of the run (claims.csv, with whether a rerun can turn it) heads the report.
 $(RESULTS)/REPORT.md: $(NB_OUT) | setup
+	$(PY) -m flexrel_core.paper.claims --profile $(PROFILE)
 	$(PY) -m flexrel_core.workbook.report --profile $(PROFILE)
+
+# After `make reproduce`: does this machine give the committed verdicts? e.g. `make compare REF=HEAD`
+# (the committed results/$(PROFILE)/), a commit, a branch, or the folder of another run.
+compare: setup
+	@if [ -z "$(REF)" ]; then echo "usage: make compare REF=<git ref or folder> [PROFILE=...], e.g. REF=HEAD" >&2; exit 2; fi
+	$(PY) -m flexrel_core.paper.compare --profile $(PROFILE) --ref "$(REF)"
 
 bench: setup
 	$(PY) -m flexrel_core.paper.bench --out results/bench.json

@@ -35,7 +35,7 @@ from ..workbook.config import PruneConfig, TrainConfig
 from ..workbook.paths import REPO_ROOT
 from ..workbook.pipeline import prepare, prepare_seeds
 from ..workbook.points import evaluate_point, iterative_point
-from ..workbook.stats import format_interval, paired_differences
+from ..workbook.stats import format_interval, labelled, paired_differences, robustness
 from .style import PALETTE
 
 
@@ -175,7 +175,7 @@ def differences(df: pd.DataFrame, steps: int, fine_tune_epochs: int) -> pd.DataF
 
 
 def _cell(r) -> str:
-    return format_interval(r.mean, r.ci_low, r.ci_high, scale=100, digits=1)
+    return labelled(format_interval(r.mean, r.ci_low, r.ci_high, scale=100, digits=1), robustness(r.ci_low, r.ci_high))
 
 
 def _shuffle_sentence(diff: pd.DataFrame) -> str:
@@ -191,7 +191,8 @@ def _shuffle_sentence(diff: pd.DataFrame) -> str:
     parts = []
     for p, r in ahead.iterrows():
         shuffled = d.loc[("FlexRel, shuffled relevance - magnitude", p), "mean"]
-        parts.append(f"p = {p:g}: {100 * shuffled / r['mean']:.0f} % of {100 * r['mean']:.1f} points")
+        part = f"p = {p:g}: {100 * shuffled / r['mean']:.0f} % of {100 * r['mean']:.1f} points"
+        parts.append(labelled(part, robustness(r["ci_low"], r["ci_high"])))
     return (
         "Where FlexRel beats magnitude (fine-tuned), the share of its gain that survives the shuffle — the part "
         "due to how relevance shares the cut between layers rather than which weights it ranks high — is "
@@ -211,7 +212,8 @@ def report(df: pd.DataFrame, diff: pd.DataFrame, *, delta: float, steps: int, fi
         f"FlexRel δ = {delta:g}; {df['seed'].nunique()} seeds; pruning factors {', '.join(f'{p:g}' for p in ps)} "
         f"(across the knee of Figure 2); fine-tuned {fine_tune_epochs} epoch(s) per step; iterative schedules in "
         f"{steps} steps. Cells: paired test-accuracy difference in points, mean [95 % t-interval] over seeds, "
-        "after fine-tuning (`ablations_differences.csv` also holds one-shot).",
+        "after fine-tuning (`ablations_differences.csv` also holds one-shot); *(marginal)*: a verdict a rerun can "
+        "turn.",
         "",
     ]
     titles = {

@@ -27,7 +27,7 @@ from ..workbook.paths import REPO_ROOT
 from ..workbook.pipeline import prepare
 from ..workbook.points import evaluate_point
 from ..workbook.report import pct
-from ..workbook.stats import direction, format_interval, paired_differences
+from ..workbook.stats import direction, format_interval, labelled, paired_differences, robust_aggregate, robustness
 from .style import METHOD_ORDER, PALETTE, p_axis
 
 SCHEDULES = {"one-shot": "one_shot_accuracy", "fine-tuned": "fine_tuned_accuracy"}
@@ -221,7 +221,8 @@ def summarize(
     over ``base`` -- mean, 95 % t-interval and what the interval supports (``stats.direction``).
 
     Columns: condition, schedule, threshold_points, n_seeds, max_p_<method>..., and per other
-    ``gain_<other>``, ``gain_<other>_ci_low``, ``gain_<other>_ci_high``, ``verdict_<other>``."""
+    ``gain_<other>``, ``gain_<other>_ci_low``, ``gain_<other>_ci_high``, ``verdict_<other>`` and
+    ``robust_<other>`` (``stats.robustness``: whether a rerun can turn the verdict)."""
     r = reach(df, thresholds)
     methods = [m for m in METHODS if m in set(r["method"])]
     diffs = paired_differences(
@@ -238,6 +239,7 @@ def summarize(
             d = diffs.loc[(*key, f"{other} - {base}")]
             row |= {f"gain_{other}": d["mean"], f"gain_{other}_ci_low": d["ci_low"]}
             row |= {f"gain_{other}_ci_high": d["ci_high"], f"verdict_{other}": direction(d["ci_low"], d["ci_high"])}
+            row |= {f"robust_{other}": robustness(d["ci_low"], d["ci_high"])}
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -268,18 +270,32 @@ def claim_verdict(directions: Sequence[str]) -> tuple[str, str]:
     return "mixed", "FlexRel is ahead at some thresholds and behind at others"
 
 
+def claim_robustness(summary: pd.DataFrame) -> str:
+    """Whether ``claim_verdict`` on one condition and schedule of ``summary`` can turn on a rerun
+    (``stats.robust_aggregate`` over its thresholds' intervals)."""
+    intervals = list(zip(summary["gain_flexrel_ci_low"], summary["gain_flexrel_ci_high"], strict=True))
+    return robust_aggregate(lambda d: claim_verdict(d)[0], intervals)
+
+
 def _points(mean: float, low: float, high: float) -> str:
     return format_interval(mean, low, high, scale=100, unit="points", digits=1)
 
 
 def _significant(diff: pd.DataFrame, comparison: str) -> tuple[str, str]:
-    """The pruning factors where the accuracy difference's interval lies above / below zero, with effects."""
+    """The pruning factors where the accuracy difference's interval lies above / below zero, with
+    effects; a verdict a rerun can turn is marked *(marginal)*."""
     d = diff[diff["comparison"] == comparison]
     ahead = d[d["ci_low"] > 0]
     behind = d[d["ci_high"] < 0]
 
     def fmt(rows: pd.DataFrame) -> str:
-        return "; ".join(f"p = {r.p:g}: {_points(r.mean, r.ci_low, r.ci_high)}" for r in rows.itertuples()) or "none"
+        return (
+            "; ".join(
+                labelled(f"p = {r.p:g}: {_points(r.mean, r.ci_low, r.ci_high)}", robustness(r.ci_low, r.ci_high))
+                for r in rows.itertuples()
+            )
+            or "none"
+        )
 
     return fmt(ahead), fmt(behind)
 
@@ -312,7 +328,7 @@ def report(df: pd.DataFrame, summary: pd.DataFrame, *, delta: float, fine_tune_e
         "",
         "Pruning factor reached within 1, 2 and 5 points of the dense accuracy (mean over seeds of each seed's "
         "highest p whose accuracy, at every p of the grid up to it, stays within the band), and FlexRel's paired "
-        "gain over magnitude:",
+        "gain over magnitude (*marginal*: a verdict a rerun can turn, see “Verdicts at a glance”):",
         "",
         "| condition | schedule | within (points) | magnitude | relevance | FlexRel | FlexRel − magnitude [95 % CI] "
         "| supports |",
@@ -322,20 +338,21 @@ def report(df: pd.DataFrame, summary: pd.DataFrame, *, delta: float, fine_tune_e
         gain = format_interval(r.gain_flexrel, r.gain_flexrel_ci_low, r.gain_flexrel_ci_high, digits=3)
         lines.append(
             f"| {r.condition} | {r.schedule} | {r.threshold_points:g} | {r.max_p_magnitude:.3f} | "
-            f"{getattr(r, 'max_p_relevance', np.nan):.3f} | {r.max_p_flexrel:.3f} | {gain} | {r.verdict_flexrel} |"
+            f"{getattr(r, 'max_p_relevance', np.nan):.3f} | {r.max_p_flexrel:.3f} | {gain} | "
+            f"{labelled(r.verdict_flexrel, robustness(r.gain_flexrel_ci_low, r.gain_flexrel_ci_high))} |"
         )
     lines.append("")
     for (condition, schedule), g in summary.groupby(["condition", "schedule"], sort=False):
-        verdicts[(condition, schedule)] = claim_verdict(g["verdict_flexrel"].tolist())
+        short, sentence = claim_verdict(g["verdict_flexrel"].tolist())
+        verdicts[(condition, schedule)] = labelled(short, claim_robustness(g))
         sub = diff[(diff["condition"] == condition) & (diff["schedule"] == schedule)]
         ahead, behind = _significant(sub, "flexrel - magnitude")
         lines.append(
-            f"- {condition}, {schedule}: **{verdicts[(condition, schedule)][0]}** — "
-            f"{verdicts[(condition, schedule)][1]}. Accuracy, FlexRel − magnitude, where the interval excludes 0: "
-            f"higher at {ahead}; lower at {behind}."
+            f"- {condition}, {schedule}: **{verdicts[(condition, schedule)]}** — {sentence}. Accuracy, FlexRel − "
+            f"magnitude, where the interval excludes 0: higher at {ahead}; lower at {behind}."
         )
-    ind = [f"{s}: {v[0]}" for (c, s), v in verdicts.items() if c == "in-distribution"]
-    shifted = [f"{s}: {v[0]}" for (c, s), v in verdicts.items() if c == "shifted"]
+    ind = [f"{s}: {v}" for (c, s), v in verdicts.items() if c == "in-distribution"]
+    shifted = [f"{s}: {v}" for (c, s), v in verdicts.items() if c == "shifted"]
     lines += [
         "",
         "**The paper's claim** (“FlexRel reaches higher pruning factors at the same accuracy”), against global "

@@ -25,7 +25,7 @@ from ..workbook.paths import REPO_ROOT
 from ..workbook.pipeline import prepare, prepare_seeds
 from ..workbook.points import evaluate_point
 from ..workbook.report import pct
-from ..workbook.stats import format_interval, t_interval
+from ..workbook.stats import format_interval, labelled, robustness, t_interval
 
 USEFUL_WITHIN = 5.0  # points below dense validation accuracy that still count as a working model
 DELTA_RULE = (
@@ -114,10 +114,20 @@ def _best(val: pd.Series) -> float:
 def recommend_delta(df: pd.DataFrame, schedule: str = "fine-tuned", within: float = USEFUL_WITHIN) -> dict:
     """The δ the workbook recommends for ``schedule``, by ``DELTA_RULE``, chosen on validation data only.
 
-    Returns ``{"delta", "rule", "schedule", "useful_p", "range_schedule", "val_accuracy",
+    Returns ``{"delta", "robust", "rule", "schedule", "useful_p", "range_schedule", "val_accuracy",
     "test_accuracy", "test_accuracy_by_delta", "best_delta_per_seed", "best_delta_per_p",
     "test_gain_over_magnitude"}`` (accuracies: means over the useful pruning factors and seeds;
-    the gain is the paired per-seed test-accuracy difference δ_rec − δ = 0 with its t-interval)."""
+    the gain is the paired per-seed test-accuracy difference δ_rec − δ = 0 with its t-interval;
+    ``robust``: ``"robust"`` when every leave-one-seed-out subsample recommends the same δ,
+    ``"marginal"`` when not, ``"undetermined"`` under 3 seeds)."""
+    rec = _recommend(df, schedule, within)
+    seeds = sorted(df["seed"].unique())
+    others = {_recommend(df[df["seed"] != s], schedule, within)["delta"] for s in seeds} if len(seeds) >= 3 else set()
+    rec["robust"] = "undetermined" if not others else ("robust" if others == {rec["delta"]} else "marginal")
+    return rec
+
+
+def _recommend(df: pd.DataFrame, schedule: str, within: float) -> dict:
     sub = df[df["schedule"] == schedule]
     if sub.empty:
         raise ValueError(f"no rows for schedule {schedule!r}; have {sorted(df['schedule'].unique())}")
@@ -168,11 +178,13 @@ def report(df: pd.DataFrame, recs: Sequence[dict], profile_delta: float) -> str:
         by = rec["test_accuracy_by_delta"]
         g = rec["test_gain_over_magnitude"]
         spread = ", ".join(f"{d:g}" for d in rec["best_delta_per_seed"].values())
+        chosen = labelled(f"recommended δ = {rec['delta']:g}", rec["robust"])
         lines.append(
-            f"- **{rec['schedule']}: recommended δ = {rec['delta']:g}** (best δ per seed: {spread}). Mean "
+            f"- **{rec['schedule']}: {chosen}** (best δ per seed: {spread}; robust when every leave-one-seed-out "
+            f"subsample recommends the same δ). Mean "
             f"validation accuracy {pct(rec['val_accuracy'])}; test accuracy {pct(rec['test_accuracy'])} "
             f"(δ = 0, magnitude: {pct(by.get(0.0, np.nan))}; δ = 1, relevance: {pct(by.get(1.0, np.nan))}); "
-            f"paired test gain over magnitude {_gain(g)}."
+            f"paired test gain over magnitude {labelled(_gain(g), robustness(g['ci_low'], g['ci_high']))}."
         )
     agree = [r["schedule"] for r in recs if abs(r["delta"] - profile_delta) < 1e-9]
     verdict = (

@@ -32,7 +32,7 @@ from ..workbook.config import PruneConfig, TrainConfig
 from ..workbook.paths import REPO_ROOT
 from ..workbook.pipeline import data_for, new_model
 from ..workbook.samples import describe
-from ..workbook.stats import direction, format_interval
+from ..workbook.stats import direction, format_interval, labelled, robust_aggregate, robustness
 from . import fig2
 from .style import PALETTE
 
@@ -148,8 +148,8 @@ def reach_effects(df: pd.DataFrame, threshold: float = 2.0) -> pd.DataFrame:
     """Per setting, budget (0: one-shot) and condition: the pruning factor each method reaches within
     ``threshold`` points of dense accuracy and FlexRel − magnitude with its 95 % interval
     (``fig2.summarize``). Columns: setting, budget, schedule, condition, n_seeds, max_p_magnitude,
-    max_p_flexrel, gain, ci_low, ci_high, supports (NaN reach: the band is left at the grid's first
-    factor on every seed)."""
+    max_p_flexrel, gain, ci_low, ci_high, supports, robust (NaN reach: the band is left at the grid's
+    first factor on every seed)."""
     rows = []
     for setting, budget, schedule, table in _by_schedule(df):
         # no pair of seeds where both reach the band (every seed leaves it at the grid's first p): no gain
@@ -160,6 +160,7 @@ def reach_effects(df: pd.DataFrame, threshold: float = 2.0) -> pd.DataFrame:
                 | {"n_seeds": r.n_seeds, "max_p_magnitude": r.max_p_magnitude, "max_p_flexrel": r.max_p_flexrel}
                 | {k: getattr(r, f"gain_flexrel{suffix}", np.nan) for k, suffix in GAIN_COLUMNS.items()}
                 | {"supports": getattr(r, "verdict_flexrel", "undetermined")}
+                | {"robust": getattr(r, "robust_flexrel", "undetermined")}
             )
     return pd.DataFrame(rows)
 
@@ -178,7 +179,8 @@ def accuracy_effects(df: pd.DataFrame, knees: Mapping[str, Sequence[float]]) -> 
             rows.append(
                 {"setting": setting, "budget": budget, "schedule": schedule, "condition": r.condition, "p": r.p}
                 | {"n_seeds": r.n, "mean": r.mean, "ci_low": r.ci_low, "ci_high": r.ci_high}
-                | {"supports": direction(r.ci_low, r.ci_high), "dense": dense[r.condition]}
+                | {"supports": direction(r.ci_low, r.ci_high), "robust": robustness(r.ci_low, r.ci_high)}
+                | {"dense": dense[r.condition]}
                 | {f"accuracy_{m}": means[(r.condition, m, r.p)] for m in METHODS}
             )
     return pd.DataFrame(rows)
@@ -246,14 +248,24 @@ def verdict(reach: str, accuracy: Sequence[str]) -> str:
     return "no detectable difference"
 
 
+def cell_robustness(reach: tuple[float, float], knee: Sequence[tuple[float, float]]) -> str:
+    """Whether a map cell's ``verdict`` can turn on a rerun (``stats.robust_aggregate`` over the
+    reach gain's interval and the knee factors' accuracy intervals)."""
+    return robust_aggregate(lambda d: verdict(d[0], d[1:]), [reach, *knee])
+
+
 def map_table(reach: pd.DataFrame, acc: pd.DataFrame) -> pd.DataFrame:
     """The map: per setting, schedule and condition, the reach gain with its interval, the accuracy
-    differences at the knee factors, and the ``verdict``."""
+    differences at the knee factors, the ``verdict`` and ``verdict_robust`` (``cell_robustness``)."""
     keys = ["setting", "budget", "schedule", "condition"]
     supports = acc.groupby(keys, sort=False)["supports"].agg(list)
+    knees = acc.groupby(keys, sort=False)[["ci_low", "ci_high"]].apply(lambda g: list(g.itertuples(index=False)))
     out = reach.copy()
-    out["verdict"] = [
-        verdict(r.supports, supports.get(tuple(getattr(r, k) for k in keys), [])) for r in out.itertuples()
+    cells = [tuple(getattr(r, k) for k in keys) for r in out.itertuples()]
+    out["verdict"] = [verdict(r.supports, supports.get(c, [])) for r, c in zip(out.itertuples(), cells, strict=True)]
+    out["verdict_robust"] = [
+        cell_robustness((r.ci_low, r.ci_high), [tuple(k) for k in knees.get(c, [])])
+        for r, c in zip(out.itertuples(), cells, strict=True)
     ]
     return out
 
@@ -318,24 +330,34 @@ def report(
         gain = format_interval(r.gain, r.ci_low, r.ci_high, digits=3)
         lines.append(
             f"| {r.setting} | {r.schedule} | {r.condition} | {_reach(r.max_p_magnitude)} | {_reach(r.max_p_flexrel)} | "
-            f"{gain} | **{r.verdict}** |"
+            f"{labelled(gain, r.robust)} | **{labelled(r.verdict, r.verdict_robust)}** |"
         )
     lines += ["", "Accuracy, FlexRel − magnitude in points at the knee factors:", ""]
     lines += ["| setting | schedule | condition | at each knee factor |", "|---|---|---|---|"]
     for (setting, schedule, condition), g in acc.groupby(["setting", "schedule", "condition"], sort=False):
-        cells = "; ".join(f"p = {r.p:g}: {_points(r.mean, r.ci_low, r.ci_high)}" for r in g.itertuples())
+        cells = "; ".join(
+            labelled(f"p = {r.p:g}: {_points(r.mean, r.ci_low, r.ci_high)}", r.robust) for r in g.itertuples()
+        )
         lines.append(f"| {setting} | {schedule} | {condition} | {cells} |")
     holds = mapped[mapped["verdict"] == "holds"]
-    where = "; ".join(f"{r.setting}, {r.schedule}, {r.condition}" for r in holds.itertuples()) or "nowhere"
+    where = (
+        "; ".join(labelled(f"{r.setting}, {r.schedule}, {r.condition}", r.verdict_robust) for r in holds.itertuples())
+        or "nowhere"
+    )
+    robust = mapped[mapped["verdict_robust"] == "robust"]
     near = mapped[mapped["setting"] == closest].sort_values("budget")
     near_text = "; ".join(
-        f"{r.schedule}, {r.condition}: {format_interval(r.gain, r.ci_low, r.ci_high, digits=3)} ({r.verdict})"
+        f"{r.schedule}, {r.condition}: {format_interval(r.gain, r.ci_low, r.ci_high, digits=3)} "
+        f"({labelled(r.verdict, r.verdict_robust)})"
         for r in near.itertuples()
     )
     lines += [
         "",
         f"- **Where the claim holds** (FlexRel reaches a higher pruning factor within {threshold:g} points, interval "
-        f"above 0): {where}; verdicts per cell in the table above ({len(holds)} of {len(mapped)} cells).",
+        f"above 0): {where}; verdicts per cell in the table above ({len(holds)} of {len(mapped)} cells; "
+        f"{int((holds['verdict_robust'] == 'robust').sum())} of them robust). Robust cells: "
+        + ("; ".join(f"{r.setting}, {r.schedule}, {r.condition}: {r.verdict}" for r in robust.itertuples()) or "none")
+        + ".",
         f"- **Closest to the paper's regime** (VGG16's 13 convolutions and ~89 % of its weights in the classifier, "
         f"little retraining): {closest} — reach gain {near_text}.",
         f"- **What goes with the gain.** {predictors(acc, arch)}",

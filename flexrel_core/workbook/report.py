@@ -23,7 +23,8 @@ from .cache import write_text
 from .paths import REPO_ROOT, profile_dir, results_dir
 from .provenance import describe_commit, describe_machine, git_state
 
-ORDER = ("method", "fig1", "fig2", "fig3", "fig4", "ablations", "robustness", "table1", "explore")
+# "claims" (every verdict at a glance, written after the notebooks by ``paper.claims``) comes first.
+ORDER = ("claims", "method", "fig1", "fig2", "fig3", "fig4", "ablations", "robustness", "table1", "explore")
 # Profiles that only check that the code runs end to end: their reports say so first.
 SMOKE_TESTS = {
     "quick": (
@@ -77,8 +78,8 @@ def machine_lines(folder: str | Path) -> list[str]:
     )
     return where + [
         "Another CPU (another instruction set, another torch build) rounds float32 sums in another order and",
-        "training amplifies the difference, so a rerun there gives other numbers: a verdict whose interval",
-        "lies near 0 can change, one far from it should not.",
+        "training amplifies the difference, so a rerun there gives other numbers: verdicts marked *(marginal)*",
+        "can turn, robust ones should not (“Verdicts at a glance”; `make compare REF=<ref>` checks a rerun).",
     ]
 
 
