@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, Subset, TensorDataset
+from torch.utils.data import BatchSampler, Dataset, RandomSampler, Subset, TensorDataset
 
 from .datafiles import MIN_PER_CLASS, check_image_folder, fingerprint
 
@@ -82,6 +82,41 @@ def loader(
         ds, batch_size=batch_size, shuffle=shuffle, generator=generator, num_workers=workers,
         persistent_workers=False, pin_memory=False,
     )  # fmt: skip
+
+
+class Batches:
+    """Mini-batches ``(x, y)`` of ``ds``, iterable once per epoch (reshuffled each time with
+    ``shuffle``, from ``generator``). A dataset held as tensors (``in_memory``, through any chain of
+    ``Subset``s) is sliced a batch at a time -- one indexing of the stacked tensors instead of a
+    ``DataLoader``'s per-sample reads and collation; any other dataset goes through ``loader``."""
+
+    def __init__(
+        self, ds: Dataset, batch_size: int, *, shuffle: bool = False, generator: torch.Generator | None = None
+    ) -> None:
+        self.ds, self.batch_size, self.shuffle, self.generator = ds, batch_size, shuffle, generator
+        self.stacked = _stacked(ds) if in_memory(ds) else None
+
+    def __len__(self) -> int:
+        return -(-len(self.ds) // self.batch_size)
+
+    def __iter__(self):
+        if self.stacked is None:
+            yield from loader(self.ds, self.batch_size, shuffle=self.shuffle, generator=self.generator)
+            return
+        (x, y), index = self.stacked
+        sampler = RandomSampler(self.ds, generator=self.generator) if self.shuffle else range(len(self.ds))
+        for batch in BatchSampler(sampler, self.batch_size, drop_last=False):
+            rows = index[torch.as_tensor(batch)]
+            yield x[rows], y[rows]
+
+
+def _stacked(ds: Dataset) -> tuple[tuple[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """The tensors an in-memory ``ds`` reads from and, per sample of ``ds``, its row in them."""
+    index = torch.arange(len(ds))
+    while isinstance(ds, Subset):
+        index = torch.as_tensor(ds.indices)[index]
+        ds = ds.dataset
+    return (ds.tensors[0], ds.tensors[1]), index
 
 
 def tensors(ds: Dataset, batch_size: int = 512) -> tuple[torch.Tensor, torch.Tensor]:

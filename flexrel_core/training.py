@@ -17,13 +17,14 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from .data import loader
+from .data import Batches
 from .masks import apply_masks, mask_gradients
 from .progress import progress
 
+# Adam and AdamW update every parameter in one fused kernel (CPU and CUDA): the same algorithm, fewer passes.
 OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
-    "adam": torch.optim.Adam,
-    "adamw": torch.optim.AdamW,
+    "adam": lambda params, lr, weight_decay: torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, fused=True),
+    "adamw": lambda params, lr, weight_decay: torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=True),
     "sgd": lambda params, lr, weight_decay: torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay),
 }
 
@@ -113,9 +114,10 @@ def train(
         raise ValueError(f"max_steps must be >= 1 or None, got {max_steps}")
     dev = select_device(device)
     generator = seed_everything(seed)
-    model.to(dev).train()
+    layout = _layout(model, dev)
+    model.to(dev, memory_format=layout).train()
     opt = OPTIMIZERS[optimizer](model.parameters(), lr=lr, weight_decay=weight_decay)
-    batches = loader(dataset, batch_size, shuffle=True, generator=generator)
+    batches = Batches(dataset, batch_size, shuffle=True, generator=generator)
     losses, steps = [], 0
     for _ in progress(range(epochs), desc=desc, leave=False, disable=not show_progress):
         total, count = 0.0, 0
@@ -123,7 +125,7 @@ def train(
             if max_steps is not None and steps >= max_steps:
                 break
             steps += 1
-            x, y = x.to(dev), y.to(dev)
+            x, y = x.to(dev, memory_format=layout), y.to(dev)
             opt.zero_grad(set_to_none=True)
             with _out_of_memory_hint("training", batch_size, dev):
                 loss = nn.functional.cross_entropy(model(x), y)
@@ -134,8 +136,16 @@ def train(
             total, count = total + loss.item() * len(y), count + len(y)
         if count:
             losses.append(total / count)
-    model.eval()
+    model.to(memory_format=torch.contiguous_format).eval()
     return losses
+
+
+def _layout(model: nn.Module, device: torch.device) -> torch.memory_format:
+    """The memory layout a convolutional model computes in on a CPU: channels-last, where oneDNN's
+    convolutions and pooling run faster (``make bench-sweep`` measures it); contiguous otherwise."""
+    if device.type == "cpu" and any(isinstance(m, nn.Conv2d) for m in model.modules()):
+        return torch.channels_last
+    return torch.contiguous_format
 
 
 @torch.no_grad()
@@ -148,7 +158,7 @@ def predict(
     model.to(dev).eval()
     net = _inference_copy(model, dev)
     preds, labels = [], []
-    for x, y in loader(dataset, batch_size):
+    for x, y in Batches(dataset, batch_size):
         with _out_of_memory_hint("evaluation", batch_size, dev):
             preds.append(net(x.to(dev)).argmax(1).cpu())
         labels.append(y)
@@ -160,13 +170,14 @@ def _inference_copy(model: nn.Module, device: torch.device) -> nn.Module:
     """The network evaluation runs: on a CPU, a convolutional model's copy with its weights in
     channels-last layout (oneDNN's convolutions and pooling run ~2x faster on it; same predictions,
     ``tests/test_training.py``); ``model`` itself otherwise. The caller's model is never converted."""
-    if device.type != "cpu" or not any(isinstance(m, nn.Conv2d) for m in model.modules()):
+    layout = _layout(model, device)
+    if layout == torch.contiguous_format:
         return model
     try:
         net = copy.deepcopy(model)
     except (TypeError, RuntimeError):  # a user's model holding something that cannot be copied
         return model
-    return net.to(memory_format=torch.channels_last)
+    return net.to(memory_format=layout)
 
 
 def evaluate(

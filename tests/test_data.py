@@ -142,3 +142,36 @@ def test_embedded_images_resized_keep_their_split_and_content(tmp_path):
     assert load_dataset("digits", seed=3, resize=8).input_shape == (1, 8, 8)
     with pytest.raises(ValueError, match="resize=32: expected None, or a side >= 1 px for the embedded"):
         load_dataset("cifar10", tmp_path, resize=32)
+
+
+def test_batches_of_in_memory_data_are_the_data_loaders_batches_without_its_per_sample_reads():
+    from torch.utils.data import DataLoader, RandomSampler, Subset
+
+    from flexrel_core.data import Batches
+
+    d = load_dataset("digits", seed=1)
+    nested = Subset(d.train, list(range(5, 300, 3)))  # a Subset of a Subset of the stacked tensors
+    x, y = tensors(nested)
+    got = list(Batches(nested, 16))
+    assert len(got) == len(Batches(nested, 16)) == -(-len(nested) // 16)
+    assert torch.equal(torch.cat([b[0] for b in got]), x) and torch.equal(torch.cat([b[1] for b in got]), y)
+    # shuffled: the order of a RandomSampler drawn from the same generator, reshuffled every epoch
+    g = torch.Generator().manual_seed(7)
+    batches = Batches(nested, 16, shuffle=True, generator=g)
+    first, second = (torch.cat([b[1] for b in batches]) for _ in range(2))
+    order = list(RandomSampler(nested, generator=torch.Generator().manual_seed(7)))
+    assert torch.equal(first, y[order]) and not torch.equal(first, second)
+    assert sorted(first.tolist()) == sorted(y.tolist())
+    # a dataset read from files goes through a DataLoader
+    assert isinstance(Batches(_NotInMemory(), 4).stacked, type(None))
+    assert [b[1].tolist() for b in Batches(_NotInMemory(), 4)] == [
+        b[1].tolist() for b in DataLoader(_NotInMemory(), batch_size=4)
+    ]
+
+
+class _NotInMemory(torch.utils.data.Dataset):
+    def __len__(self) -> int:
+        return 10
+
+    def __getitem__(self, i: int):
+        return torch.full((1, 2, 2), float(i)), i % 3
