@@ -99,12 +99,16 @@ def train(
     desc: str = "train",
     show_progress: bool = True,
     max_steps: int | None = None,
+    after_epoch: Callable[[int, nn.Module], None] | None = None,
 ) -> list[float]:
     """Train ``model`` in place with cross-entropy; returns the mean loss of each epoch.
 
     ``max_steps`` stops after that many optimiser steps (e.g. a fixed number of local steps per
     round of federated learning); ``epochs`` is then an upper bound. Pruned layers (FlexRel masks
-    on the model) keep their pruned weights exactly zero throughout.
+    on the model) keep their pruned weights exactly zero throughout. ``after_epoch(e, model)`` is
+    called after each epoch e = 1, 2, ...: the model then holds exactly what a run of e epochs
+    returns (same seed, same batches, same optimiser steps), so one run of E epochs gives every
+    shorter budget too.
     """
     if optimizer not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {optimizer!r}; expected one of {sorted(OPTIMIZERS)}")
@@ -119,7 +123,7 @@ def train(
     opt = OPTIMIZERS[optimizer](model.parameters(), lr=lr, weight_decay=weight_decay)
     batches = Batches(dataset, batch_size, shuffle=True, generator=generator)
     losses, steps = [], 0
-    for _ in progress(range(epochs), desc=desc, leave=False, disable=not show_progress):
+    for epoch in progress(range(1, epochs + 1), desc=desc, leave=False, disable=not show_progress):
         total, count = 0.0, 0
         for x, y in batches:
             if max_steps is not None and steps >= max_steps:
@@ -136,6 +140,8 @@ def train(
             total, count = total + loss.item() * len(y), count + len(y)
         if count:
             losses.append(total / count)
+        if after_epoch is not None:
+            after_epoch(epoch, model)
     model.to(memory_format=torch.contiguous_format).eval()
     return losses
 

@@ -65,18 +65,19 @@ def prepare_sweep(sweep: SeedSweep) -> None:
         prepare(sweep.cfg, sweep.pcfg, shift=spec, cache_root=sweep.cache_root, device=sweep.device)
 
 
-def sweep_rows(sweep: SeedSweep) -> list[dict]:
-    """The rows of ``compute`` for one seed's sweep (every point cached)."""
+def sweep_rows(sweep: SeedSweep, memo: dict | None = None) -> list[dict]:
+    """The rows of ``compute`` for one seed's sweep (every point cached). ``memo``: fine-tuned states
+    shared between points (``points.fine_tuned_state``: a magnitude model fine-tuned once serves every
+    condition; a longer fine-tuning run serves the shorter budgets)."""
     pcfg, cache_root, device = sweep.pcfg, sweep.cache_root, sweep.device
     setups = {
         c: prepare(sweep.cfg, pcfg, shift=spec, cache_root=cache_root, device=device)
         for c, spec in sweep.conditions.items()
     }
-    rows = []
+    rows, memo = [], {} if memo is None else memo
     for method in sweep.methods:
         d = method_delta(method, sweep.delta)
         for p in sweep.pruning_factors:
-            memo: dict = {}  # a magnitude model fine-tuned once serves every condition
             for condition, setup in setups.items():
                 point = evaluate_point(setup, d, float(p), pcfg, cache_root=cache_root, device=device, memo=memo)
                 tuned = point["fine_tuned"] or {}

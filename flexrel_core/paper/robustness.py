@@ -95,7 +95,9 @@ def _sweeps(base, pcfg, settings, budgets, seeds, delta, shift, cache_root, devi
     for setting in settings:
         cfg = setting_config(base, setting)
         own = setting.get("budgets", budgets)
-        grids = [(0, setting.get("one_shot_factors") or [])] + [(int(b), setting["pruning_factors"]) for b in own]
+        # the longest budget first: its fine-tuning runs give the shorter budgets' states on the way
+        own = sorted((int(b) for b in own), reverse=True)
+        grids = [(b, setting["pruning_factors"]) for b in own] + [(0, setting.get("one_shot_factors") or [])]
         for seed in seeds:
             sweeps = []
             for budget, grid in grids:
@@ -122,9 +124,11 @@ def _sweeps(base, pcfg, settings, budgets, seeds, delta, shift, cache_root, devi
 
 
 def _setting_rows(task: tuple[str, list]) -> list[dict]:
-    """Figure 2's rows of one setting and seed, every budget (``fig2.sweep_rows``)."""
+    """Figure 2's rows of one setting and seed, every budget (``fig2.sweep_rows``, sharing fine-tuned
+    states: a point's longest budget is fine-tuned once, the shorter ones are read on the way)."""
     name, sweeps = task
-    return [r | {"setting": name, "budget": budget} for budget, sweep in sweeps for r in fig2.sweep_rows(sweep)]
+    memo: dict = {}
+    return [r | {"setting": name, "budget": budget} for budget, sweep in sweeps for r in fig2.sweep_rows(sweep, memo)]
 
 
 def _by_schedule(df: pd.DataFrame) -> list[tuple[str, int, str, pd.DataFrame]]:

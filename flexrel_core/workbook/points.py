@@ -70,23 +70,36 @@ def fine_tuned_state(
     """State of the pruned model fine-tuned on the training split with its masks fixed.
 
     It does not depend on the evaluation data, and with delta = 0 not on the inference data either:
-    ``memo`` (a dict keyed by the configuration's hash) lets the conditions of one point share it.
-    States are not written to disk (VGG16 would need half a GB per point); the point results are."""
-    config = {**_mask_config(setup, delta, p, pcfg), "fine_tune": _fine_tune_config(pcfg, setup.cfg.seed)}
+    ``memo`` (a dict keyed by the configuration's hash) lets the conditions of one point share it,
+    and a budget of fewer epochs share a longer one's run: fine-tuning for E epochs leaves in ``memo``
+    the state after every epoch e <= E, which is exactly what a run of e epochs returns
+    (``training.train``'s ``after_epoch``). States are not written to disk (VGG16 would need half a GB
+    per point); the point results are."""
     memo = {} if memo is None else memo
-    key = dict_hash(config)
+    key = _state_key(setup, delta, p, pcfg)
     if key not in memo:
-        memo[key] = _fine_tune(setup, delta, p, pcfg, device)
+        _fine_tune(setup, delta, p, pcfg, device, memo)
     return memo[key]
 
 
-def _fine_tune(setup: Setup, delta: float, p: float, pcfg: PruneConfig, device: str) -> dict[str, torch.Tensor]:
+def _state_key(setup: Setup, delta: float, p: float, pcfg: PruneConfig, epochs: int | None = None) -> str:
+    """Names a fine-tuned state: the masks and the fine-tuning (``epochs``: instead of ``pcfg``'s)."""
+    tune = _fine_tune_config(pcfg, setup.cfg.seed) | ({"epochs": epochs} if epochs is not None else {})
+    return dict_hash({**_mask_config(setup, delta, p, pcfg), "fine_tune": tune})
+
+
+def _fine_tune(setup: Setup, delta: float, p: float, pcfg: PruneConfig, device: str, memo: dict) -> None:
     model = pruned_model(setup, delta, p, pcfg, device)
-    _tune(setup, model, pcfg, setup.cfg.seed, device)
-    return {k: v.detach().cpu() for k, v in model.state_dict().items()}
+
+    def keep(epoch: int, net: nn.Module) -> None:
+        memo[_state_key(setup, delta, p, pcfg, epoch)] = {
+            k: v.detach().cpu().clone() for k, v in net.state_dict().items()
+        }
+
+    _tune(setup, model, pcfg, setup.cfg.seed, device, after_epoch=keep)
 
 
-def _tune(setup: Setup, model: nn.Module, pcfg: PruneConfig, seed: int, device: str) -> None:
+def _tune(setup: Setup, model: nn.Module, pcfg: PruneConfig, seed: int, device: str, after_epoch=None) -> None:
     """Fine-tune ``model`` in place on the training split with its masks fixed, as ``pcfg`` says."""
     train(
         model,
@@ -99,6 +112,7 @@ def _tune(setup: Setup, model: nn.Module, pcfg: PruneConfig, seed: int, device: 
         device=device,
         desc="fine-tune",
         show_progress=False,  # hundreds of short fine-tunes: the sweep's own bar shows progress
+        after_epoch=after_epoch,
     )
 
 

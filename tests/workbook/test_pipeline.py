@@ -97,3 +97,18 @@ def test_relevance_variants_have_their_own_identity(sweep):
         torch.testing.assert_close(rel, expected[name])
     for name, rel in shuffled.relevance.items():
         assert torch.equal(torch.sort(rel.flatten()).values, torch.sort(plain.relevance[name].flatten()).values)
+
+
+def test_a_longer_fine_tuning_run_gives_the_shorter_budgets_bit_for_bit(sweep, tmp_path, monkeypatch):
+    """One run of 3 epochs leaves the state after epoch 1 in the memo: exactly the 1-epoch point, so the
+    map's budgets fine-tune each point once."""
+    setup = prepare(sweep.base, sweep.pcfg, cache_root=sweep.cache, device="cpu")
+    three, one = replace(sweep.pcfg, fine_tune_epochs=3), replace(sweep.pcfg, fine_tune_epochs=1)
+    memo: dict = {}
+    long_run = points.fine_tuned_state(setup, 0.5, 0.9, three, device="cpu", memo=memo)
+    monkeypatch.setattr(points, "_fine_tune", lambda *a: pytest.fail("the 1-epoch state was fine-tuned again"))
+    from_memo = points.fine_tuned_state(setup, 0.5, 0.9, one, device="cpu", memo=memo)
+    monkeypatch.undo()
+    alone = points.fine_tuned_state(setup, 0.5, 0.9, one, device="cpu")
+    assert all(torch.equal(from_memo[k], alone[k]) for k in alone)
+    assert not all(torch.equal(long_run[k], alone[k]) for k in alone)
