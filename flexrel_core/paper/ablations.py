@@ -175,7 +175,9 @@ def differences(df: pd.DataFrame, steps: int, fine_tune_epochs: int) -> pd.DataF
 
 
 def _cell(r) -> str:
-    return labelled(format_interval(r.mean, r.ci_low, r.ci_high, scale=100, digits=1), robustness(r.ci_low, r.ci_high))
+    return labelled(
+        format_interval(r.mean, r.ci_low, r.ci_high, scale=100, digits=1), robustness(r.ci_low, r.ci_high, n=r.n)
+    )
 
 
 def _shuffle_sentence(diff: pd.DataFrame) -> str:
@@ -192,7 +194,7 @@ def _shuffle_sentence(diff: pd.DataFrame) -> str:
     for p, r in ahead.iterrows():
         shuffled = d.loc[("FlexRel, shuffled relevance - magnitude", p), "mean"]
         part = f"p = {p:g}: {100 * shuffled / r['mean']:.0f} % of {100 * r['mean']:.1f} points"
-        parts.append(labelled(part, robustness(r["ci_low"], r["ci_high"])))
+        parts.append(labelled(part, robustness(r["ci_low"], r["ci_high"], n=r["n"])))
     return (
         "Where FlexRel beats magnitude (fine-tuned), the share of its gain that survives the shuffle — the part "
         "due to how relevance shares the cut between layers rather than which weights it ranks high — is "

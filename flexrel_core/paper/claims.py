@@ -43,7 +43,7 @@ def _interval(item: str, claim: str, mean, low, high, n, ref: float = 0.0) -> di
     low, high = float(low), float(high)
     return {
         "item": item, "claim": claim, "kind": "interval", "verdict": direction(low, high, ref),
-        "robust": robustness(low, high, ref), "mean": float(mean), "ci_low": low, "ci_high": high,
+        "robust": robustness(low, high, ref, n=int(n)), "mean": float(mean), "ci_low": low, "ci_high": high,
         "n": int(n), "ref": ref,
     }  # fmt: skip
 
@@ -64,7 +64,7 @@ def fig2_claims(folder: Path) -> list[dict]:
                         r[f"gain_{other}"],
                         r[f"gain_{other}_ci_low"],
                         r[f"gain_{other}_ci_high"],
-                        r["n_seeds"],
+                        r.get(f"pairs_{other}", r["n_seeds"]),
                     )  # fmt: skip
                 )
     for (condition, schedule), g in summary.groupby(["condition", "schedule"], sort=False):
@@ -132,13 +132,14 @@ def map_claims(folder: Path) -> list[dict]:
     for r in cells.to_dict("records"):
         where = " · ".join(str(r[k]) for k in keys)
         knee = effects[(effects[keys] == pd.Series({k: r[k] for k in keys})).all(axis=1)]
-        knees = list(zip(knee["ci_low"], knee["ci_high"], strict=True))
-        verdict = map_.verdict(direction(r["ci_low"], r["ci_high"]), [direction(lo, hi) for lo, hi in knees])
-        robust = map_.cell_robustness((r["ci_low"], r["ci_high"]), knees)
+        knees = list(zip(knee["ci_low"], knee["ci_high"], knee["n_seeds"], strict=True))
+        verdict = map_.verdict(direction(r["ci_low"], r["ci_high"]), [direction(k[0], k[1]) for k in knees])
+        robust = map_.cell_robustness((r["ci_low"], r["ci_high"], r.get("pairs", r["n_seeds"])), knees)
         cell = {"item": "map", "claim": f"map · {where}", "kind": "aggregate"}
         rows.append(cell | {"verdict": verdict, "robust": robust})
         if not np.isnan(r["ci_low"]):
-            rows.append(_interval("map", f"map · reach · {where}", r["gain"], r["ci_low"], r["ci_high"], r["n_seeds"]))
+            n = r.get("pairs", r["n_seeds"])
+            rows.append(_interval("map", f"map · reach · {where}", r["gain"], r["ci_low"], r["ci_high"], n))
     for r in effects.to_dict("records"):
         where = " · ".join(str(r[k]) for k in keys)
         rows.append(

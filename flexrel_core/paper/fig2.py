@@ -223,7 +223,8 @@ def summarize(
 
     Columns: condition, schedule, threshold_points, n_seeds, max_p_<method>..., and per other
     ``gain_<other>``, ``gain_<other>_ci_low``, ``gain_<other>_ci_high``, ``verdict_<other>`` and
-    ``robust_<other>`` (``stats.robustness``: whether a rerun can turn the verdict)."""
+    ``robust_<other>`` (``stats.robustness``: whether a rerun can turn the verdict) and ``pairs_<other>``
+    (the seeds where both reach the band: the interval's n)."""
     r = reach(df, thresholds)
     methods = [m for m in METHODS if m in set(r["method"])]
     diffs = paired_differences(
@@ -240,7 +241,7 @@ def summarize(
             d = diffs.loc[(*key, f"{other} - {base}")]
             row |= {f"gain_{other}": d["mean"], f"gain_{other}_ci_low": d["ci_low"]}
             row |= {f"gain_{other}_ci_high": d["ci_high"], f"verdict_{other}": direction(d["ci_low"], d["ci_high"])}
-            row |= {f"robust_{other}": robustness(d["ci_low"], d["ci_high"])}
+            row |= {f"robust_{other}": robustness(d["ci_low"], d["ci_high"], n=d["n"]), f"pairs_{other}": d["n"]}
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -274,7 +275,8 @@ def claim_verdict(directions: Sequence[str]) -> tuple[str, str]:
 def claim_robustness(summary: pd.DataFrame) -> str:
     """Whether ``claim_verdict`` on one condition and schedule of ``summary`` can turn on a rerun
     (``stats.robust_aggregate`` over its thresholds' intervals)."""
-    intervals = list(zip(summary["gain_flexrel_ci_low"], summary["gain_flexrel_ci_high"], strict=True))
+    pairs = summary["pairs_flexrel"] if "pairs_flexrel" in summary else summary["n_seeds"]
+    intervals = list(zip(summary["gain_flexrel_ci_low"], summary["gain_flexrel_ci_high"], pairs, strict=True))
     return robust_aggregate(lambda d: claim_verdict(d)[0], intervals)
 
 
@@ -292,7 +294,7 @@ def _significant(diff: pd.DataFrame, comparison: str) -> tuple[str, str]:
     def fmt(rows: pd.DataFrame) -> str:
         return (
             "; ".join(
-                labelled(f"p = {r.p:g}: {_points(r.mean, r.ci_low, r.ci_high)}", robustness(r.ci_low, r.ci_high))
+                labelled(f"p = {r.p:g}: {_points(r.mean, r.ci_low, r.ci_high)}", robustness(r.ci_low, r.ci_high, n=r.n))
                 for r in rows.itertuples()
             )
             or "none"
@@ -340,7 +342,7 @@ def report(df: pd.DataFrame, summary: pd.DataFrame, *, delta: float, fine_tune_e
         lines.append(
             f"| {r.condition} | {r.schedule} | {r.threshold_points:g} | {r.max_p_magnitude:.3f} | "
             f"{getattr(r, 'max_p_relevance', np.nan):.3f} | {r.max_p_flexrel:.3f} | {gain} | "
-            f"{labelled(r.verdict_flexrel, robustness(r.gain_flexrel_ci_low, r.gain_flexrel_ci_high))} |"
+            f"{labelled(r.verdict_flexrel, r.robust_flexrel)} |"
         )
     lines.append("")
     for (condition, schedule), g in summary.groupby(["condition", "schedule"], sort=False):

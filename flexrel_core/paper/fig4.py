@@ -184,7 +184,7 @@ def report(df: pd.DataFrame, recs: Sequence[dict], profile_delta: float) -> str:
             f"subsample recommends the same δ). Mean "
             f"validation accuracy {pct(rec['val_accuracy'])}; test accuracy {pct(rec['test_accuracy'])} "
             f"(δ = 0, magnitude: {pct(by.get(0.0, np.nan))}; δ = 1, relevance: {pct(by.get(1.0, np.nan))}); "
-            f"paired test gain over magnitude {labelled(_gain(g), robustness(g['ci_low'], g['ci_high']))}."
+            f"paired test gain over magnitude {labelled(_gain(g), robustness(g['ci_low'], g['ci_high'], n=g['n']))}."
         )
     agree = [r["schedule"] for r in recs if abs(r["delta"] - profile_delta) < 1e-9]
     verdict = (

@@ -161,7 +161,8 @@ def reach_effects(df: pd.DataFrame, threshold: float = 2.0) -> pd.DataFrame:
         for r in s.itertuples():
             rows.append(
                 {"setting": setting, "budget": budget, "schedule": schedule, "condition": r.condition}
-                | {"n_seeds": r.n_seeds, "max_p_magnitude": r.max_p_magnitude, "max_p_flexrel": r.max_p_flexrel}
+                | {"n_seeds": r.n_seeds, "pairs": getattr(r, "pairs_flexrel", r.n_seeds)}
+                | {"max_p_magnitude": r.max_p_magnitude, "max_p_flexrel": r.max_p_flexrel}
                 | {k: getattr(r, f"gain_flexrel{suffix}", np.nan) for k, suffix in GAIN_COLUMNS.items()}
                 | {"supports": getattr(r, "verdict_flexrel", "undetermined")}
                 | {"robust": getattr(r, "robust_flexrel", "undetermined")}
@@ -183,7 +184,7 @@ def accuracy_effects(df: pd.DataFrame, knees: Mapping[str, Sequence[float]]) -> 
             rows.append(
                 {"setting": setting, "budget": budget, "schedule": schedule, "condition": r.condition, "p": r.p}
                 | {"n_seeds": r.n, "mean": r.mean, "ci_low": r.ci_low, "ci_high": r.ci_high}
-                | {"supports": direction(r.ci_low, r.ci_high), "robust": robustness(r.ci_low, r.ci_high)}
+                | {"supports": direction(r.ci_low, r.ci_high), "robust": robustness(r.ci_low, r.ci_high, n=r.n)}
                 | {"dense": dense[r.condition]}
                 | {f"accuracy_{m}": means[(r.condition, m, r.p)] for m in METHODS}
             )
@@ -252,9 +253,9 @@ def verdict(reach: str, accuracy: Sequence[str]) -> str:
     return "no detectable difference"
 
 
-def cell_robustness(reach: tuple[float, float], knee: Sequence[tuple[float, float]]) -> str:
+def cell_robustness(reach: tuple[float, ...], knee: Sequence[tuple[float, ...]]) -> str:
     """Whether a map cell's ``verdict`` can turn on a rerun (``stats.robust_aggregate`` over the
-    reach gain's interval and the knee factors' accuracy intervals)."""
+    reach gain's interval and the knee factors' accuracy intervals, each ``(ci_low, ci_high[, n])``)."""
     return robust_aggregate(lambda d: verdict(d[0], d[1:]), [reach, *knee])
 
 
@@ -263,12 +264,14 @@ def map_table(reach: pd.DataFrame, acc: pd.DataFrame) -> pd.DataFrame:
     differences at the knee factors, the ``verdict`` and ``verdict_robust`` (``cell_robustness``)."""
     keys = ["setting", "budget", "schedule", "condition"]
     supports = acc.groupby(keys, sort=False)["supports"].agg(list)
-    knees = acc.groupby(keys, sort=False)[["ci_low", "ci_high"]].apply(lambda g: list(g.itertuples(index=False)))
+    knees = acc.groupby(keys, sort=False)[["ci_low", "ci_high", "n_seeds"]].apply(
+        lambda g: list(g.itertuples(index=False))
+    )
     out = reach.copy()
     cells = [tuple(getattr(r, k) for k in keys) for r in out.itertuples()]
     out["verdict"] = [verdict(r.supports, supports.get(c, [])) for r, c in zip(out.itertuples(), cells, strict=True)]
     out["verdict_robust"] = [
-        cell_robustness((r.ci_low, r.ci_high), [tuple(k) for k in knees.get(c, [])])
+        cell_robustness((r.ci_low, r.ci_high, r.pairs), [tuple(k) for k in knees.get(c, [])])
         for r, c in zip(out.itertuples(), cells, strict=True)
     ]
     return out

@@ -56,19 +56,23 @@ def test_direction_and_format():
     assert format_interval(math.nan, math.nan, math.nan) == "—"
 
 
-def test_a_verdict_is_robust_when_the_interval_clears_zero_by_half_its_half_width():
+def test_a_difference_is_robust_when_its_interval_clears_the_reference_by_its_half_width():
     from flexrel_core.workbook.stats import possible_directions, robustness
 
-    # half-width 1: robust "higher" needs the low end at or above 0.5; robust "no difference", 0 within 0.5 of centre
-    assert robustness(0.6, 2.6) == "robust" and robustness(0.4, 2.4) == "marginal"
-    assert robustness(-2.6, -0.6) == "robust" and robustness(-2.4, -0.4) == "marginal"
-    assert robustness(-1.4, 0.6) == "robust" and robustness(-0.6, 1.4) == "robust"
-    assert robustness(-1.6, 0.4) == "marginal" and robustness(-0.4, 1.6) == "marginal"
-    assert possible_directions(-0.4, 1.6) == {"no detectable difference", "higher"}
+    # half-width 1: a robust "higher" needs its low end at or above 1 (moved down by 1, it still excludes 0)
+    assert robustness(1.0, 3.0) == "robust" and robustness(0.9, 2.9) == "marginal"
+    assert robustness(-3.0, -1.0) == "robust" and robustness(-2.9, -0.9) == "marginal"
+    # no detectable difference is never robust, however central 0 lies
+    assert robustness(-1.0, 1.0) == "marginal" and robustness(-0.5, 2.0) == "marginal"
+    assert possible_directions(-0.5, 2.0) == {"no detectable difference", "higher"}
+    assert possible_directions(-1.0, 1.0) == {"no detectable difference", "higher", "lower"}
+    assert possible_directions(0.9, 2.9) == {"higher", "no detectable difference"}
+    assert possible_directions(1.0, 3.0) == {"higher"}
     # against another reference (a saving above 35 %): the same rule around it
-    assert robustness(0.36, 0.40, ref=0.35) == "marginal" and robustness(0.37, 0.41, ref=0.35) == "robust"
-    # zero-width intervals (every seed the same difference) and missing ones
-    assert robustness(0.01, 0.01) == "robust" and robustness(0.0, 0.0) == "robust"
+    assert robustness(0.36, 0.40, ref=0.35) == "marginal" and robustness(0.38, 0.40, ref=0.35) == "robust"
+    # too few pairs: never robust; zero-width intervals (every seed the same difference); none at all
+    assert robustness(1.0, 3.0, n=4) == "marginal" and robustness(1.0, 3.0, n=5) == "robust"
+    assert robustness(0.01, 0.01) == "robust" and robustness(0.0, 0.0) == "marginal"
     assert robustness(math.nan, math.nan) == "undetermined"
 
 
@@ -78,12 +82,14 @@ def test_an_aggregate_verdict_is_robust_when_no_marginal_part_can_turn_it():
     def every_higher(directions):
         return all(d == "higher" for d in directions)
 
-    assert robust_aggregate(every_higher, [(0.6, 2.6), (1.0, 3.0)]) == "robust"
-    assert robust_aggregate(every_higher, [(0.6, 2.6), (0.1, 2.1)]) == "marginal"
+    assert robust_aggregate(every_higher, [(1.0, 3.0), (2.0, 4.0)]) == "robust"
+    assert robust_aggregate(every_higher, [(1.0, 3.0), (0.5, 2.5)]) == "marginal"
+    assert robust_aggregate(every_higher, [(1.0, 3.0), (2.0, 4.0, 3)]) == "marginal"  # 3 pairs only
 
     def any_higher(directions):
         return "higher" in directions
 
     # one robust "higher" carries "any higher" whatever the marginal part does
-    assert robust_aggregate(any_higher, [(0.6, 2.6), (-0.4, 1.6)]) == "robust"
+    assert robust_aggregate(any_higher, [(1.0, 3.0), (-0.4, 1.6)]) == "robust"
+    assert robust_aggregate(any_higher, [(0.5, 2.5), (-1.0, 0.5)]) == "marginal"
     assert labelled("holds", "marginal") == "holds (marginal)" and labelled("holds", "robust") == "holds"
