@@ -199,10 +199,14 @@ GALLERY = {
     "one Linear applied twice": Entry(
         SharedLayer, (12,), refusal=r"\['hidden'\] are called more than once \(shared weights\).*its own module"
     ),
-    "torchvision ResNet-18": Entry(
-        lambda: torchvision.models.resnet18(weights=None, num_classes=4),
+    "torchvision ResNet-18 (skip connections)": Entry(
+        lambda: torchvision.models.resnet18(weights=None, num_classes=4), (3, 32, 32), "fast"
+    ),
+    "torchvision SqueezeNet 1.1 (concatenations)": Entry(
+        lambda: torchvision.models.squeezenet1_1(weights=None, num_classes=4),
         (3, 32, 32),
-        refusal=r"not a plain chain of layers: the output of maxpool feeds 2 operations.*Skip connections",
+        refusal=r"cannot explain SqueezeNet: cat combines the outputs of features.3.expand1x1_activation, "
+        r"features.3.expand3x3_activation: a concatenation.*skip connections that add two tensors",
     ),
 }
 
