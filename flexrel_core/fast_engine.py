@@ -2,7 +2,7 @@
 
 zennit (Anders et al., "Software for Dataset-wide XAI", 2021) applies each LRP rule in a backward
 hook that re-runs the layer on modified copies of its input and parameters; ``ZPlus`` runs two
-(positive and negative parts). On a chain whose plan ``fast_plan.make_plan`` can build, the same
+(positive and negative parts). On a model whose plan ``fast_plan.make_plan`` can build, the same
 rules need far less: one forward that keeps each layer's input, then one walk backwards with
 
 - ``Conv2d``, z+ rule on inputs >= 0 (after a ReLU): ``z = conv(a, W+) + b+``,

@@ -15,6 +15,11 @@ is applied per activation, each layer only needs ``A = sum_i phi(rel(a_i))`` and
 ``B = sum_i phi(rel(b_i))``: we reduce over samples inside the backward pass (tensor hooks) and
 unfold the reduced maps once, so the cost stays that of one LRP pass and memory does not grow
 with batch x positions x patch (``docs/method.md``, "Convolutions as fully connected layers").
+
+Chains of layers and residual networks are scored (``graph.graph_steps``); in a residual network each sum
+of two tensors splits its relevance among its operands (zennit's ``Sum`` layer, ``Norm`` rule), and the
+``rel(a)`` of a layer whose input also feeds a skip connection is that activation's whole relevance, from
+every operation reading it (``docs/method.md``, "Skip connections").
 """
 
 from __future__ import annotations
