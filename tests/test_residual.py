@@ -20,6 +20,14 @@ from flexrel_core.fast_plan import make_plan
 from flexrel_core.layers import prunable_layers
 from flexrel_core.lrp_inputs import start_relevance
 from flexrel_core.relevance import engine_for
+from flexrel_core.training import torch_threads
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Small models run as fast on one torch thread, and stay fast on a busy machine."""
+    with torch_threads(1):
+        yield
 
 
 def torchvision_blocks() -> nn.Module:

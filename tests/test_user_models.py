@@ -22,6 +22,14 @@ from torch import nn
 
 from flexrel_core import parameter_relevance
 from flexrel_core.relevance import engine_for
+from flexrel_core.training import torch_threads
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """These models run as fast on one torch thread, and stay fast on a busy machine."""
+    with torch_threads(1):
+        yield
 
 
 class TutorialNet(nn.Module):
