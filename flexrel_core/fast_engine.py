@@ -1,8 +1,8 @@
-"""The fast relevance engine: zennit's rule composites computed directly, for plain chains of layers.
+"""The fast relevance engine: zennit's rule composites computed directly, for chains and residual networks.
 
 zennit (Anders et al., "Software for Dataset-wide XAI", 2021) applies each LRP rule in a backward
 hook that re-runs the layer on modified copies of its input and parameters; ``ZPlus`` runs two
-(positive and negative parts). On a chain whose plan ``fast_plan.make_plan`` can build, the same
+(positive and negative parts). On a model whose plan ``fast_plan.make_plan`` can build, the same
 rules need far less: one forward that keeps each layer's input, then one walk backwards with
 
 - ``Conv2d``, z+ rule on inputs >= 0 (after a ReLU): ``z = conv(a, W+) + b+``,
@@ -12,9 +12,14 @@ rules need far less: one forward that keeps each layer's input, then one walk ba
 - flat rule (first layer): ``rel(a) = conv_transpose(rel(b) / stab(conv(1, 1)), 1)``;
 - average pooling, zennit's ``Norm``: ``rel(x) = x * pool^T(rel(y) / stab(y))``; max pooling:
   its gradient; activations, Dropout, Flatten, merged BatchNorm: relevance unchanged (``Pass``);
+- a sum ``y = a + b`` (skip connection), zennit's ``Norm`` on its ``Sum`` layer:
+  ``rel(a) = a * rel(y) / stab(y)``, ``rel(b) = b * rel(y) / stab(y)``;
 
 with zennit's stabiliser ``stab(z) = z + 1e-6 * sign(z)``, sign(0) = +1 (``zennit.core.stabilize``).
-Each stored input is freed as soon as the walk has passed its layer. Relevance starts from the
+An activation read by several operations (a layer and a skip connection) receives the sum of what
+each sends back, as its gradient would; the walk goes backwards through the operations in the order
+they ran, so every reader has sent its share before the activation's relevance is passed on. Each
+stored input is freed as soon as the walk has passed its layer. Relevance starts from the
 predicted class's logit (or ``targets``), as in ``relevance.lrp_backward``.
 """
 
@@ -29,10 +34,12 @@ from torch import nn
 from .fast_plan import EPSILON, Op, conv_geometry, make_plan
 from .lrp_inputs import check_inputs, is_out_of_memory, memory_error, start_relevance
 
-# visit(name, side, rel, reused): for every prunable layer, last layer first, side "b" (the relevance
-# of its output, before its rule runs) then side "a" (of its input). ``reused``: this rel(b) holds the
-# values of the previous rel(a) (reshaped at most). The walk drops rel(b) as soon as the rule has used it.
-Visitor = Callable[[str, str, torch.Tensor, bool], None]
+# visit(name, side, rel, key): for every prunable layer, side "b" (the relevance of its output, before its
+# rule runs) and side "a" (of its input, once every operation reading that input has sent its share back),
+# walking backwards from the last layer. ``key``: for side "a", the slot of the input; for side "b", the
+# slot whose rel(a) holds the same values (reshaped at most), or None. The walk drops rel(b) as soon as
+# the rule has used it.
+Visitor = Callable[[str, str, torch.Tensor, int | None], None]
 
 
 def stabilize_(z: torch.Tensor, nonnegative: bool = False) -> torch.Tensor:
@@ -58,13 +65,15 @@ def lrp_fast(
     """One LRP pass by the fast engine; returns the relevance of ``inputs`` (equal to zennit's).
 
     ``layer_hooks(name, rel_a, rel_b)`` receives every prunable layer's per-sample input and output
-    relevance (``name`` = ``"<module>.weight"``), last layer first. Raises ``ValueError`` for a
-    model or composite the engine does not handle. The model is only read.
+    relevance (``name`` = ``"<module>.weight"``), last layer first (on a chain; in a residual network once
+    the input's relevance is complete: ``rel_a`` is then the relevance of the input activation, gathered
+    from every operation reading it). Raises ``ValueError`` for a model or composite the engine does not
+    handle. The model is only read.
     """
 
     rel_b: dict[str, torch.Tensor] = {}
 
-    def visit(name: str, side: str, rel: torch.Tensor, _: bool) -> None:
+    def visit(name: str, side: str, rel: torch.Tensor, _: int | None) -> None:
         if layer_hooks is None:
             return
         if side == "b":
@@ -78,45 +87,88 @@ def lrp_fast(
 def walk(plan: list[Op], model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor | None, visit: Visitor):
     """Forward keeping what each rule needs, then the backward walk; returns the input relevance."""
     inputs = check_inputs(model, inputs)
+    readers = _reads(plan)
+    layers: dict[int, list[str]] = {}  # slot -> the prunable layers reading it
+    for op in plan:
+        if op.kind in ("conv", "linear"):
+            layers.setdefault(op.inputs[0], []).append(op.name)
     try:
         with torch.no_grad():
-            saved, logits = _forward(plan, inputs.detach())
-            rel = start_relevance(logits, targets)
+            saved, logits = _forward(plan, inputs.detach(), readers)
+            rel, same = {len(plan): start_relevance(logits, targets)}, {len(plan): None}
             del logits
-            same = False  # does rel hold the values of the last rel(a) visited?
+            pending = dict(readers)
             for i in range(len(plan) - 1, -1, -1):
                 op, keep = plan[i], saved[i]
                 saved[i] = None  # the stored input is freed as soon as the walk has used it
+                r, key = rel.pop(i + 1), same.pop(i + 1)
                 if op.kind in ("conv", "linear"):
-                    visit(op.name, "b", rel, same)
-                    held = [rel]  # the rule pops rel(b), which is then freed as soon as it has been used
-                    del rel
-                    rel, same, keep = _RULES[op.rule](op, keep, held), True, None
-                    visit(op.name, "a", rel, False)
+                    visit(op.name, "b", r, key)
+                    held = [r]  # the rule pops rel(b), which is then freed as soon as it has been used
+                    del r
+                    sent, keep = [(_RULES[op.rule](op, keep, held), None)], None
                 elif op.kind == "reshape":
-                    rel = rel.reshape(keep)
-                elif op.kind != "pass":
-                    rel, same, keep = _BACKWARD[op.kind](op, keep, rel), False, None
-            return rel
+                    sent = [(r.reshape(keep), key)]
+                elif op.kind == "pass":
+                    sent = [(r, key)]
+                elif op.kind == "sum":
+                    sent, keep = [(part, None) for part in _sum_backward(keep, r)], None
+                else:
+                    sent, keep = [(_BACKWARD[op.kind](op, keep, r), None)], None
+                r = None
+                for slot, (part, part_key) in zip(op.inputs, sent, strict=True):
+                    if slot in rel:  # a second reader of this slot: relevance from every reader adds up
+                        rel[slot], same[slot] = rel[slot] + part, None
+                    else:
+                        rel[slot], same[slot] = part, part_key
+                    pending[slot] -= 1
+                    if pending[slot] == 0 and slot in layers:
+                        for name in layers[slot]:
+                            visit(name, "a", rel[slot], slot)
+                        same[slot] = slot
+                del sent, part
+            return rel[0]
     except RuntimeError as err:
         if is_out_of_memory(err):
             raise memory_error(err, inputs) from err
         raise
 
 
-def _forward(plan: list[Op], x: torch.Tensor) -> tuple[list, torch.Tensor]:
-    """Run the chain once (eval semantics: Dropout off, BatchNorm merged), keeping what each rule needs."""
+def _reads(plan: list[Op]) -> dict[int, int]:
+    """``{slot: how many times operations read it}`` (a sum of a tensor with itself reads it twice)."""
+    reads: dict[int, int] = {}
+    for op in plan:
+        for slot in op.inputs:
+            reads[slot] = reads.get(slot, 0) + 1
+    return reads
+
+
+def _forward(plan: list[Op], x: torch.Tensor, readers: dict[int, int]) -> tuple[list, torch.Tensor]:
+    """Run the model once (eval semantics: Dropout off, BatchNorm merged), keeping what each rule needs.
+
+    A value is freed once its last reader has run. ``shared``: the value is the caller's tensor, a stored
+    one, or read by several operations, so an operation must not modify it in place."""
     saved: list = [None] * len(plan)
-    shared, shape = True, tuple(x.shape)  # x is the caller's tensor or a stored one: never modify it in place
+    values, shared, left = {0: x}, {0: True}, dict(readers)
+    shape = tuple(x.shape)
     for i, op in enumerate(plan):
         try:
-            x, saved[i], shared = _FORWARD[op.kind](op, x, shared)
+            if op.kind == "sum":
+                out, saved[i], out_shared = _forward_sum(op, [values[s] for s in op.inputs])
+            else:
+                s = op.inputs[0]
+                out, saved[i], out_shared = _FORWARD[op.kind](op, values[s], shared[s] or readers[s] > 1)
         except RuntimeError as err:
             if is_out_of_memory(err):
                 raise
             where = op.name.removesuffix(".weight")
             raise ValueError(f"inputs of shape {shape} do not fit the model (at {where}: {err})") from err
-    return saved, x
+        for s in op.inputs:
+            left[s] -= 1
+            if left[s] == 0:
+                del values[s], shared[s]
+        values[i + 1], shared[i + 1] = out, out_shared
+    return saved, values[len(plan)]
 
 
 def _conv(op: Op, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
@@ -196,6 +248,23 @@ def _pool(op: Op, x: torch.Tensor) -> torch.Tensor:
     if isinstance(m, nn.AdaptiveAvgPool2d):
         return F.adaptive_avg_pool2d(x, m.output_size)
     return F.avg_pool2d(x, m.kernel_size, m.stride, m.padding, m.ceil_mode, m.count_include_pad, m.divisor_override)
+
+
+def _forward_sum(op: Op, xs: list[torch.Tensor]):
+    a, b = xs
+    if a.shape != b.shape:
+        raise ValueError(
+            f"{op.name} adds tensors of shapes {tuple(a.shape)} and {tuple(b.shape)}: LRP splits a sum among "
+            "operands of one shape; broadcasting one of them has no rule here"
+        )
+    return a + b, (a, b), False
+
+
+def _sum_backward(keep: tuple[torch.Tensor, torch.Tensor], rel: torch.Tensor) -> list[torch.Tensor]:
+    """zennit's Norm rule on its Sum layer: each operand x gets x * rel / stab(a + b), its share of the sum."""
+    a, b = keep
+    g = torch.div(rel, stabilize_(a + b))
+    return [a * g, b * g]
 
 
 _FORWARD = {

@@ -1,7 +1,8 @@
-"""The fast relevance engine's plan: a chain model turned into the LRP rule each operation takes.
+"""The fast relevance engine's plan: a chain or residual model turned into the LRP rule each operation takes.
 
 Mirrors zennit 0.5.1's composites ``EpsilonPlusFlat`` (the default) and ``EpsilonPlus``
-(``zennit/composites.py``) for chains of the layers below, and refuses anything else with a message:
+(``zennit/composites.py``) for chains and residual networks of the layers below, and refuses anything
+else with a message:
 
 - ``Conv2d``: ``ZPlus`` (Bach et al. 2015; Montavon et al. 2017: alpha = 1, beta = 0, the bias'
   positive part in the denominator), ``Flat`` for the first layer of ``EpsilonPlusFlat``
@@ -17,6 +18,13 @@ Mirrors zennit 0.5.1's composites ``EpsilonPlusFlat`` (the default) and ``Epsilo
 - ``Flatten``/``torch.flatten``/``view``/``reshape`` keeping the batch dimension (sizes may be read from
   the tensor, ``x.view(x.size(0), -1)``), ``Dropout`` (eval),
   ``Identity``: unchanged relevance.
+- a sum of two tensors (skip connection): zennit's ``Sum`` layer with the ``Norm`` rule (what its
+  ``ResNetCanonizer`` puts in torchvision's ResNet blocks), ``rel(x_k) = x_k * rel(y) / stab(y)``.
+
+Each op reads the value slots ``inputs`` (slot 0: the model's input; slot ``k + 1``: the output of op
+``k``); a merged BatchNorm's output is its layer's slot, and Dropout and Identity, which in eval return
+the very tensor they read, are no op: a layer after them reads that tensor (and its relevance). The first
+prunable layer to run takes the flat rule.
 """
 
 from __future__ import annotations
@@ -29,15 +37,15 @@ import torch.nn.functional as F
 from torch import fx, nn
 from zennit.types import Activation
 
-from .graph import ShapeQuery, Step, batchnorm_merges, chain_steps
+from .graph import ShapeQuery, Step, graph_merges, graph_steps
 from .layers import conv_padding
 
 FAST_COMPOSITES = ("epsilon_plus_flat", "epsilon_plus")
 EPSILON = 1e-6  # zennit 0.5.1: Epsilon(epsilon=1e-6) and every other rule's stabilizer=1e-6
 
 HANDLED = (
-    "the fast engine handles chains of Conv2d, Linear, BatchNorm right after them, activations, MaxPool2d "
-    "(module or F.max_pool2d), "
+    "the fast engine handles chains and residual networks (sums of two tensors) of Conv2d, Linear, BatchNorm "
+    "right after them, activations, MaxPool2d (module or F.max_pool2d), "
     "AvgPool2d, AdaptiveAvgPool2d, Flatten, Dropout and Identity, with composites "
     f"{', '.join(map(repr, FAST_COMPOSITES))}; use engine='zennit' for anything else"
 )
@@ -55,7 +63,8 @@ class Op:
 
     ``kind``: ``"conv"``, ``"linear"`` (prunable; ``name`` is the weight's key ``"<module>.weight"``),
     ``"pass"`` (relevance unchanged; ``fn`` is the forward, None for the identity), ``"reshape"``
-    (``fn`` the forward), ``"relu"`` (gradient of a ReLU call), ``"maxpool"``, ``"avgpool"``.
+    (``fn`` the forward), ``"relu"`` (gradient of a ReLU call), ``"maxpool"``, ``"avgpool"``, ``"sum"``
+    (of the two slots in ``inputs``; every other kind reads one).
     ``rule`` of a prunable layer: ``"flat"``, ``"epsilon"``, ``"zplus"`` (inputs known to be >= 0)
     or ``"zplus_signed"``. ``weight``/``bias`` are the layer's (BatchNorm merged); ``scale`` the
     merged BatchNorm's 1 / sqrt(1 + eps), or None; ``positive`` (W+, b+) for the z+ rules.
@@ -70,6 +79,7 @@ class Op:
     bias: torch.Tensor | None = None
     scale: float | None = None
     positive: tuple[torch.Tensor, torch.Tensor | None] | None = None  # (W+, b+) for the z+ rules
+    inputs: tuple[int, ...] = ()  # the value slots it reads
 
 
 def refuse(model: nn.Module, why: str) -> ValueError:
@@ -79,31 +89,40 @@ def refuse(model: nn.Module, why: str) -> ValueError:
 def make_plan(model: nn.Module, composite: object = "epsilon_plus_flat", steps: list[Step] | None = None) -> list[Op]:
     """The operations of ``model`` with their rules under ``composite``, or ``ValueError`` saying why not.
 
-    Non-chain graphs are refused by ``graph.chain_steps`` first (message: what is supported);
+    Graphs FlexRel cannot explain are refused by ``graph.graph_steps`` first (message: what is supported);
     ``steps`` are its result when the caller has them already.
     """
     if not isinstance(composite, str) or composite not in FAST_COMPOSITES:
         raise refuse(model, f"composite {composite!r} is not one it implements")
-    steps = chain_steps(model) if steps is None else steps
-    merges = batchnorm_merges(model)
+    steps = graph_steps(model) if steps is None else steps
+    merges = graph_merges(steps)
     ops: list[Op] = []
-    nonnegative, first = False, True  # the model's inputs may be negative
-    for step in steps:
+    slot_of = {0: 0}  # a step's output slot -> the plan's
+    nonnegative = {0: False}  # per plan slot: known >= 0 (the model's inputs may be negative)
+    first = True
+    for i, step in enumerate(steps, 1):
+        inputs = tuple(slot_of[s] for s in step.inputs)
         if isinstance(step.module, (nn.BatchNorm1d, nn.BatchNorm2d)):
-            _merge(model, ops, step, merges)
+            _merge(model, ops, step, merges, inputs[0])
+            slot_of[i] = inputs[0]
             continue
-        op = _op(model, step)
+        if isinstance(step.module, _DROPOUT + (nn.Identity,)):  # in eval they return the tensor they read
+            slot_of[i] = inputs[0]
+            continue
+        op = Op("sum", step.name) if step.is_sum else _op(model, step)
+        op.inputs = inputs
         if op.kind in ("conv", "linear"):
             flat = first and composite == "epsilon_plus_flat"
-            zplus = "zplus" if nonnegative else "zplus_signed"
+            zplus = "zplus" if nonnegative[inputs[0]] else "zplus_signed"
             op.rule = "flat" if flat else (zplus if op.kind == "conv" else "epsilon")
             op.weight = op.module.weight.detach()
             op.bias = None if op.module.bias is None else op.module.bias.detach()
             first = False
         is_relu = isinstance(step.module, (nn.ReLU, nn.ReLU6)) or op.kind == "relu"
-        keeps_sign = op.kind in ("reshape", "maxpool", "avgpool") or (op.kind == "pass" and op.fn is None)
-        nonnegative = is_relu or (nonnegative and keeps_sign)
+        keeps_sign = op.kind in ("reshape", "maxpool", "avgpool", "sum") or (op.kind == "pass" and op.fn is None)
         ops.append(op)
+        slot_of[i] = len(ops)
+        nonnegative[len(ops)] = is_relu or (keeps_sign and all(nonnegative[s] for s in inputs))
     for op in ops:  # once BatchNorm is merged: the parts the z+ rule uses (zennit's ClampMod(min=0))
         if op.rule.startswith("zplus"):
             op.positive = (op.weight.clamp(min=0), None if op.bias is None else op.bias.clamp(min=0))
@@ -160,10 +179,11 @@ def _call(step: Step):
     return run
 
 
-def _merge(model: nn.Module, ops: list[Op], step: Step, merges: dict[str, str]) -> None:
-    """Merge BatchNorm ``step`` into the layer before it (zennit ``MergeBatchNorm.merge_batch_norm``)."""
+def _merge(model: nn.Module, ops: list[Op], step: Step, merges: dict[str, str], slot: int) -> None:
+    """Merge BatchNorm ``step``, which reads plan slot ``slot``, into the layer that writes it (zennit
+    ``MergeBatchNorm.merge_batch_norm``)."""
     bn = step.module
-    layer = ops[-1] if ops else None
+    layer = ops[slot - 1] if slot > 0 else None
     if (
         merges.get(step.name) is None
         or layer is None

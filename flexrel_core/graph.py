@@ -1,24 +1,28 @@
-"""Is a model a plain chain of layers? The structural check both relevance engines rely on.
+"""Which models FlexRel's relevance can explain: chains of layers and residual networks, read with torch.fx.
 
 FlexRel's parameter relevance takes, for every prunable layer, the relevance of its input ``a`` and
 of its output ``b`` from one LRP pass. The rule composites used for that pass (zennit's
-``EpsilonPlusFlat`` and its relatives) assign one rule per module and merge BatchNorm into the
-layer registered just before it (zennit's ``SequentialMergeBatchNorm``), which is LRP as defined
-for a chain ``x -> f_1 -> f_2 -> ... -> logits`` (Bach et al. 2015; Montavon et al. 2019,
-"Layer-Wise Relevance Propagation: An Overview"). A skip connection (ResNet) or a product of two
-activations (attention) needs rules for the sum or the product that these composites do not have,
-and the relevance they would give is wrong without a word. So the graph is read with
-``torch.fx.symbolic_trace`` and accepted only when every operation consumes exactly the previous
-operation's output, nothing else, and no module with weights runs twice. A parameter-free module
-called at several places (one ``self.relu`` or ``self.pool`` used after every layer) is one layer
-per call, as in the same model written with one module per call.
+``EpsilonPlusFlat`` and its relatives) assign one rule per module, which is LRP as defined for a chain
+``x -> f_1 -> f_2 -> ... -> logits`` (Bach et al. 2015; Montavon et al. 2019, "Layer-Wise Relevance
+Propagation: An Overview"). A skip connection adds two activations: LRP splits the relevance of the sum
+among its operands in proportion to their contributions, ``rel(x_k) = x_k * rel(y) / stab(y)`` for
+``y = sum_k x_k`` (zennit's ``Sum`` layer with the ``Norm`` rule, as its ``ResNetCanonizer`` uses for
+torchvision's ResNets), and an activation feeding several operations (a layer and the skip) gathers the
+relevance of all of them, as a gradient does. A product of two activations (attention), a concatenation
+or a difference has no rule here, and the relevance would be wrong without a word. So the graph is read
+with ``torch.fx.symbolic_trace`` and accepted only when every operation takes one tensor computed by the
+model, except sums of two tensors; no module with weights runs twice; and every result is used. A
+parameter-free module called at several places (one ``self.relu`` or ``self.pool`` used after every
+layer) is one layer per call, as in the same model written with one module per call.
 """
 
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
 from torch import fx, nn
 from zennit.core import collect_leaves
 from zennit.types import BatchNorm as ZennitBatchNorm
@@ -27,22 +31,30 @@ from zennit.types import Linear as ZennitLinear
 from .layers import DENSE_TYPES, PRUNABLE_TYPES
 
 SUPPORTED = (
-    "supported are plain chains of layers, where each layer takes only the previous layer's output "
-    "(nn.Sequential, VGG-style CNNs): Conv2d, Linear, BatchNorm, activations, pooling, Flatten, Dropout. "
-    "Skip connections (ResNet), branches and attention need LRP rules for sums and products that "
-    "FlexRel's relevance does not implement"
+    "supported are networks of Conv2d, Linear, BatchNorm, activations, pooling, Flatten and Dropout, either "
+    "as a chain (each layer takes the previous layer's output: nn.Sequential, VGG) or with skip connections "
+    "that add two tensors (ResNet: out = out + identity, torch.add); products of activations (attention), "
+    "concatenations and other operations that combine several tensors have no LRP rule in FlexRel's relevance"
 )
+_SUM_FUNCTIONS = (operator.add, torch.add)
+_PRODUCTS = {"mul", "matmul", "bmm", "einsum", "mm", "baddbmm", "scaled_dot_product_attention", "div", "truediv"}
+_CONCATENATIONS = {"cat", "concat", "concatenate", "stack", "hstack", "vstack"}
 
 
 @dataclass(frozen=True)
 class Step:
-    """One operation of a chain: a module call (``module`` set) or a function/method call."""
+    """One operation: a module call (``module`` set), a function/method call, or a sum of two tensors.
+
+    ``inputs``: the value slots it reads, slot 0 being the model's input and slot ``i + 1`` the output of
+    step ``i`` (a sum reads two, every other step one: its first argument)."""
 
     name: str  # the module's qualified name, or the function/method name
     module: nn.Module | None = None
     function: Any = None  # callable for call_function, method name for call_method
     args: tuple = ()  # the arguments after the tensor
     kwargs: dict = field(default_factory=dict)
+    inputs: tuple[int, ...] = ()
+    is_sum: bool = False
 
 
 class _Tracer(fx.Tracer):
@@ -53,61 +65,145 @@ class _Tracer(fx.Tracer):
 
 
 def _refuse(model: nn.Module, why: str) -> ValueError:
+    return ValueError(f"FlexRel's relevance cannot explain {type(model).__name__}: {why}; {SUPPORTED}")
+
+
+def _refuse_chain(model: nn.Module, why: str) -> ValueError:
     return ValueError(f"{type(model).__name__} is not a plain chain of layers: {why}; {SUPPORTED}")
 
 
-def _trace(model: nn.Module) -> fx.Graph:
+def trace(model: nn.Module) -> fx.Graph:
+    """The model's torch.fx graph, prunable layers and BatchNorm as leaves; ``ValueError`` if it cannot be traced."""
     try:
         return _Tracer().trace(model)
     except Exception as err:  # fx raises TraceError, TypeError, NotImplementedError... on dynamic code
         raise ValueError(
-            f"cannot check that {type(model).__name__} is a plain chain of layers: torch.fx could not trace it "
+            f"cannot read the graph of {type(model).__name__}: torch.fx could not trace it "
             f"({type(err).__name__}: {err}); {SUPPORTED}"
         ) from err
 
 
-def chain_steps(model: nn.Module) -> list[Step]:
-    """The model's operations in execution order, if its graph is a plain chain; else ``ValueError``.
+def graph_steps(model: nn.Module) -> list[Step]:
+    """The model's operations in execution order with the slots each reads; ``ValueError`` for a graph
+    FlexRel's relevance cannot explain.
 
-    A chain: one input; every operation takes the previous operation's output as its only tensor
-    (a module call takes it as its only argument); that output feeds nothing else; the last
-    operation's output is the model's output; no module with parameters or buffers is called twice
-    (a parameter-free one called twice is two steps); and modules are registered
-    in the order they run where zennit depends on it (a BatchNorm is merged into the layer registered
-    just before it, and a special first-layer rule goes to the first layer registered). Shape
-    queries such as ``x.view(x.size(0), -1)`` are not tensors and do not break a chain.
+    Accepted: one input; every operation takes one tensor computed by the model (a module call as its only
+    argument, a function or method call as its first), except sums of two such tensors (``a + b``,
+    ``torch.add(a, b)``, ``a.add(b)``, ``out += identity``); every result is used, the last one is the
+    model's output; no module with parameters or buffers is called twice (a parameter-free one called twice
+    is two steps). Shape queries such as ``x.view(x.size(0), -1)`` are not tensors.
     """
     modules = dict(model.named_modules())
-    graph = _trace(model)
-    meta = _shape_queries(graph)
+    graph = trace(model)
+    meta = shape_queries(graph)
     inputs = [n for n in graph.nodes if n.op == "placeholder" and n.users]
     if len(inputs) != 1:
         raise _refuse(model, f"its forward uses {len(inputs)} inputs, expected one tensor")
-    steps: list[Step] = []
-    prev = inputs[0]
+    slots, steps, output = {inputs[0]: 0}, [], None
     for node in graph.nodes:
         if node.op == "placeholder" or node in meta:
             continue
-        if [n for n in node.all_input_nodes if n not in meta] != [prev]:
-            raise _refuse(model, _why_not_next(node, prev, meta))
         if node.op == "output":
-            if node.args != (prev,):
-                raise _refuse(model, "its output is not the single tensor of its last layer")
+            output = node.args[0]
+            if not isinstance(output, fx.Node) or output not in slots:
+                raise _refuse(model, "its output is not a single tensor computed by its layers")
             break
-        users = [u for u in prev.users if u not in meta]
-        if len(users) != 1:
-            raise _refuse(model, f"the output of {_label(prev)} feeds {len(users)} operations ({_names(users)})")
-        steps.append(_step(model, modules, node, meta))
-        prev = node
-    _check_modules(model, steps)
+        if node.op == "get_attr":
+            raise _refuse(model, f"it reads the tensor {node.target} directly in its forward")
+        operands = sum_operands(model, node, meta)
+        if operands is not None:
+            step = Step(_label(node), function=node.target, inputs=tuple(slots[n] for n in operands), is_sum=True)
+        else:
+            tensors = [n for n in node.all_input_nodes if n not in meta]
+            if len(tensors) != 1 or _label(node) in _CONCATENATIONS:
+                raise _refuse(model, _why_combined(node, tensors))
+            if node.op != "call_module" and node.args[:1] != (tensors[0],):
+                raise _refuse(model, f"{_label(node)} does not take the tensor it transforms as its first argument")
+            step = _step(model, modules, node, meta, slots[tensors[0]])
+        slots[node] = len(steps) + 1
+        steps.append(step)
+    unused = [n for n in slots if n is not output and not any(u not in meta for u in n.users)]
+    if unused:
+        raise _refuse(model, f"the output of {_names(unused)} feeds nothing (a result computed and never used)")
+    if slots.get(output) != len(steps):
+        raise _refuse(model, "its output is not the tensor of its last operation")
+    _check_shared(model, steps)
     return steps
+
+
+def is_chain_steps(steps: list[Step]) -> bool:
+    """True if every step takes the previous step's output and nothing else (each result feeds one step)."""
+    return all(s.inputs == (i,) for i, s in enumerate(steps))
+
+
+def chain_steps(model: nn.Module) -> list[Step]:
+    """``graph_steps(model)`` if the graph is a plain chain of layers; else ``ValueError`` saying where not.
+
+    A chain: every operation takes the previous operation's output as its only tensor, and that output
+    feeds nothing else; modules are registered in the order they run where zennit depends on it (a
+    BatchNorm is merged into the layer registered just before it, and a special first-layer rule goes to
+    the first layer registered), which ``relevance`` relies on to run zennit on a chain as it is.
+    """
+    steps = graph_steps(model)
+    if not is_chain_steps(steps):
+        raise _refuse_chain(model, _why_not_chain(steps))
+    _check_registration(model, steps)
+    return steps
+
+
+def model_steps(model: nn.Module) -> list[Step]:
+    """``graph_steps(model)``, with a chain also checked as ``chain_steps`` checks it: the relevance engines'
+    analysis (a chain runs through zennit as it is, a residual network through its graph)."""
+    steps = graph_steps(model)
+    if is_chain_steps(steps):
+        _check_registration(model, steps)
+    return steps
+
+
+def _why_not_chain(steps: list[Step]) -> str:
+    names = ["the input"] + [s.name for s in steps]
+    for slot, who in _readers(steps).items():
+        if len(who) > 1:
+            return f"the output of {names[slot]} feeds {len(who)} operations ({', '.join(who)})"
+    first = next(s for i, s in enumerate(steps) if s.inputs != (i,))
+    return f"{first.name} combines the outputs of {', '.join(names[i] for i in first.inputs)}"
+
+
+def sum_operands(model: nn.Module, node: fx.Node, meta: set[fx.Node]) -> tuple[fx.Node, fx.Node] | None:
+    """The two tensors a sum node adds, or None if the node is not a sum of two tensors."""
+    function = node.op == "call_function" and node.target in _SUM_FUNCTIONS
+    if not (function or (node.op == "call_method" and node.target in ("add", "add_"))):
+        return None
+    operands = [a for a in node.args[:2] if isinstance(a, fx.Node) and a not in meta]
+    if len(operands) != 2 or len(node.args) != 2:
+        return None
+    if node.target == "add_":
+        why = "adds in place, which torch.fx does not record; write x = x + y"
+        raise _refuse(model, f"{operands[0].name}.add_(...) {why}")
+    if set(node.kwargs) - {"alpha"} or node.kwargs.get("alpha", 1) != 1:
+        raise _refuse(model, f"{_label(node)} is called with {node.kwargs}: only a plain sum of two tensors has a rule")
+    return operands[0], operands[1]
+
+
+def _why_combined(node: fx.Node, tensors: list[fx.Node]) -> str:
+    name = _label(node)
+    if not tensors:
+        return f"{name} does not take a tensor computed by the model"
+    what = "an operation that combines several tensors"
+    if name.strip("_") in _PRODUCTS:
+        what = "a product of activations (as in attention)"
+    elif name in _CONCATENATIONS:
+        what = "a concatenation"
+    elif name in ("sub", "subtract", "rsub"):
+        what = "a difference"
+    return f"{name} combines the outputs of {_names(tensors) or 'nothing'}: {what}, which has no LRP rule here"
 
 
 _QUERY_METHODS = {"size", "dim", "numel"}
 _QUERY_ATTRIBUTES = {"shape", "ndim", "dtype", "device"}
 
 
-def _shape_queries(graph: fx.Graph) -> set[fx.Node]:
+def shape_queries(graph: fx.Graph) -> set[fx.Node]:
     """Nodes that compute sizes, not tensors: ``x.size()``, ``x.shape``, and arithmetic on those."""
     meta: set[fx.Node] = set()
     for node in graph.nodes:
@@ -129,29 +225,18 @@ def _names(nodes) -> str:
     return ", ".join(_label(n) for n in nodes)
 
 
-def _why_not_next(node: fx.Node, prev: fx.Node, meta: set[fx.Node]) -> str:
-    if node.op == "get_attr":
-        return f"it reads the tensor {node.target} directly in its forward"
-    others = [n for n in node.all_input_nodes if n is not prev and n not in meta]
-    if others:
-        return f"{_label(node)} combines the output of {_label(prev)} with that of {_names(others)}"
-    return f"{_label(node)} does not take the output of {_label(prev)}"
-
-
-def _step(model: nn.Module, modules: dict[str, nn.Module], node: fx.Node, meta: set[fx.Node]) -> Step:
+def _step(model: nn.Module, modules: dict[str, nn.Module], node: fx.Node, meta: set[fx.Node], slot: int) -> Step:
     if node.op == "call_module":
         if len(node.args) != 1 or node.kwargs:
             raise _refuse(model, f"module {node.target} is called with more than one argument")
-        return Step(node.target, module=modules[node.target])
-    if not node.args or not isinstance(node.args[0], fx.Node):
-        raise _refuse(model, f"{_label(node)} does not take the previous output as its first argument")
+        return Step(node.target, module=modules[node.target], inputs=(slot,))
     source = node.args[0]
 
     def query(n: fx.Node):
         return ShapeQuery(n, source) if n in meta and _reads_only(n, source, meta) else n
 
     args, kwargs = fx.node.map_arg((node.args[1:], dict(node.kwargs)), query)
-    return Step(_label(node), function=node.target, args=tuple(args), kwargs=kwargs)
+    return Step(_label(node), function=node.target, args=tuple(args), kwargs=kwargs, inputs=(slot,))
 
 
 @dataclass(frozen=True)
@@ -180,10 +265,10 @@ def _reads_only(node: fx.Node, source: fx.Node, meta: set[fx.Node]) -> bool:
 
 
 def reused_modules(steps: list[Step]) -> dict[str, str]:
-    """``{name: what it shares}`` of every module the chain calls more than once: ``"shared weights"``
+    """``{name: what it shares}`` of every module the model calls more than once: ``"shared weights"``
     (it has parameters), ``"shared buffers"`` (buffers only, e.g. BatchNorm without affine
     parameters), or ``""`` for a parameter-free module (activation, pooling, Dropout, Flatten), which
-    the chain simply treats as one layer per call."""
+    the graph simply treats as one layer per call."""
     counts: dict[int, int] = {}
     for s in steps:
         if s.module is not None:
@@ -213,9 +298,33 @@ def batchnorm_merges(model: nn.Module) -> dict[str, str]:
     return merges
 
 
-def _check_modules(model: nn.Module, steps: list[Step]) -> None:
-    """No module with weights or buffers runs twice; BatchNorm and the first prunable layer sit where zennit
-    looks for them."""
+def graph_merges(steps: list[Step]) -> dict[str, str]:
+    """``{BatchNorm name: layer name}`` for every BatchNorm that normalises the output of a Conv2d or Linear
+    and is the only operation reading it: merged into that layer for LRP (on a chain the same pairs as
+    ``batchnorm_merges``, which ``chain_steps`` checks). Any other BatchNorm (one reading an activation or
+    a sum, as in pre-activation ResNets, or a layer's output that a skip connection reads too) is not
+    merged: zennit's composites pass relevance through it unchanged, and the fast engine leaves it to zennit."""
+    readers = _readers(steps)
+    merges = {}
+    for s in steps:
+        if isinstance(s.module, ZennitBatchNorm) and s.inputs[0] > 0:
+            layer = steps[s.inputs[0] - 1]
+            if isinstance(layer.module, PRUNABLE_TYPES) and len(readers[s.inputs[0]]) == 1:
+                merges[s.name] = layer.name
+    return merges
+
+
+def _readers(steps: list[Step]) -> dict[int, list[str]]:
+    """``{slot: names of the steps reading it}``."""
+    readers: dict[int, list[str]] = {}
+    for s in steps:
+        for slot in dict.fromkeys(s.inputs):
+            readers.setdefault(slot, []).append(s.name)
+    return readers
+
+
+def _check_shared(model: nn.Module, steps: list[Step]) -> None:
+    """No module with weights or buffers runs twice."""
     shared = {name: what for name, what in reused_modules(steps).items() if what}
     if shared:
         kinds = " and ".join(sorted(set(shared.values())))
@@ -224,6 +333,11 @@ def _check_modules(model: nn.Module, steps: list[Step]) -> None:
             f"modules {sorted(shared)} are called more than once ({kinds}): each weight must stand for one "
             "connection of one layer for its relevance to mean anything, so give each call its own module",
         )
+
+
+def _check_registration(model: nn.Module, steps: list[Step]) -> None:
+    """On a chain, BatchNorm and the first prunable layer sit where zennit looks for them (the modules'
+    registration order), since ``relevance`` runs zennit on a chain as it is."""
     merges = batchnorm_merges(model)
     fix = "define each BatchNorm in __init__ right after the layer whose output it normalises"
     for i, s in enumerate(steps[1:], 1):

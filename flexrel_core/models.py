@@ -1,15 +1,18 @@
-"""The networks the workbook prunes: VGG-style CNNs from 8x8 digits up to torchvision's VGG16.
+"""The networks the workbook prunes: VGG-style CNNs from 8x8 digits up to torchvision's VGG16, and a small
+ResNet built from torchvision's residual blocks.
 
-All share torchvision's VGG layout (``features`` then ``classifier``), so parameter names read
-alike (``features.0.weight``) and zennit's ``SequentialMergeBatchNorm`` finds Conv->BatchNorm pairs.
+The VGG-style ones share torchvision's VGG layout (``features`` then ``classifier``), so parameter names
+read alike (``features.0.weight``) and zennit's ``SequentialMergeBatchNorm`` finds Conv->BatchNorm pairs;
+``resnet_slim`` has torchvision's ResNet layout (``stem``, ``layer1``..., ``fc``).
 """
 
 from __future__ import annotations
 
 import torch
 from torch import nn
+from torchvision.models.resnet import BasicBlock, conv1x1
 
-MODELS = ("digits_cnn", "vgg_mnist", "vgg_small", "vgg16_slim", "vgg16")
+MODELS = ("digits_cnn", "vgg_mnist", "vgg_small", "vgg16_slim", "vgg16", "resnet_slim")
 
 # VGG16's 13 convolutions in five blocks (torchvision's configuration "D") at 1/16 of its widths.
 VGG16_SLIM = [4, 4, "M", 8, 8, "M", 16, 16, 16, "M", 32, 32, 32, "M", 32, 32, 32, "M"]
@@ -59,6 +62,38 @@ class VGGStyle(nn.Module):
         return self.classifier(self.features(x))
 
 
+class ResNetSlim(nn.Module):
+    """A ResNet for small grey images (He et al. 2016): a 3x3 stem convolution, BatchNorm, ReLU and a 2x2
+    max pool (torchvision's stem, scaled down), then ``widths`` stages of one torchvision ``BasicBlock``
+    each (two 3x3 convolutions and a skip connection), every stage after the first halving the map and
+    widening it through a 1x1-convolution downsample branch, global average pooling and one fully
+    connected layer. ``batch_norm=False`` replaces every BatchNorm by the identity."""
+
+    def __init__(self, in_channels: int, num_classes: int, widths: tuple[int, ...], batch_norm: bool = True) -> None:
+        super().__init__()
+        norm = nn.BatchNorm2d if batch_norm else nn.Identity
+        self.stem = nn.Sequential(
+            nn.Conv2d(in_channels, widths[0], 3, padding=1, bias=not batch_norm),
+            norm(widths[0]),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(2),
+        )
+        blocks, channels = [], widths[0]
+        for i, width in enumerate(widths):
+            stride = 1 if i == 0 else 2
+            down = None
+            if stride != 1 or width != channels:
+                down = nn.Sequential(conv1x1(channels, width, stride), norm(width))
+            blocks.append(BasicBlock(channels, width, stride, down, norm_layer=norm))
+            channels = width
+        self.layers = nn.Sequential(*blocks)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(channels, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.flatten(self.pool(self.layers(self.stem(x))), 1))
+
+
 def build_model(
     name: str = "digits_cnn",
     *,
@@ -84,6 +119,11 @@ def build_model(
       embedded 8 px digits or 28 px MNIST reach 32 px with ``load_dataset(..., resize=32)``.
     - ``vgg16``: torchvision's VGG16 (with BN if ``batch_norm``) for ImageNet-size inputs; the
       ImageNet weights are downloaded only if ``pretrained`` (never in tests).
+    - ``resnet_slim``: a ResNet for 32 px grey images (``ResNetSlim``): stem (3x3 convolution to 8
+      channels, 2x2 max pool), three torchvision ``BasicBlock`` stages of 8, 16 and 32 channels, the last
+      two with a strided 1x1-convolution downsample branch, global average pooling and a 32 -> 10 fully
+      connected layer: 19,464 prunable weights at one input channel, 1.6 % of them in the classifier; three
+      skip connections. Train it with ``batch_norm=True``; any input of at least 8 px fits (global pooling).
     """
     if name == "digits_cnn":
         return VGGStyle([16, 16, "M", 32, 32, "M"], in_channels, image_size, num_classes, 64, batch_norm)
@@ -107,4 +147,6 @@ def build_model(
                 model.classifier[-1] = nn.Linear(model.classifier[-1].in_features, num_classes)
             return model
         return factory(weights=None, num_classes=num_classes)
+    if name == "resnet_slim":
+        return ResNetSlim(in_channels, num_classes, (8, 16, 32), batch_norm)
     raise ValueError(f"unknown model {name!r}; expected one of {MODELS}")

@@ -15,6 +15,11 @@ is applied per activation, each layer only needs ``A = sum_i phi(rel(a_i))`` and
 ``B = sum_i phi(rel(b_i))``: we reduce over samples inside the backward pass (tensor hooks) and
 unfold the reduced maps once, so the cost stays that of one LRP pass and memory does not grow
 with batch x positions x patch (``docs/method.md``, "Convolutions as fully connected layers").
+
+Chains of layers and residual networks are scored (``graph.graph_steps``); in a residual network each sum
+of two tensors splits its relevance among its operands (zennit's ``Sum`` layer, ``Norm`` rule), and the
+``rel(a)`` of a layer whose input also feeds a skip connection is that activation's whole relevance, from
+every operation reading it (``docs/method.md``, "Skip connections").
 """
 
 from __future__ import annotations
@@ -30,9 +35,10 @@ from zennit.core import Hook
 
 from .fast_engine import walk
 from .fast_plan import make_plan
-from .graph import chain_steps, reused_modules
+from .graph import is_chain_steps, model_steps, reused_modules
 from .layers import conv_padding, prunable_layers
 from .lrp_inputs import check_inputs, is_out_of_memory, memory_error, start_relevance
+from .zennit_graph import zennit_model
 
 AGGREGATES: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "abs": torch.abs,  # sum_i |rel|: magnitude of relevance, sign-agnostic (default)
@@ -69,18 +75,29 @@ def lrp_backward(
     ``layer_hooks(name, module, a, b)`` is called during the forward for every prunable layer with
     its *original* input ``a`` (captured by a pre-hook that runs before zennit wraps it) and its
     output ``b``; tensor hooks registered on them then receive rel(a) and rel(b) in the backward.
-    Models whose graph is not a plain chain of layers are refused (``graph.chain_steps``): the
-    composites have no rules for skip connections or attention; so are chains that call one module at
+    A residual network runs as its traced graph with zennit's ``Sum`` layer at every sum of two tensors
+    (``zennit_graph.zennit_model``); graphs with other ways of combining tensors (attention,
+    concatenation) are refused (``graph.graph_steps``), and so are models that call one module at
     several places where its rule needs its stored input (``zennit_reuse_problem``). Works inside
     ``torch.no_grad()``.
     The model comes back as it came: same parameters, mode, ``.grad`` and no hooks left.
     """
     inputs = check_inputs(model, inputs)
-    _check_zennit(model, composite, chain_steps(model))
-    return _zennit_pass(model, inputs, targets, composite, layer_hooks)
+    steps = model_steps(model)
+    _check_zennit(model, composite, steps)
+    return _zennit_pass(model, inputs, targets, _zennit_runner(model, composite, steps), layer_hooks)
 
 
-def _zennit_pass(model, inputs, targets, composite, layer_hooks) -> torch.Tensor:
+def _zennit_runner(model: nn.Module, composite: str | Composite, steps) -> tuple[nn.Module, Composite]:
+    """What zennit runs and with which composite: a chain as it is, a residual network as its graph with
+    zennit's ``Sum`` layers (``zennit_graph.zennit_model``)."""
+    if is_chain_steps(steps):
+        return model, make_composite(composite)
+    return zennit_model(model, composite, steps)
+
+
+def _zennit_pass(model, inputs, targets, runner, layer_hooks) -> torch.Tensor:
+    runs, composite = runner
     layers = prunable_layers(model)
     was_training = model.training
     handles = []
@@ -99,7 +116,7 @@ def _zennit_pass(model, inputs, targets, composite, layer_hooks) -> torch.Tensor
     x = inputs.detach().clone().requires_grad_(True)
     try:
         model.eval()
-        with torch.enable_grad(), make_composite(composite).context(model) as modified:
+        with torch.enable_grad(), composite.context(runs) as modified:
             try:
                 logits = modified(x)
             except RuntimeError as err:
@@ -177,8 +194,11 @@ def parameter_relevance(
     ``engine``: ``"zennit"`` runs zennit's rule hooks (any composite); ``"fast"`` computes the same
     rules directly (``fast_engine.lrp_fast``: zennit's values to rounding, at about 1.5x the cost of a
     plain backward pass) and refuses models or composites it does not handle; ``"auto"`` (default)
-    takes the fast engine where it applies and zennit otherwise (``engine_for`` says which). Either way,
-    models that are not a plain chain of layers (skip connections, attention) are refused. A module
+    takes the fast engine where it applies and zennit otherwise (``engine_for`` says which). Both take
+    chains of layers and residual networks, whose sums of two tensors split their relevance among the
+    operands (zennit's ``Sum`` layer and ``Norm`` rule); an activation read by several operations (a layer
+    and a skip connection) has the relevance they all send back, and that is its rel(a) in the equation.
+    Other graphs (attention, concatenation) are refused saying what was found. A module
     without weights called at several places (one ``self.relu`` after every layer) is one layer per
     call; zennit cannot run such a model when the module's rule needs its input (average pooling,
     ``zennit_reuse_problem``), so ``"auto"`` takes the fast engine there and ``"zennit"`` refuses it.
@@ -189,13 +209,15 @@ def parameter_relevance(
     if engine not in ENGINES:
         raise ValueError(f"unknown engine {engine!r}; expected one of {ENGINES}")
     inputs = check_inputs(model, inputs)
-    plan = _fast_plan(model, composite, engine)
+    steps = model_steps(model)
+    plan = _fast_plan(model, composite, engine, steps)
+    runner = _zennit_runner(model, composite, steps) if plan is None else None
     phi = AGGREGATES[aggregate]
     layers = prunable_layers(model)
     sums: dict[tuple[str, str], torch.Tensor] = {}
     for chunk, target in _batches(inputs, targets, batch_size):
         if plan is None:
-            _zennit_sums(model, chunk, target, composite, phi, layers, sums)
+            _zennit_sums(model, chunk, target, runner, phi, layers, sums)
         else:
             _fast_sums(plan, model, chunk, target, phi, sums)
     relevance = {}
@@ -211,13 +233,12 @@ def parameter_relevance(
 
 def engine_for(model: nn.Module, composite: str | Composite = "epsilon_plus_flat") -> str:
     """The engine ``engine="auto"`` runs for ``model`` and ``composite``: ``"fast"`` or ``"zennit"``."""
-    return "zennit" if _fast_plan(model, composite, "auto") is None else "fast"
+    return "zennit" if _fast_plan(model, composite, "auto", model_steps(model)) is None else "fast"
 
 
-def _fast_plan(model: nn.Module, composite: str | Composite, engine: str) -> list | None:
-    """The fast engine's plan, or None for zennit; a model that is not a chain is refused by both, and
-    one whose reused modules zennit would misread runs on the fast engine or is refused saying why."""
-    steps = chain_steps(model)
+def _fast_plan(model: nn.Module, composite: str | Composite, engine: str, steps) -> list | None:
+    """The fast engine's plan, or None for zennit; a graph neither explains is refused by both, and a
+    model whose reused modules zennit would misread runs on the fast engine or is refused saying why."""
     if engine == "zennit":
         _check_zennit(model, composite, steps)
         return None
@@ -277,7 +298,7 @@ def _add(sums: dict, key: tuple[str, str], reduced: torch.Tensor) -> None:
     sums[key] = sums[key] + reduced if key in sums else reduced
 
 
-def _zennit_sums(model, inputs, targets, composite, phi, layers, sums) -> None:
+def _zennit_sums(model, inputs, targets, runner, phi, layers, sums) -> None:
     """Add sum_i phi(rel(a_i)) and sum_i phi(rel(b_i)) of one zennit pass, reduced in tensor hooks."""
 
     def accumulate(key: tuple[str, str]) -> Callable[[torch.Tensor], None]:
@@ -295,18 +316,20 @@ def _zennit_sums(model, inputs, targets, composite, phi, layers, sums) -> None:
             if tensor.requires_grad:
                 tensor.register_hook(accumulate((name, side)))
 
-    _zennit_pass(model, inputs, targets, composite, register)
+    _zennit_pass(model, inputs, targets, runner, register)
 
 
 def _fast_sums(plan, model, inputs, targets, phi, sums) -> None:
-    """The same sums from one fast-engine walk; rel(b) that equals the next layer's rel(a) (through
-    Pass, Flatten, Dropout) reuses that layer's reduction instead of reducing it again."""
-    previous: list[torch.Tensor] = []
+    """The same sums from one fast-engine walk; a relevance equal to the last rel(a) reduced (the next
+    layer's, through Pass, Flatten, Dropout; or another layer's reading the same input) reuses that
+    reduction instead of reducing it again."""
+    previous: dict[int, torch.Tensor] = {}
 
-    def visit(name: str, side: str, rel: torch.Tensor, reused: bool) -> None:
-        reduced = previous[0].view(rel.shape[1:]) if reused else phi(rel).sum(0).double()
-        if side == "a":
-            previous[:] = [reduced]
+    def visit(name: str, side: str, rel: torch.Tensor, key: int | None) -> None:
+        reduced = previous[key].view(rel.shape[1:]) if key in previous else phi(rel).sum(0).double()
+        if side == "a" and key not in previous:
+            previous.clear()
+            previous[key] = reduced
         _add(sums, (name, side), reduced)
 
     walk(plan, model, inputs, targets, visit)

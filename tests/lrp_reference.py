@@ -1,7 +1,10 @@
 """Naive, independent reference implementations for the tests (float64, tiny sizes, no zennit).
 
 - epsilon-rule LRP through dense matrices (Bach et al. 2015; zennit's ``Epsilon``),
-- the flat rule (zennit's ``Flat``: weights and inputs replaced by ones),
+- the z+ rule on non-negative inputs (zennit's ``ZPlus``: positive weights, the bias's positive part),
+- the flat rule (zennit's ``Flat``: weights and inputs replaced by ones), on every connection or on the
+  connections of an unfolded convolution,
+- the sum of two tensors (zennit's ``Sum`` layer with ``Norm``: each operand's share of the sum),
 - the explicit unfolded (Toeplitz) matrix of a Conv2d, built by looping over every connection.
 """
 
@@ -31,6 +34,27 @@ def flat_lrp(a: torch.Tensor, weight: torch.Tensor, rel_out: torch.Tensor) -> to
     ones_w = torch.ones_like(weight)
     z = torch.ones_like(a) @ ones_w.T
     return torch.ones_like(a) * ((rel_out / stabilize(z)) @ ones_w)
+
+
+def zplus_lrp(a: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, rel_out: torch.Tensor):
+    """R_a = a * (W+^T (R_b / (W+ a + b+ + eps))) for inputs a >= 0 (the negative part vanishes)."""
+    w = weight.clamp(min=0)
+    z = a @ w.T + (0 if bias is None else bias.clamp(min=0))
+    return a * ((rel_out / stabilize(z)) @ w)
+
+
+def flat_lrp_connections(a: torch.Tensor, connections: torch.Tensor, rel_out: torch.Tensor) -> torch.Tensor:
+    """Flat rule on a layer whose (J x K) boolean ``connections`` say which input feeds which output (an
+    unfolded convolution): every connected input gets an equal share of each output's relevance."""
+    ones = connections.to(a.dtype)
+    z = torch.ones_like(a) @ ones.T
+    return (rel_out / stabilize(z)) @ ones
+
+
+def sum_lrp(a: torch.Tensor, b: torch.Tensor, rel_out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """y = a + b: R_a = a * R_y / stab(y), R_b = b * R_y / stab(y), the operands' shares of the sum."""
+    g = rel_out / stabilize(a + b)
+    return a * g, b * g
 
 
 def toeplitz(conv: nn.Conv2d, height: int, width: int) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int]]:

@@ -1,4 +1,5 @@
-"""Which graphs count as a plain chain of layers, and the refusal of the others by both relevance engines."""
+"""Which graphs count as a plain chain of layers, which as a residual network (sums of two tensors), and the
+refusal of the others by both relevance engines, saying what was found."""
 
 from __future__ import annotations
 
@@ -9,7 +10,15 @@ from nets import Reused
 from torch import nn
 
 from flexrel_core import build_model, lrp_backward, parameter_relevance
-from flexrel_core.graph import batchnorm_merges, chain_steps, is_chain, reused_modules
+from flexrel_core.graph import (
+    batchnorm_merges,
+    chain_steps,
+    graph_merges,
+    graph_steps,
+    is_chain,
+    is_chain_steps,
+    reused_modules,
+)
 
 
 class Attention(nn.Module):
@@ -107,22 +116,104 @@ def test_batchnorm_merges_follow_zennit():
     assert merges == {f"features.{i + 1}": f"features.{i}" for i in (0, 3, 7, 10, 14, 17)}
 
 
-@pytest.mark.parametrize("engine", ["auto", "fast", "zennit"])
-def test_resnet18_is_refused_by_every_engine(engine):
+def test_resnet18_is_a_residual_graph_not_a_chain():
+    """torchvision's ResNet-18: 8 BasicBlocks, 8 sums (each reading its block's last BatchNorm and its input
+    or downsample branch), 20 BatchNorms merged by the graph; chain_steps says why it is not a chain."""
     model = torchvision.models.resnet18(weights=None, num_classes=3)
-    with pytest.raises(ValueError, match=r"ResNet is not a plain chain.*maxpool feeds 2 operations.*supported are"):
-        parameter_relevance(model, torch.randn(2, 3, 32, 32), engine=engine)
+    steps = graph_steps(model)
+    assert not is_chain_steps(steps) and not is_chain(model)
+    sums = [s for s in steps if s.is_sum]
+    assert len(sums) == 8 and all(len(s.inputs) == 2 for s in sums)
+    names = ["input"] + [s.name for s in steps]
+    assert [names[i] for i in sums[0].inputs] == ["layer1.0.bn2", "maxpool"]
+    assert [names[i] for i in sums[2].inputs] == ["layer2.0.bn2", "layer2.0.downsample.1"]
+    merges = graph_merges(steps)
+    assert len(merges) == 20 and merges["layer2.0.downsample.1"] == "layer2.0.downsample.0"
+    assert reused_modules(steps)["layer1.0.relu"] == ""  # one ReLU module twice per block: two steps
+    with pytest.raises(ValueError, match=r"ResNet is not a plain chain.*maxpool feeds 2 operations"):
+        chain_steps(model)
+
+
+class Concatenation(nn.Module):
+    """Two branches concatenated along the channels (Inception, DenseNet, U-Net)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b, self.fc = nn.Conv2d(1, 2, 3, padding=1), nn.Conv2d(1, 2, 1), nn.Linear(4 * 16, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.cat([self.a(x), self.b(x)], 1).flatten(1))
+
+
+class Combined(nn.Module):
+    """Two branches combined by ``how``: a difference, a product, an in-place sum, a scaled sum, or a sum
+    whose result is never used."""
+
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        self.how = how
+        self.a, self.b, self.fc = nn.Linear(4, 4), nn.Linear(4, 4), nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a, b = self.a(x), self.b(x)
+        if self.how == "sub":
+            return self.fc(a - b)
+        if self.how == "mul":
+            return self.fc(a * b)
+        if self.how == "add_":
+            return self.fc(a.add_(b))
+        if self.how == "alpha":
+            return self.fc(torch.add(a, b, alpha=2))
+        _ = a + b
+        return self.fc(a)
+
+
+REFUSED = {
+    "attention": (Attention(), (2, 5, 4), r"matmul combines the outputs of q, transpose: a product of activations"),
+    "concatenation": (Concatenation(), (2, 1, 4, 4), r"cat combines the outputs of a, b: a concatenation"),
+    "difference": (Combined("sub"), (2, 4), r"sub combines the outputs of a, b: a difference"),
+    "product": (Combined("mul"), (2, 4), r"mul combines the outputs of a, b: a product of activations"),
+    "in-place sum": (Combined("add_"), (2, 4), r"a.add_\(...\) adds in place.*write x = x \+ y"),
+    "scaled sum": (Combined("alpha"), (2, 4), r"add is called with \{'alpha': 2\}"),
+    "unused sum": (Combined("unused"), (2, 4), r"the output of add feeds nothing \(a result computed and never used\)"),
+}
 
 
 @pytest.mark.parametrize("engine", ["auto", "fast", "zennit"])
-def test_attention_from_linear_layers_is_refused(engine):
-    with pytest.raises(ValueError, match=r"Attention is not a plain chain.*feeds 3 operations \(q, k, v\).*attention"):
-        parameter_relevance(Attention(), torch.randn(2, 5, 4), engine=engine)
+@pytest.mark.parametrize("name", REFUSED)
+def test_graphs_without_an_lrp_rule_are_refused_saying_what_was_found(name, engine):
+    model, shape, what = REFUSED[name]
+    with pytest.raises(ValueError, match=rf"cannot explain {type(model).__name__}: {what}.*skip connections"):
+        parameter_relevance(model, torch.randn(shape), engine=engine)
 
 
-def test_lrp_backward_refuses_non_chains_too():
-    with pytest.raises(ValueError, match="not a plain chain"):
-        lrp_backward(torchvision.models.resnet18(weights=None), torch.randn(1, 3, 32, 32))
+def test_lrp_backward_refuses_them_too():
+    with pytest.raises(ValueError, match="a concatenation"):
+        lrp_backward(Concatenation(), torch.randn(1, 1, 4, 4))
+
+
+class SharedBatchNormInput(nn.Module):
+    """A BatchNorm normalising a conv's output that the skip connection reads too."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.bn, self.fc = nn.Conv2d(2, 2, 3, padding=1), nn.BatchNorm2d(2), nn.Linear(2 * 16, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x)
+        return self.fc((self.bn(y) + y).flatten(1))
+
+
+def test_batchnorm_on_an_output_the_skip_reads_too_is_not_merged():
+    """Merging bn into conv would change what the skip receives: zennit passes relevance through it (its
+    rule for BatchNorm), and the fast engine, which only merges, leaves the model to zennit."""
+    from flexrel_core.relevance import engine_for
+
+    model = SharedBatchNormInput()
+    assert graph_merges(graph_steps(model)) == {}
+    assert engine_for(model) == "zennit"
+    with pytest.raises(ValueError, match="BatchNorm bn does not directly follow a Conv2d or Linear"):
+        parameter_relevance(model, torch.randn(2, 2, 4, 4), engine="fast")
 
 
 @pytest.mark.parametrize(

@@ -78,3 +78,29 @@ def test_vgg16_slim_has_vgg16s_topology_and_share_of_classifier_weights():
     assert len(rel) == 16 and all(torch.isfinite(r).all() for r in rel.values())
     with pytest.raises(ValueError, match="28 px inputs leave nothing after 5"):
         build_model("vgg16_slim", image_size=28)
+
+
+def test_resnet_slim_is_a_small_resnet_with_downsample_branches():
+    """Three torchvision BasicBlocks (8, 16, 32 channels; the last two strided, with a 1x1-conv downsample
+    branch), global pooling and one fully connected layer; scored on 32 px and 8 px digits by the fast engine."""
+    from torchvision.models.resnet import BasicBlock
+
+    from flexrel_core import prunable_count
+    from flexrel_core.relevance import engine_for
+
+    model = build_model("resnet_slim", batch_norm=True).eval()
+    blocks = [m for m in model.modules() if isinstance(m, BasicBlock)]
+    assert [b.conv2.out_channels for b in blocks] == [8, 16, 32]
+    assert [b.downsample is not None for b in blocks] == [False, True, True]
+    layers = prunable_layers(model)
+    assert sum(isinstance(m, torch.nn.Conv2d) for m in layers.values()) == 9 and model.fc.in_features == 32
+    assert prunable_count(model) == 19_464 and model.fc.weight.numel() == 320
+    assert engine_for(model) == "fast"
+    for size in (32, 8):
+        x = torch.randn(3, 1, size, size)
+        assert model(x).shape == (3, 10)
+        rel = parameter_relevance(model, x)
+        assert rel.keys() == layers.keys() and all(torch.isfinite(r).all() and (r > 0).any() for r in rel.values())
+    plain = build_model("resnet_slim")  # without BatchNorm: the identity in its place
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in plain.modules())
+    assert plain(torch.randn(2, 1, 32, 32)).shape == (2, 10)

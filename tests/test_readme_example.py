@@ -1,5 +1,6 @@
-"""The README's library example, run as written: the code block under "## The library", with the
-``model`` and ``x_inference`` it names defined here (a small trained-shape CNN and a random batch)."""
+"""The README's library examples, run as written: the first code block under "## The library", with the
+``model`` and ``x_inference`` it names defined here (a small trained-shape CNN and a random batch), and the
+second, self-contained, on torchvision's ResNet-18."""
 
 from __future__ import annotations
 
@@ -11,10 +12,10 @@ from flexrel_core import build_model, get_masks, prunable_count
 from flexrel_core.workbook.paths import REPO_ROOT
 
 
-def library_example() -> str:
+def library_example(index: int = 0) -> str:
     text = (REPO_ROOT / "README.md").read_text()
     section = text[text.index("## The library") :]
-    return re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    return re.findall(r"```python\n(.*?)```", section, re.S)[index]
 
 
 def test_readme_library_example_runs_top_to_bottom():
@@ -37,3 +38,16 @@ def test_readme_library_example_runs_top_to_bottom():
     assert sparsity["overall"] == removed / n
     for name, mask in namespace["masks"].items():
         assert sparsity["layers"][name] == float((~mask).sum()) / mask.numel()
+
+
+def test_readme_resnet18_example_runs_top_to_bottom():
+    """Relevance through ResNet-18's skip connections for all 21 prunable layers, and 70 % pruned."""
+    code = library_example(1)
+    assert "resnet18(weights=None)" in code and "fr.prune(model, scores, 0.7)" in code
+    namespace: dict = {}
+    exec(compile(code, "README.md", "exec"), namespace)  # noqa: S102 - the repository's own README
+    model, rel = namespace["model"], namespace["rel"]
+    assert len(rel) == 21 and {"conv1.weight", "layer4.1.conv2.weight", "fc.weight"} <= rel.keys()
+    assert prunable_count(model) == 11_678_912
+    removed = sum(int((~m).sum()) for m in get_masks(model).values())
+    assert removed == round(0.7 * 11_678_912) and namespace["fr"].sparsity(model)["overall"] == removed / 11_678_912

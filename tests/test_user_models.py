@@ -22,6 +22,14 @@ from torch import nn
 
 from flexrel_core import parameter_relevance
 from flexrel_core.relevance import engine_for
+from flexrel_core.training import torch_threads
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """These models run as fast on one torch thread, and stay fast on a busy machine."""
+    with torch_threads(1):
+        yield
 
 
 class TutorialNet(nn.Module):
@@ -199,10 +207,14 @@ GALLERY = {
     "one Linear applied twice": Entry(
         SharedLayer, (12,), refusal=r"\['hidden'\] are called more than once \(shared weights\).*its own module"
     ),
-    "torchvision ResNet-18": Entry(
-        lambda: torchvision.models.resnet18(weights=None, num_classes=4),
+    "torchvision ResNet-18 (skip connections)": Entry(
+        lambda: torchvision.models.resnet18(weights=None, num_classes=4), (3, 32, 32), "fast"
+    ),
+    "torchvision SqueezeNet 1.1 (concatenations)": Entry(
+        lambda: torchvision.models.squeezenet1_1(weights=None, num_classes=4),
         (3, 32, 32),
-        refusal=r"not a plain chain of layers: the output of maxpool feeds 2 operations.*Skip connections",
+        refusal=r"cannot explain SqueezeNet: cat combines the outputs of features.3.expand1x1_activation, "
+        r"features.3.expand3x3_activation: a concatenation.*skip connections that add two tensors",
     ),
 }
 

@@ -1,6 +1,7 @@
 """``make bench``: cost of FlexRel scoring, measured side by side in one process.
 
-For each model, on the same batch of inference samples (default 512):
+For each model (the digits CNN, VGG16, and ResNet-18 with its skip connections), on the same batch of
+inference samples (default 512):
 
 - ``plain``: one plain forward + backward pass to the input (``torch.autograd.grad`` of the
   predicted logits w.r.t. the input, no LRP rules: the strict baseline, same start as LRP),
@@ -99,12 +100,20 @@ def bench_model(name: str, model: nn.Module, x: torch.Tensor, device: torch.devi
     return row
 
 
-def scoring_benchmarks(samples: int, vgg_size: int, device: torch.device, repeats: int, vgg_repeats: int) -> list[dict]:
-    """The digits model on 8x8 inputs and VGG16 (random weights) at ``vgg_size`` px, same sample count."""
+def scoring_benchmarks(
+    samples: int, vgg_size: int, device: torch.device, repeats: int, vgg_repeats: int, resnet_size: int = 32
+) -> list[dict]:
+    """The digits model on 8x8 inputs, VGG16 (random weights) at ``vgg_size`` px and torchvision's ResNet-18
+    (random weights: skip connections, LRP through their sums) at ``resnet_size`` px, same sample count."""
+    from torchvision.models import resnet18
+
     torch.manual_seed(0)
     rows = [bench_model("digits_cnn", build_model("digits_cnn"), torch.randn(samples, 1, 8, 8), device, repeats)]
     vgg = build_model("vgg16", in_channels=3, num_classes=1000)
     rows.append(bench_model("vgg16", vgg, torch.randn(samples, 3, vgg_size, vgg_size), device, vgg_repeats))
+    resnet = resnet18(weights=None, num_classes=1000)
+    x = torch.randn(samples, 3, resnet_size, resnet_size)
+    rows.append(bench_model("resnet18", resnet, x, device, vgg_repeats))
     return rows
 
 
@@ -169,6 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="results/bench.json")
     parser.add_argument("--samples", type=int, default=512)
     parser.add_argument("--vgg-size", type=int, default=64)
+    parser.add_argument("--resnet-size", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--vgg-repeats", type=int, default=2)
     parser.add_argument("--device", default="auto")
@@ -198,7 +208,9 @@ def main(argv: list[str] | None = None) -> int:
         report |= run_clean()
     if "scoring" not in args.skip:
         print(f"FlexRel scoring benchmark on {device} ({torch.get_num_threads()} threads), {args.samples} samples")
-        report["scoring"] = scoring_benchmarks(args.samples, args.vgg_size, device, args.repeats, args.vgg_repeats)
+        report["scoring"] = scoring_benchmarks(
+            args.samples, args.vgg_size, device, args.repeats, args.vgg_repeats, args.resnet_size
+        )
         print(format_table(report["scoring"]))
     write_json(args.out, report)
     print(f"wrote {args.out}")

@@ -24,6 +24,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
+from torch import nn
 
 from ..layers import prunable_layers
 from ..parallel import run_tasks
@@ -192,18 +193,20 @@ def accuracy_effects(df: pd.DataFrame, knees: Mapping[str, Sequence[float]]) -> 
 
 
 def architectures(base: TrainConfig, settings: Sequence[Mapping]) -> pd.DataFrame:
-    """Per setting: model, dataset, input side, convolutions, prunable weights and classifier share."""
+    """Per setting: model, dataset, input side, convolutions (``nn.Conv2d`` modules, downsample branches
+    included), fully connected layers (``nn.Linear``), prunable weights and the classifier's share (the
+    weights of the fully connected layers), whatever the model's layout."""
     rows = []
     for setting in settings:
         cfg = setting_config(base, setting)
         data = data_for(cfg)
         layers = prunable_layers(new_model(cfg, data))
-        convs = sum(name.startswith("features") for name in layers)
+        convs = sum(isinstance(m, nn.Conv2d) for m in layers.values())
         row = (
             {"setting": setting["name"], "model": cfg.model, "dataset": cfg.dataset, "input_px": data.input_shape[-1]}
             | {"convolutions": convs, "fully_connected": len(layers) - convs}
             | {"weights": sum(m.weight.numel() for m in layers.values())}
-            | {"classifier": sum(m.weight.numel() for k, m in layers.items() if k.startswith("classifier"))}
+            | {"classifier": sum(m.weight.numel() for m in layers.values() if isinstance(m, nn.Linear))}
         )
         rows.append(row | {"classifier_share": row["classifier"] / row["weights"]})
     return pd.DataFrame(rows)

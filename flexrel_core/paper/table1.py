@@ -166,7 +166,8 @@ def report(costs: pd.DataFrame) -> str:
         "median is in the CSV), memory the peak of tensor allocations; the pruned "
         f"model (p = {t['p'].iloc[0]:g}) is measured as the byte length of the project's sparse encoding "
         f"(dense model: {int(t['dense_model_bytes'].iloc[0])} bytes). Relevance comes from the fast engine "
-        "(zennit's rules computed directly) where the model is a plain chain of layers, else from zennit.",
+        "(zennit's rules computed directly) where it handles the model (chains and residual networks of the "
+        "layers it knows), else from zennit.",
         "",
         markdown_table(table, ".4g"),
     ]

@@ -51,6 +51,19 @@ def test_schedule_names_and_settings():
         robustness.setting_config(base, {"name": "x", "widht": 2})
 
 
+def test_architectures_count_layers_whatever_the_layout():
+    """Convolutions and fully connected layers counted by type (a ResNet has no ``features``/``classifier``):
+    vgg16_slim's 13 + 3 and 88 % in the classifier, resnet_slim's 9 (two downsample branches) + 1; the
+    setting closest to VGG16 stays vgg16_slim."""
+    base = TrainConfig(dataset="digits", image_size=8, resize=32, batch_norm=True)
+    settings = [{"name": "vgg", "model": "vgg16_slim"}, {"name": "res", "model": "resnet_slim"}]
+    arch = robustness.architectures(base, settings)
+    vgg, res = arch.set_index("setting").loc["vgg"], arch.set_index("setting").loc["res"]
+    assert (vgg.convolutions, vgg.fully_connected, vgg.weights, vgg.classifier) == (13, 3, 493_972, 436_480)
+    assert (res.convolutions, res.fully_connected, res.weights, res.classifier) == (9, 1, 19_464, 320)
+    assert res.input_px == 32 and robustness.closest_to_paper(arch) == "vgg"
+
+
 def test_reach_effects_match_the_hand_computed_reach():
     reach = robustness.reach_effects(_table(), threshold=2.0).set_index(["schedule", "condition"])
     assert list(dict.fromkeys(reach.index.get_level_values(0))) == [
