@@ -133,10 +133,16 @@ def fine_tuned_state(
     memo = {} if memo is None else memo
     key = dict_hash(config)
     if key not in memo:
-        model = pruned_model(setup, delta, p, pcfg, device, method=method, cache_root=cache_root)
-        _tune(setup, model, pcfg, setup.cfg.seed, device)
-        memo[key] = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+        memo[key] = _fine_tune(setup, delta, p, pcfg, device, method, cache_root)
     return memo[key]
+
+
+def _fine_tune(
+    setup: Setup, delta: float, p: float, pcfg: PruneConfig, device: str, method: str, cache_root: str | Path
+) -> dict[str, torch.Tensor]:
+    model = pruned_model(setup, delta, p, pcfg, device, method=method, cache_root=cache_root)
+    _tune(setup, model, pcfg, setup.cfg.seed, device)
+    return {k: v.detach().cpu() for k, v in model.state_dict().items()}
 
 
 def _tune(setup: Setup, model: nn.Module, pcfg: PruneConfig, seed: int, device: str) -> None:

@@ -23,7 +23,7 @@ from .cache import write_text
 from .paths import REPO_ROOT, profile_dir, results_dir
 from .provenance import describe_commit, describe_machine, git_state
 
-ORDER = ("method", "fig1", "fig2", "fig3", "fig4", "ablations", "robustness", "table1", "explore")
+ORDER = ("method", "fig1", "fig2", "baselines", "fig3", "fig4", "ablations", "robustness", "table1", "explore")
 # Profiles that only check that the code runs end to end: their reports say so first.
 SMOKE_TESTS = {
     "quick": (
