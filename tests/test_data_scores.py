@@ -32,6 +32,7 @@ def test_wanda_of_dense_layers_is_weight_times_input_norm_by_hand():
     assert all(s.dtype == torch.float64 for s in got.values())
 
 
+@pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel lengths")  # torch's note on speed
 @pytest.mark.parametrize("geometry", CONV_GEOMETRIES)
 def test_wanda_of_a_convolution_equals_its_toeplitz_form(geometry):
     """‖X_(c,u,v)‖² summed over every connection the shared weight stands for in the explicit
