@@ -137,3 +137,22 @@ def test_baselines_notebook(run_quick):
     assert diff["mean"].between(-1, 1).all() and set(diff["baseline"]) == set(params["baselines"])
     text = figure_and_section(out, "baselines", "baselines")
     assert text.startswith("## Against other data-aware scores") and "**Samples**" in text
+
+
+def test_the_papers_methods_on_figure_2s_setting_read_figure_2s_points(sweep, monkeypatch):
+    from flexrel_core.workbook import pipeline, points
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("Figure 2's points are cached: nothing may be trained or fine-tuned")
+
+    monkeypatch.setattr(pipeline, "train", refuse)
+    monkeypatch.setattr(points, "_fine_tune", refuse)
+    setting = {"name": "fig2", "pruning_factors": sweep.grid, "knee": [0.9]}
+    df = bl.compute(
+        sweep.base, sweep.pcfg, settings=[setting], baselines=["magnitude", "relevance"], seeds=[0, 1], delta=0.5,
+        cache_root=sweep.cache, device="cpu", threads=1, workers=1,
+    )  # fmt: skip
+    keys = ["method", "p", "seed"]
+    ours = df.set_index(keys)[["one_shot_accuracy", "fine_tuned_accuracy"]].sort_index()
+    theirs = sweep.df[sweep.df["condition"] == "in-distribution"].set_index(keys)
+    pd.testing.assert_frame_equal(ours, theirs[["one_shot_accuracy", "fine_tuned_accuracy"]].sort_index())
