@@ -64,6 +64,7 @@ def compute(
     *,
     settings: Sequence[Mapping],
     baselines: Sequence[str] = BASELINES,
+    one_shot_only: Sequence[str] = (),
     seeds: Sequence[int],
     delta: float,
     shift: dict | None = None,
@@ -76,18 +77,37 @@ def compute(
     p, seed): the map's sweep (``robustness.compute``) with these methods and one fine-tuning budget,
     ``pcfg.fine_tune_epochs`` (budget 0 rows: a setting's ``one_shot_factors``, pruned without
     fine-tuning). A setting is the map's: ``TrainConfig`` fields, ``pruning_factors`` (one-shot and
-    fine-tuned), ``knee``, optional ``one_shot_factors``; it may not bring its own ``budgets``."""
+    fine-tuned), ``knee``, optional ``one_shot_factors``; it may not bring its own ``budgets``. The
+    baselines of ``one_shot_only`` (e.g. random pruning, the floor, at chance accuracy across the knee
+    either way) are pruned one-shot at every factor and never fine-tuned: an epoch per point saved."""
     methods = ("flexrel", *check_baselines(baselines))
+    extra = sorted(set(one_shot_only) - set(baselines))
+    if extra:
+        raise ValueError(f"one_shot_only {extra} are not among the baselines {list(baselines)}")
     if pcfg.fine_tune_epochs < 1:
         raise ValueError("fine_tune_epochs must be >= 1: every method is compared one-shot and fine-tuned")
     own = [s["name"] for s in settings if "budgets" in s]
     if own:
         raise ValueError(f"settings {own} give budgets; the comparison fine-tunes for fine_tune_epochs (common.yaml)")
     kw = {"seeds": seeds, "delta": delta, "shift": shift, "cache_root": cache_root, "device": device}
-    return robustness_map.compute(
-        base, pcfg, settings=settings, budgets=[pcfg.fine_tune_epochs], threads=threads, workers=workers,
-        methods=methods, **kw,
-    )  # fmt: skip
+    kw |= {"budgets": [pcfg.fine_tune_epochs], "threads": threads, "workers": workers}
+    tuned = [m for m in methods if m not in one_shot_only]
+    df = robustness_map.compute(base, pcfg, settings=settings, methods=tuned, **kw)
+    if not one_shot_only:
+        return df
+    flat = [  # every factor one-shot only: budget 0
+        {**s, "one_shot_factors": sorted({*s.get("one_shot_factors", []), *s["pruning_factors"]})}
+        | {"pruning_factors": []}
+        for s in settings
+    ]
+    df = pd.concat([df, robustness_map.compute(base, pcfg, settings=flat, methods=list(one_shot_only), **kw)])
+    order = {s["name"]: i for i, s in enumerate(settings)}
+    return df.sort_values(
+        ["setting", "budget", "condition", "method", "p", "seed"],
+        key=lambda c: c.map(order) if c.name == "setting" else c,
+        kind="stable",
+        ignore_index=True,
+    )
 
 
 def _baselines_in(table: pd.DataFrame) -> list[str]:
@@ -188,6 +208,9 @@ def report(df: pd.DataFrame, judged: pd.DataFrame, *, delta: float, threshold: f
         f"{', '.join(f'{p:g}' for p in sorted(g.loc[g['budget'] > 0, 'p'].unique()))})"
         for s, g in df.groupby("setting", sort=False)
     )
+    untuned = [LABELS.get(m, m) for m in baselines if not (df.loc[df["method"] == m, "budget"] > 0).any()]
+    if untuned:
+        grids += f"; {', '.join(untuned)} one-shot only (never fine-tuned)"
     lines = [
         "## Against other data-aware scores",
         "",
@@ -211,7 +234,8 @@ def report(df: pd.DataFrame, judged: pd.DataFrame, *, delta: float, threshold: f
     lines += [f"| setting | schedule | condition | {head} |", "|---|---|---|" + "---|" * len(methods)]
     for key, g in judged.groupby(["setting", "schedule", "condition"], sort=False):
         reach = {"flexrel": g["reach_flexrel"].iloc[0]} | dict(zip(g["baseline"], g["reach_baseline"], strict=True))
-        lines.append(f"| {' | '.join(key)} | " + " | ".join(_reach(reach[m]) for m in methods) + " |")
+        cells = [_reach(reach[m]) if m in reach else "one-shot only" for m in methods]
+        lines.append(f"| {' | '.join(key)} | " + " | ".join(cells) + " |")
     lines += [
         "",
         "| setting | schedule | condition | baseline | reach, FlexRel − baseline | accuracy at the knee factors, "
@@ -231,11 +255,10 @@ def report(df: pd.DataFrame, judged: pd.DataFrame, *, delta: float, threshold: f
 def _findings(judged: pd.DataFrame, conditions: list[str]) -> list[str]:
     """Per baseline, its verdicts over the cells; the control; and the headline from robust verdicts only."""
     lines = []
-    cells = judged.groupby(["setting", "schedule", "condition"], sort=False).ngroups
     for b, g in judged.groupby("baseline", sort=False):
         counts = g["verdict"].value_counts()
         said = "; ".join(
-            f"{v} in {n} of {cells} (robust in {int(((g['verdict'] == v) & (g['robust'] == 'robust')).sum())})"
+            f"{v} in {n} of {len(g)} (robust in {int(((g['verdict'] == v) & (g['robust'] == 'robust')).sum())})"
             for v, n in counts.items()
         )
         where = "; ".join(

@@ -115,6 +115,9 @@ def test_refusals():
         bl.compute(TrainConfig(), pcfg, settings=[setting], baselines=["snip"], seeds=[0], delta=0.5)
     with pytest.raises(ValueError, match="fine_tune_epochs must be >= 1"):
         bl.compute(TrainConfig(), PruneConfig(fine_tune_epochs=0), settings=[setting], seeds=[0], delta=0.5)
+    with pytest.raises(ValueError, match=r"one_shot_only \['random'\] are not among the baselines"):
+        bl.compute(TrainConfig(), pcfg, settings=[setting], baselines=["wanda"], one_shot_only=["random"], seeds=[0],
+                   delta=0.5)  # fmt: skip
     with pytest.raises(ValueError, match=r"settings \['A'\] give budgets"):
         bl.compute(TrainConfig(), pcfg, settings=[setting | {"budgets": [2]}], seeds=[0], delta=0.5)
 
@@ -129,8 +132,13 @@ def test_baselines_notebook(run_quick):
     assert len(df) == points * methods * len(seeds)
     assert set(df["method"]) == {"flexrel", *params["baselines"]} and set(df["condition"]) == {"in-distribution"}
     assert df[["one_shot_accuracy", "fine_tuned_accuracy", "dense_accuracy"]].stack().dropna().between(0, 1).all()
+    untuned = df["method"].isin(params["one_shot_only"])
+    assert (df.loc[untuned, "budget"] == 0).all() and df.loc[untuned, "fine_tuned_accuracy"].isna().all()
+    assert df.loc[~untuned & (df["budget"] > 0), "fine_tuned_accuracy"].notna().all()
     judged = pd.read_csv(out / "baselines_verdicts.csv")
-    assert len(judged) == len(params["settings"]) * 2 * len(params["baselines"])  # settings x schedules x baselines
+    cells = len(params["settings"]) * (2 * len(params["baselines"]) - len(params["one_shot_only"]))
+    assert len(judged) == cells  # settings x schedules x baselines, the one-shot-only ones one-shot only
+    assert set(judged.loc[judged["schedule"] != "one-shot", "baseline"]).isdisjoint(params["one_shot_only"])
     assert judged["verdict"].isin(list(bl.WORDS.values())).all()
     assert judged["robust"].isin(["robust", "marginal", "undetermined"]).all()
     diff = pd.read_csv(out / "baselines_differences.csv")
