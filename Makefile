@@ -32,7 +32,7 @@ export PYDEVD_DISABLE_FILE_VALIDATION := 1
 export MPLBACKEND := Agg
 
 # The method first, then paper order; a notebook joins `make reproduce` by existing under notebooks/.
-NOTEBOOKS := $(foreach n,method fig1 fig2 fig3 fig4 ablations robustness table1 explore,$(if $(wildcard notebooks/$(n).ipynb),$(n)))
+NOTEBOOKS := $(foreach n,method fig1 fig2 baselines fig3 fig4 ablations robustness table1 explore,$(if $(wildcard notebooks/$(n).ipynb),$(n)))
 RESULTS := results/$(PROFILE)
 
 .PHONY: setup test test-browser screenshot lint chromium check-profile reproduce compare bench bench-sweep bench-paper lab app clean

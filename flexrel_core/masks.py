@@ -25,7 +25,7 @@ from .hostarrays import host_array
 from .layers import check_score_dict, current_weight, prunable_layers
 
 MASK_BUFFER = "flexrel_mask"
-SCOPES = ("global", "layer")
+SCOPES = ("global", "layer", "output")
 
 
 def check_amount(amount: float) -> float:
@@ -90,9 +90,10 @@ def prune(
     """Remove the ``round(amount * N)`` lowest-scored prunable weights and return the masks.
 
     ``amount`` is the fraction of *all* prunable weights (N of them; per layer with
-    ``scope="layer"``), the count ``torch.nn.utils.prune`` uses. Weights already pruned count
-    towards it and are removed first, so pruning a pruned model to a larger amount keeps every
-    earlier cut. Ties are broken deterministically by position: layers in model order, then
+    ``scope="layer"``; per output neuron with ``scope="output"``: each row of a Linear weight, each
+    output channel of a Conv2d, Wanda's comparison group), the count ``torch.nn.utils.prune`` uses.
+    Weights already pruned count towards it and are removed first, so pruning a pruned model to a
+    larger amount keeps every earlier cut. Ties are broken deterministically by position: layers in model order, then
     row-major order inside a weight -- the masks a stable sort of the scores gives, found here by
     selection in linear time (``lowest_k``) without sorting. Scores are compared in their own dtype
     (several dtypes: the promoted one; integers as float64) on ``device`` (default: the first
@@ -108,6 +109,11 @@ def prune(
     groups = [list(layers)] if scope == "global" else [[name] for name in layers]
     dev = torch.device(device) if device is not None else scores[next(iter(layers))].device
     new: dict[str, torch.Tensor] = {}
+    if scope == "output":
+        for name, module in layers.items():
+            kept = None if old[name] is None else old[name].to(dev)
+            new[name] = lowest_per_row(scores[name].detach().to(dev), kept, amount, name).view_as(module.weight)
+        groups = []
     for names in groups:
         total = sum(layers[n].weight.numel() for n in names)
         k = round(amount * total)
@@ -123,6 +129,30 @@ def prune(
         new.update({n: part.view_as(layers[n].weight) for n, part in zip(names, keep, strict=True)})
     set_masks(model, new)
     return {n: m.clone() for n, m in get_masks(model).items()}
+
+
+@torch.no_grad()
+def lowest_per_row(score: torch.Tensor, kept: torch.Tensor | None, amount: float, name: str) -> torch.Tensor:
+    """Keep-mask of a weight after removing ``round(amount * row length)`` weights of every output
+    row (dim 0 first, the rest flattened): already pruned weights first, then the lowest-scored
+    kept ones, ties by position within the row (a stable sort, as ``lowest_k``)."""
+    rows = score.reshape(score.shape[0], -1)
+    dtype = rows.dtype if rows.dtype.is_floating_point else torch.float64
+    rows = rows.to(dtype=dtype, copy=True)
+    k = round(amount * rows.shape[1])
+    if kept is not None:
+        kept = kept.reshape(rows.shape).bool()
+        already = int((rows.shape[1] - kept.sum(1)).max())
+        if k < already:
+            raise ValueError(
+                f"{name} has a row with {already} of {rows.shape[1]} weights pruned, more than amount={amount} "
+                f"removes per row ({k}); masks only shrink, so ask for an amount at least the current sparsity"
+            )
+        rows.masked_fill_(~kept, -math.inf)
+    keep = torch.ones_like(rows, dtype=torch.bool)
+    if k:
+        keep.scatter_(1, torch.sort(rows, dim=1, stable=True).indices[:, :k], False)
+    return keep
 
 
 SAMPLE = 1 << 18  # scores drawn to bracket the threshold (selection cost does not depend on it)

@@ -19,11 +19,17 @@ import math
 import torch
 from torch import nn
 
+from . import data_scores
 from .layers import check_score_dict, prunable_layers
 from .relevance import parameter_relevance
 
 # The three pruning techniques the paper compares, in the order every table and figure shows them.
 METHODS = ("magnitude", "relevance", "flexrel")
+# Data-aware baselines (``data_scores``) and FlexRel with the Taylor score in place of relevance.
+BASELINES = (*data_scores.BASELINES, "flexrel_taylor")
+ALL_METHODS = (*METHODS, *BASELINES)
+# The inference-time signal (other than LRP relevance) each baseline reads: computed once, passed as ``signal``.
+SIGNALS = {"wanda": "wanda", "taylor": "taylor", "flexrel_taylor": "taylor"}
 NORMALIZATIONS = ("layer", "global")
 
 
@@ -39,8 +45,19 @@ def check_delta(delta: float) -> float:
 def method_delta(method: str, delta: float) -> float:
     """The δ a method stands for: magnitude pruning is δ = 0, relevance pruning δ = 1, FlexRel ``delta``."""
     if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")
+        check_method(method)
+        raise ValueError(f"method {method!r} is not a blend of magnitude and relevance: it has no δ of its own")
     return {"magnitude": 0.0, "relevance": 1.0}.get(method, check_delta(delta))
+
+
+def check_method(method: str) -> str:
+    """Return ``method`` if ``pruning_scores`` knows it, else raise ``ValueError`` listing the valid ones."""
+    if method not in ALL_METHODS:
+        raise ValueError(
+            f"unknown method {method!r}; expected one of {ALL_METHODS} (the paper's {METHODS}, the data-aware "
+            f"baselines {data_scores.BASELINES}, or the control 'flexrel_taylor')"
+        )
+    return method
 
 
 def magnitude(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -68,6 +85,9 @@ def pruning_scores(
     composite: str = "epsilon_plus_flat",
     aggregate: str = "abs",
     engine: str = "auto",
+    signal: dict[str, torch.Tensor] | None = None,
+    seed: int = 0,
+    batch_size: int | None = None,
 ) -> dict[str, torch.Tensor]:
     """Per-weight pruning scores (higher = keep), ``{"<module>.weight": float64 tensor}``.
 
@@ -76,10 +96,33 @@ def pruning_scores(
     ``relevance`` when given (a dict from ``parameter_relevance``, so a delta sweep costs one LRP
     pass), else from one LRP pass over ``inputs`` (``engine``: see ``parameter_relevance``);
     magnitude pruning needs neither.
+
+    Baselines (``data_scores``): ``"wanda"`` (|w|·‖X‖₂) and ``"taylor"`` (|w·∂L/∂w|, cross-entropy
+    against the predicted class, or ``targets`` when given) are returned raw: a single score under
+    one global threshold needs no normalisation (min-max would not change its ranking), and
+    ``normalize`` does not apply to them. ``"random"`` gives uniform scores seeded by ``seed``.
+    ``"flexrel_taylor"`` is s = (1 - delta) * M_norm + delta * T_norm with the Taylor score T
+    normalised like R (``normalize``). Wanda's and Taylor's scores come from ``signal`` when given
+    (``data_scores.wanda`` / ``taylor`` computed once), else from ``inputs`` (``batch_size``
+    samples per pass).
     """
-    delta = method_delta(method, delta)
+    check_method(method)
     if normalize not in NORMALIZATIONS:
         raise ValueError(f"normalize must be one of {NORMALIZATIONS}, got {normalize!r}")
+    if method == "random":
+        return data_scores.random_scores(model, seed)
+    if method in SIGNALS:
+        if signal is None:
+            if inputs is None:
+                raise ValueError(f"method={method!r} needs inference `inputs` or a precomputed `signal` dict")
+            compute = data_scores.wanda if SIGNALS[method] == "wanda" else data_scores.taylor
+            extra = {} if SIGNALS[method] == "wanda" else {"targets": targets}
+            signal = compute(model, inputs, batch_size=batch_size, **extra)
+        check_score_dict(model, signal, SIGNALS[method])
+        if method != "flexrel_taylor":
+            return {n: s.to(dtype=torch.float64, copy=True) for n, s in signal.items()}
+        method, relevance = "flexrel", signal
+    delta = method_delta(method, delta)
     weights = {n: m.weight.detach() for n, m in prunable_layers(model).items()}
     if delta > 0.0 and relevance is None:
         if inputs is None:

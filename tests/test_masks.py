@@ -123,8 +123,47 @@ def test_amount_outside_range(amount):
 
 def test_unknown_scope():
     model = small_cnn()
-    with pytest.raises(ValueError, match=r"scope must be one of \('global', 'layer'\)"):
+    with pytest.raises(ValueError, match=r"scope must be one of \('global', 'layer', 'output'\)"):
         prune(model, pruning_scores(model, method="magnitude"), 0.5, scope="channel")
+
+
+def per_row_reference(scores: torch.Tensor, kept: torch.Tensor, amount: float) -> torch.Tensor:
+    """Wanda's grouping computed naively, row by row: the kept mask of each output row after removing
+    its pruned weights and then its lowest (score, position) pairs, round(amount * row length) in all."""
+    rows = scores.reshape(scores.shape[0], -1).double().tolist()
+    alive = kept.reshape(len(rows), -1).tolist()
+    out = []
+    for row, live in zip(rows, alive, strict=True):
+        k = round(amount * len(row))
+        order = sorted(range(len(row)), key=lambda i: (live[i], row[i] if live[i] else 0.0, i))
+        removed = set(order[:k])
+        out.append([i not in removed for i in range(len(row))])
+    return torch.tensor(out).view_as(scores)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.int64])
+def test_output_scope_removes_the_same_fraction_of_every_output_row(dtype, path):
+    """``scope="output"`` (Wanda's comparison group: each row of a Linear weight, each output
+    channel of a Conv2d) equals a row-by-row reference, with ties and an earlier cut."""
+    gen = torch.Generator().manual_seed(3)
+    for case in range(12):
+        model = mixed_model()
+        for amount in sorted(torch.rand(1 + case % 2, generator=gen).tolist()):
+            scores = tied_scores(model, gen, levels=1 + case % 5, dtype=torch.float64)
+            scores = {n: (s * 4).to(dtype) for n, s in scores.items()}
+            old = get_masks(model)
+            masks = prune(model, scores, amount, scope="output")
+            for name, m in prunable_layers(model).items():
+                assert torch.equal(masks[name], per_row_reference(scores[name], old[name], amount)), (case, name)
+                pruned_per_row = (~masks[name]).reshape(m.weight.shape[0], -1).sum(1)
+                assert (pruned_per_row == round(amount * m.weight[0].numel())).all()
+
+
+def test_output_scope_refuses_to_revive_a_row():
+    model = mixed_model()
+    prune(model, pruning_scores(model, method="magnitude"), 0.9)  # global: some rows lose everything
+    with pytest.raises(ValueError, match=r"has a row with \d+ of \d+ weights pruned"):
+        prune(model, pruning_scores(model, method="magnitude"), 0.5, scope="output")
 
 
 # --------------------------------------------------------------------------- selection against a full sort

@@ -87,6 +87,8 @@ def test_degenerate_scores_never_nan():
 def test_method_delta_is_the_one_rule():
     assert [method_delta(m, 0.3) for m in METHODS] == [0.0, 1.0, 0.3]
     with pytest.raises(ValueError, match="unknown method"):
+        method_delta("snip", 0.5)
+    with pytest.raises(ValueError, match="'random' is not a blend of magnitude and relevance"):
         method_delta("random", 0.5)
 
 
@@ -104,7 +106,7 @@ def test_delta_of_wrong_type():
 @pytest.mark.parametrize(
     "kwargs,message",
     [
-        (dict(method="random"), "unknown method 'random'"),
+        (dict(method="snip"), "unknown method 'snip'"),
         (dict(normalize="batch"), "normalize must be one of"),
         (dict(composite="nonsense"), "unknown composite 'nonsense'"),
         (dict(aggregate="median"), "unknown aggregate 'median'"),

@@ -99,7 +99,8 @@ class Explorer:
         )
         buttons = {"description_width": "110px", "button_width": "100px"}
         self.method = w.ToggleButtons(options=list(METHODS), value=method, description="method", style=buttons)
-        self.scope = w.ToggleButtons(options=list(SCOPES), value=scope, description="scope", style=buttons)
+        scopes = [s for s in SCOPES if s != "output"]  # per output neuron: Wanda's grouping, for the baselines
+        self.scope = w.ToggleButtons(options=scopes, value=scope, description="scope", style=buttons)
         self.inference = w.Dropdown(options=list(session.choices), description="inference data", style=style)
         self.layer = w.Dropdown(options=names, value=layer or names[-2 if len(names) > 1 else 0], description="mask of")
         self.layer.style.description_width = style["description_width"]

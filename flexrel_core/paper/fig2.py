@@ -21,7 +21,7 @@ import seaborn as sns
 from matplotlib.figure import Figure
 
 from ..parallel import run_tasks
-from ..scores import METHODS, method_delta
+from ..scores import ALL_METHODS, METHODS, check_delta, check_method, method_delta
 from ..workbook.config import PruneConfig, TrainConfig
 from ..workbook.paths import REPO_ROOT
 from ..workbook.pipeline import prepare
@@ -76,16 +76,19 @@ def sweep_rows(sweep: SeedSweep, memo: dict | None = None) -> list[dict]:
     }
     rows, memo = [], {} if memo is None else memo
     for method in sweep.methods:
-        d = method_delta(method, sweep.delta)
+        # the paper's methods are FlexRel at δ = 0, 1 or δ (their points keep their keys); others name themselves
+        paper = method in METHODS
+        d = method_delta(method, sweep.delta) if paper else sweep.delta
+        kw = {"cache_root": cache_root, "device": device, **({} if paper else {"method": method})}
         for p in sweep.pruning_factors:
             for condition, setup in setups.items():
-                point = evaluate_point(setup, d, float(p), pcfg, cache_root=cache_root, device=device, memo=memo)
+                point = evaluate_point(setup, d, float(p), pcfg, memo=memo, **kw)
                 tuned = point["fine_tuned"] or {}
                 rows.append(
                     {
                         "condition": condition,
                         "method": method,
-                        "delta": d,
+                        "delta": d if paper or method == "flexrel_taylor" else np.nan,
                         "p": float(p),
                         "seed": int(sweep.cfg.seed),
                         "dense_accuracy": setup.dense_test_accuracy,
@@ -111,8 +114,9 @@ def seed_sweeps(
     device: str,
 ) -> list[SeedSweep]:
     """One ``SeedSweep`` per seed."""
+    check_delta(delta)
     for method in methods:
-        method_delta(method, delta)  # refuses an unknown method before any work
+        check_method(method)  # refuses an unknown method before any work
     return [
         SeedSweep(
             dataclasses.replace(base, seed=int(seed)),
@@ -226,7 +230,7 @@ def summarize(
     ``robust_<other>`` (``stats.robustness``: whether a rerun can turn the verdict) and ``pairs_<other>``
     (the seeds where both reach the band: the interval's n)."""
     r = reach(df, thresholds)
-    methods = [m for m in METHODS if m in set(r["method"])]
+    methods = [m for m in ALL_METHODS if m in set(r["method"])]
     diffs = paired_differences(
         r, "max_p", by=["condition", "schedule", "threshold_points"], base=base, others=others
     ).set_index(["condition", "schedule", "threshold_points", "comparison"])

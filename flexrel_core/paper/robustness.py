@@ -74,8 +74,9 @@ def compute(
     device: str = "auto",
     threads: int | None = None,
     workers: int | None = None,
+    methods: Sequence[str] = METHODS,
 ) -> pd.DataFrame:
-    """Figure 2's table (``fig2.compute``, magnitude and FlexRel) for every setting and fine-tuning
+    """Figure 2's table (``fig2.compute`` of ``methods``, magnitude and FlexRel) for every setting and fine-tuning
     budget (epochs >= 1; a setting's own ``budgets`` replace these), on the setting's
     ``pruning_factors``; and, budget 0, its ``one_shot_factors`` (if any) pruned without fine-tuning.
     Columns ``setting`` and ``budget`` come first. ``threads``: torch's intra-op threads meanwhile
@@ -88,10 +89,10 @@ def compute(
     if not settings:
         raise ValueError("settings is empty: give at least one setting (a name, pruning_factors and knee)")
     with torch_threads(threads):
-        return _sweeps(base, pcfg, settings, budgets, seeds, delta, shift, cache_root, device, workers)
+        return _sweeps(base, pcfg, settings, budgets, seeds, delta, shift, cache_root, device, workers, methods)
 
 
-def _sweeps(base, pcfg, settings, budgets, seeds, delta, shift, cache_root, device, workers) -> pd.DataFrame:
+def _sweeps(base, pcfg, settings, budgets, seeds, delta, shift, cache_root, device, workers, methods) -> pd.DataFrame:
     tasks = []  # one per (setting, seed): its sweeps share one trained model and its relevance
     for setting in settings:
         cfg = setting_config(base, setting)
@@ -106,7 +107,7 @@ def _sweeps(base, pcfg, settings, budgets, seeds, delta, shift, cache_root, devi
                     pb = dataclasses.replace(pcfg, fine_tune_epochs=budget)
                     kw = {"delta": delta, "shift": shift, "cache_root": cache_root, "device": device}
                     sweeps += [
-                        (budget, *fig2.seed_sweeps(cfg, pb, methods=METHODS, pruning_factors=grid, seeds=[seed], **kw))
+                        (budget, *fig2.seed_sweeps(cfg, pb, methods=methods, pruning_factors=grid, seeds=[seed], **kw))
                     ]
             tasks.append((setting["name"], sweeps))
     parts = run_tasks(
@@ -132,7 +133,7 @@ def _setting_rows(task: tuple[str, list]) -> list[dict]:
     return [r | {"setting": name, "budget": budget} for budget, sweep in sweeps for r in fig2.sweep_rows(sweep, memo)]
 
 
-def _by_schedule(df: pd.DataFrame) -> list[tuple[str, int, str, pd.DataFrame]]:
+def by_schedule(df: pd.DataFrame) -> list[tuple[str, int, str, pd.DataFrame]]:
     """(setting, budget, schedule, Figure 2 table with that schedule only) for every setting's
     one-shot points -- its one-shot-only factors and the one-shot accuracy of its smallest budget's
     points (the same masks) -- and each fine-tuning budget."""
@@ -156,7 +157,7 @@ def reach_effects(df: pd.DataFrame, threshold: float = 2.0) -> pd.DataFrame:
     max_p_flexrel, gain, ci_low, ci_high, supports, robust (NaN reach: the band is left at the grid's
     first factor on every seed)."""
     rows = []
-    for setting, budget, schedule, table in _by_schedule(df):
+    for setting, budget, schedule, table in by_schedule(df):
         # no pair of seeds where both reach the band (every seed leaves it at the grid's first p): no gain
         s = fig2.summarize(table, thresholds=(threshold,), others=("flexrel",))
         for r in s.itertuples():
@@ -176,7 +177,7 @@ def accuracy_effects(df: pd.DataFrame, knees: Mapping[str, Sequence[float]]) -> 
     FlexRel − magnitude in test accuracy (fractions), paired over seeds, with its 95 % interval
     (``fig2.differences``), and both methods' mean accuracy and the dense one."""
     rows = []
-    for setting, budget, schedule, table in _by_schedule(df):
+    for setting, budget, schedule, table in by_schedule(df):
         diff = fig2.differences(table, others=("flexrel",))
         long = fig2.long_form(table)
         means = long.groupby(["condition", "method", "p"])["accuracy"].mean()

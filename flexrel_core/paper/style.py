@@ -9,7 +9,9 @@ from ..scores import METHODS
 
 METHOD_ORDER = list(METHODS)
 PALETTE = {"magnitude": "#1f77b4", "relevance": "#ff7f0e", "flexrel": "#2ca02c", "dense": "0.6"}
+PALETTE |= {"wanda": "#9467bd", "taylor": "#8c564b", "random": "#7f7f7f", "flexrel_taylor": "#17becf"}
 LABELS = {"magnitude": "magnitude", "relevance": "relevance only", "flexrel": "FlexRel", "dense": "dense (no pruning)"}
+LABELS |= {"wanda": "Wanda", "taylor": "Taylor", "random": "random", "flexrel_taylor": "FlexRel with Taylor"}
 P_TICKS = [0.0, 0.5, 0.8, 0.9, 0.95, 0.98, 0.99]
 
 

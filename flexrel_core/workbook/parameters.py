@@ -188,6 +188,9 @@ RANGES: dict[str, Rule] = {
     "budgets": list_of(POSITIVE_COUNT, distinct=True),
     "threads": POSITIVE_COUNT,
     "threshold": number(0, lo_open=True),
+    # against other data-aware scores: methods compared with FlexRel (any of pruning_scores's)
+    "baselines": list_of(one_of_library("flexrel_core.scores", "ALL_METHODS"), distinct=True),
+    "one_shot_only": list_of(one_of_library("flexrel_core.scores", "ALL_METHODS"), nonempty=False, distinct=True),
     # Figure 3: cooperative learning
     "nodes": POSITIVE_COUNT,
     "partition": one_of_library("flexrel_core.workbook.config", "PARTITIONS"),

@@ -38,12 +38,14 @@ PACKAGE_DIR = Path(__file__).resolve().parents[1]
 # defaults that a configuration hash leaves out, so it is code of every stage).
 _MODEL = ("data", "models", "training", "workbook.config", "workbook.pipeline")
 _RELEVANCE = (*_MODEL, "relevance")
-_POINTS = (*_RELEVANCE, "scores", "masks", "workbook.points")
+_SIGNALS = (*_MODEL, "data_scores", "workbook.signals")
+_POINTS = (*_RELEVANCE, "data_scores", "workbook.signals", "scores", "masks", "workbook.points")
 
 STAGE_CODE: dict[str, tuple[str, ...]] = {
     "models": _MODEL,
     "dense_eval": _MODEL,
     "relevance": _RELEVANCE,
+    "signals": _SIGNALS,
     "points": _POINTS,
     "iterative": _POINTS,
     "costs": (*_POINTS, "encoding", "workbook.measure", "paper.table1"),

@@ -24,7 +24,9 @@ from .paths import REPO_ROOT, profile_dir, results_dir
 from .provenance import describe_commit, describe_machine, git_state
 
 # "claims" (every verdict at a glance, written after the notebooks by ``paper.claims``) comes first.
-ORDER = ("claims", "method", "fig1", "fig2", "fig3", "fig4", "ablations", "robustness", "table1", "explore")
+ORDER = (
+    "claims", "method", "fig1", "fig2", "baselines", "fig3", "fig4", "ablations", "robustness", "table1", "explore"
+)  # fmt: skip
 # Profiles that only check that the code runs end to end: their reports say so first.
 SMOKE_TESTS = {
     "quick": (

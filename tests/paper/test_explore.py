@@ -277,7 +277,7 @@ GOOD = dict(delta=0.5, p=0.5, method="flexrel", scope="global", inference="as tr
             r"unknown layer 'features.1.weight'; expected one of .*\['0.weight', '2.weight'",
         ),
         ({"method": "random"}, r"unknown method 'random'; expected one of \['magnitude', 'relevance', 'flexrel'\]"),
-        ({"scope": "channel"}, r"scope must be one of \('global', 'layer'\)"),
+        ({"scope": "channel"}, r"scope must be one of \('global', 'layer', 'output'\)"),
     ],
 )
 def test_session_names_the_valid_choices(tiny_session, change, match):
