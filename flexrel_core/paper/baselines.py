@@ -126,7 +126,7 @@ def differences(df: pd.DataFrame) -> pd.DataFrame:
             parts.append(d.assign(setting=setting, budget=budget, schedule=schedule, baseline=b))
     out = pd.concat(parts, ignore_index=True)
     out["supports"] = [direction(lo, hi) for lo, hi in zip(out["ci_low"], out["ci_high"], strict=True)]
-    out["robust"] = [robustness(lo, hi) for lo, hi in zip(out["ci_low"], out["ci_high"], strict=True)]
+    out["robust"] = [robustness(lo, hi, n=n) for lo, hi, n in zip(out["ci_low"], out["ci_high"], out["n"], strict=True)]
     return out[[*KEYS, "p", "baseline", "n", "mean", "sd", "ci_low", "ci_high", "supports", "robust"]]
 
 
@@ -146,11 +146,12 @@ def reach_effects(df: pd.DataFrame, threshold: float = 2.0) -> pd.DataFrame:
             s = fig2.summarize(table, thresholds=(threshold,), base=b, others=("flexrel",))
             for r in s.itertuples():
                 lo, hi = getattr(r, "gain_flexrel_ci_low", np.nan), getattr(r, "gain_flexrel_ci_high", np.nan)
+                n = getattr(r, "pairs_flexrel", r.n_seeds)  # the seeds where both reach the band
                 rows.append(
                     dict(zip(KEYS, (setting, budget, schedule, r.condition), strict=True))
-                    | {"baseline": b, "n_seeds": r.n_seeds, "reach_flexrel": r.max_p_flexrel}
+                    | {"baseline": b, "n_seeds": r.n_seeds, "pairs": n, "reach_flexrel": r.max_p_flexrel}
                     | {"reach_baseline": getattr(r, f"max_p_{b}"), "gain": getattr(r, "gain_flexrel", np.nan)}
-                    | {"ci_low": lo, "ci_high": hi, "supports": direction(lo, hi), "robust": robustness(lo, hi)}
+                    | {"ci_low": lo, "ci_high": hi, "supports": direction(lo, hi), "robust": robustness(lo, hi, n=n)}
                 )
     return pd.DataFrame(rows)
 
@@ -176,11 +177,11 @@ def verdicts(reach: pd.DataFrame, diff: pd.DataFrame, knees: Mapping[str, Sequen
             & (diff["baseline"] == r.baseline)
             & diff["p"].isin([float(p) for p in knees[r.setting]])
         ].sort_values("p")
-        intervals = [(r.ci_low, r.ci_high), *zip(at["ci_low"], at["ci_high"], strict=True)]
-        v = verdict([direction(lo, hi) for lo, hi in intervals])
+        intervals = [(r.ci_low, r.ci_high, r.pairs), *zip(at["ci_low"], at["ci_high"], at["n"], strict=True)]
+        v = verdict([direction(lo, hi) for lo, hi, _ in intervals])
         basis = "reach" if r.supports in ("higher", "lower") else "accuracy at the knee"
         rows.append(
-            {k: getattr(r, k) for k in [*KEYS, "baseline", "n_seeds", "reach_flexrel", "reach_baseline"]}
+            {k: getattr(r, k) for k in [*KEYS, "baseline", "n_seeds", "pairs", "reach_flexrel", "reach_baseline"]}
             | {"gain": r.gain, "ci_low": r.ci_low, "ci_high": r.ci_high}
             | {"knee": "; ".join(f"p = {a.p:g}: {_points(a.mean, a.ci_low, a.ci_high)}" for a in at.itertuples())}
             | {"verdict": v, "basis": basis if v not in ("no detectable difference", "undetermined") else "—"}
