@@ -167,7 +167,7 @@ def verdicts(reach: pd.DataFrame, diff: pd.DataFrame, knees: Mapping[str, Sequen
     """One row per setting, schedule, condition and baseline: the reach gain and the accuracy
     differences at the setting's ``knees`` (points, ``"p = …: mean [low, high]"``), the ``verdict``,
     its ``basis`` (the reach, or the accuracy at the knee) and ``robust`` (``stats.robust_aggregate``
-    over those intervals: a move of half of any interval's half-width leaves the verdict as it is)."""
+    over those intervals: no direction a marginal interval may take on a rerun changes the verdict)."""
     rows = []
     for r in reach.itertuples():
         at = diff[
