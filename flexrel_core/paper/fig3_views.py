@@ -18,8 +18,8 @@ from .style import LABELS, PALETTE
 def plot(selection: pd.DataFrame, panels: Sequence[str] = PANELS) -> Figure:
     """The paper's Figure 3, one row per scenario: elapsed learning time against accuracy target, one
     panel per technique ((a) magnitude, (b) FlexRel, (c) relevance only), mean and 95 % interval over
-    the seeds that reach the target, each point annotated with the mean megabytes sent, the mean round
-    reached and the seeds reaching it; the unpruned runs, where present, as a grey reference line."""
+    the seeds that reach the target (clipped at 0 s), each point annotated with the mean megabytes sent,
+    the mean round reached and the seeds reaching it; the unpruned runs, where present, as a grey reference line."""
     scenarios = _scenarios(selection)
     fig, axes = plt.subplots(
         len(scenarios), len(panels), figsize=(4.4 * len(panels), 3.8 * len(scenarios)), sharey="row", squeeze=False
@@ -57,7 +57,7 @@ def _by_target(selection: pd.DataFrame) -> pd.DataFrame:
         t = t_interval(hit["elapsed_s"].tolist())
         if not len(hit):
             continue
-        low, high = (t["ci_low"], t["ci_high"]) if t["n"] > 1 else (t["mean"], t["mean"])
+        low, high = (max(t["ci_low"], 0.0), t["ci_high"]) if t["n"] > 1 else (t["mean"], t["mean"])  # time >= 0
         rows.append(
             {"technique": technique, "target": target, "elapsed_s": t["mean"], "low": low, "high": high}
             | {"mb": float(hit["mb"].mean()), "round": float(hit["round"].mean()), "n": len(hit)}

@@ -264,3 +264,9 @@ def test_the_small_training_share_is_class_balanced_and_of_its_size(setup):
     assert train_share(setup.data, TrainConfig(image_size=8)) is setup.data.train
     with pytest.raises(ValueError, match="train_samples"):
         TrainConfig(train_samples=0)
+    from flexrel_core.workbook.config import canonical
+    from flexrel_core.workbook.pipeline import model_id
+
+    # the share names its own model (and so its relevance and runs); the whole split keeps its old name
+    assert model_id(cfg) != model_id(dataclasses.replace(cfg, train_samples=None))
+    assert "train_samples" not in canonical(TrainConfig(image_size=8))
