@@ -2,7 +2,9 @@
 
 N learner nodes each hold a shard of the training split. The scenario starts from the dense model
 trained to convergence (the cached model of the Figure 2 pipeline, ``pipeline.prepare``: the paper
-prunes a trained VGG16, and every figure then prunes the same model); the server prunes it once to
+prunes a trained VGG16, and every figure then prunes the same model) or, in Figure 3's scenario
+``learning``, from a model trained briefly on a small share of the split (``TrainConfig.train_samples``),
+which learning by the nodes then carries to the targets; the server prunes it once to
 a factor p with a technique (magnitude, relevance or FlexRel; relevance computed on the inference
 split, the data held where the model is deployed) and learning goes on by federated averaging
 (FedAvg: every node starts a round from the global model, trains ``local_steps`` mini-batches, or
@@ -22,7 +24,14 @@ costs what it costs. Per round,
 (3x forward FLOPs for forward + backward; a multiply-add is 2 FLOPs; biases, activations and
 pooling are not counted; with ``shared_link`` all nodes' bytes share one link). Round 0 is the
 model just pruned at the server (nothing sent yet); an accuracy target counts as reached at the
-first round of learning (round >= 1) whose test accuracy meets it.
+first round of learning (round >= 1) whose validation accuracy meets it (Figure 3 chooses factors on
+validation and reports test accuracy there).
+
+Rounds are kept cheap so that a scenario may need many: the server folds each node's returned
+model into a running average as it arrives (``RunningAverage``: one extra state per round, not one
+per node), the global model is evaluated on the validation split every round and, when asked
+(``FedConfig.test_every_round=False``), on the test split only where a target is first reached;
+``FedConfig.stop_when_reached`` ends a run once validation has met every target.
 """
 
 from __future__ import annotations
@@ -127,17 +136,54 @@ def local_samples(shard_size: int, cfg: FedConfig) -> int:
     return full if cfg.local_steps is None else min(full, cfg.local_steps * cfg.local_batch_size)
 
 
+class RunningAverage:
+    """FedAvg accumulated node by node: ``add(state, weight)`` folds one node's returned state into a
+    running weighted sum, so a round holds one extra state instead of one per node; ``apply(model)``
+    writes sum_i w_i * state_i / sum_i w_i into ``model`` (the server's step). Float tensors are
+    averaged (each term scaled by w_i / total before adding, in node order, as a plain weighted mean
+    over the nodes' states computes it); other buffers come from the first node, masks are kept and
+    re-applied. ``total`` is the sum of the weights to come (FedAvg: the shard sizes, known before the
+    round)."""
+
+    def __init__(self, total: float) -> None:
+        if total <= 0:
+            raise ValueError(f"the weights must sum to > 0, got {total}")
+        self.total = float(total)
+        self.sum: dict[str, torch.Tensor] = {}
+        self.first: dict[str, torch.Tensor] = {}
+        self.count = 0
+
+    def add(self, state: dict, weight: float) -> None:
+        with torch.no_grad():
+            for name, t in state.items():
+                if not t.is_floating_point():
+                    self.first.setdefault(name, t.clone())
+                elif name in self.sum:
+                    self.sum[name] += t * (weight / self.total)
+                else:
+                    self.sum[name] = t * (weight / self.total)
+        self.count += 1
+
+    def apply(self, model: nn.Module) -> None:
+        if not self.count:
+            raise ValueError("no state was added")
+        with torch.no_grad():
+            for name, t in model.state_dict().items():
+                if name in self.sum:
+                    t.copy_(self.sum[name])
+                elif name in self.first and not name.endswith(MASK_BUFFER):
+                    t.copy_(self.first[name])
+            apply_masks(model)
+
+
 def average(model: nn.Module, states: list[dict], weights: Sequence[float]) -> None:
     """The server's step of a round, in place: the nodes' states averaged with ``weights`` (FedAvg:
-    shard sizes), non-float buffers taken from the first node, masks kept and re-applied."""
-    with torch.no_grad():
-        total = float(sum(weights))
-        for name, t in model.state_dict().items():
-            if t.is_floating_point():
-                t.copy_(sum(s[name] * (w / total) for s, w in zip(states, weights, strict=True)))
-            elif not name.endswith(MASK_BUFFER):
-                t.copy_(states[0][name])
-        apply_masks(model)
+    shard sizes), non-float buffers taken from the first node, masks kept and re-applied
+    (``RunningAverage`` over a list)."""
+    avg = RunningAverage(float(sum(weights)))
+    for state, w in zip(states, weights, strict=True):
+        avg.add(state, w)
+    avg.apply(model)
 
 
 def send(model: nn.Module, cfg: FedConfig, sizes: MaskCodeCache) -> tuple[nn.Module, int]:
@@ -161,13 +207,16 @@ def fedavg_round(
     device: str = "cpu",
     sizes: MaskCodeCache | None = None,
     val=None,
+    evaluate_test: bool = True,
 ) -> tuple[dict, list[dict]]:
     """Run round ``index`` on ``model`` in place: returns (round record, per-node traffic records).
-    The record holds the global model's test ``accuracy`` and, when ``val`` is given, its
-    ``val_accuracy``."""
+    The nodes' returned models are folded into a ``RunningAverage`` one by one (a node's copy is
+    dropped once added). The record holds the global model's ``val_accuracy`` when ``val`` is given,
+    and its test ``accuracy`` when ``evaluate_test`` (else NaN)."""
     sizes = sizes if sizes is not None else MaskCodeCache()
     flops = forward_flops(model, tuple(test[0][0].shape))
-    states, weights, downs, ups, computes, traffic = [], [], [], [], [], []
+    avg = RunningAverage(float(sum(len(s) for s in shards)))
+    downs, ups, computes, traffic = [], [], [], []
     for i, shard in enumerate(shards):
         local, down = send(model, cfg, sizes)
         train(
@@ -183,8 +232,8 @@ def fedavg_round(
             show_progress=False,  # one outer bar shows the simulation's progress
         )
         received, up = send(local, cfg, sizes)
-        states.append(received.state_dict())
-        weights.append(len(shard))
+        avg.add(received.state_dict(), len(shard))
+        del local, received
         downs.append(down)
         ups.append(up)
         computes.append(compute_time_s(flops, local_samples(len(shard), cfg), cfg.node_flops))
@@ -192,13 +241,19 @@ def fedavg_round(
             {"round": index, "node": i, "samples": len(shard), "bytes_received": down}
             | {"bytes_sent": up, "compute_s": computes[-1]}
         )
-    average(model, states, weights)
+    avg.apply(model)
     rec = {"round": index, "flops_per_sample": flops, "bytes_down": sum(downs), "bytes_up": sum(ups)}
     rec |= round_time_s(computes, downs, ups, cfg)
-    rec["accuracy"] = evaluate(model, test, device=device)
     if val is not None:
         rec["val_accuracy"] = evaluate(model, val, device=device)
+    rec["accuracy"] = evaluate(model, test, device=device) if evaluate_test else float("nan")
     return rec, traffic
+
+
+def first_reached(val_accuracy: float, targets: Sequence[float], reached: set[float]) -> list[float]:
+    """The targets of ``targets`` not in ``reached`` that ``val_accuracy`` meets (a round where they are
+    first reached on validation: where Figure 3 may choose a factor, so where test accuracy is needed)."""
+    return [t for t in targets if t not in reached and val_accuracy >= t - 1e-9]
 
 
 # --------------------------------------------------------------------------- one run
@@ -231,6 +286,7 @@ def simulate(
     amount: float,
     *,
     delta: float,
+    targets: Sequence[float] = (),
     cache_root: str | Path = REPO_ROOT / "cache",
     threads: int | None = 1,
     device: str = "cpu",
@@ -239,32 +295,45 @@ def simulate(
     ``technique`` (``"dense"``: not pruned), then ``cfg.rounds`` FedAvg rounds with fixed masks.
 
     Returns ``{"rounds": [...], "traffic": [...], "state": final global state}``; round records
-    carry test ``accuracy`` and ``val_accuracy``, cumulative ``elapsed_s`` and ``mb`` (10^6 bytes, both
-    directions, all nodes) and
-    ``eligible`` (a round of learning, where a target may be reached). ``threads`` and ``device``
+    carry ``val_accuracy`` (every round) and test ``accuracy``, cumulative ``elapsed_s`` and ``mb``
+    (10^6 bytes, both directions, all nodes) and ``eligible`` (a round of learning, where a target may
+    be reached). Test accuracy is measured every round, or with ``cfg.test_every_round=False`` only at
+    round 0 and at the rounds where the validation accuracy first meets one of ``targets`` (NaN
+    elsewhere): the only rounds where Figure 3 can choose a factor. With ``cfg.stop_when_reached``
+    the run ends at the round where validation has met every target. ``threads`` and ``device``
     only say where it runs and are not part of the cache key."""
     amount = 0.0 if technique == "dense" else float(amount)
     d = method_delta(technique, delta) if technique != "dense" else 0.0
+    targets = sorted(float(t) for t in targets)
     key = {
         "stage": "fed_run", "model": setup.model_id, "eval": setup.eval_id, "technique": technique,
         "amount": amount, "delta": d, "normalize": pcfg.normalize, "scope": pcfg.scope, "fed": as_dict(cfg),
         "relevance": setup.relevance_id if d > 0 else None,
     }  # fmt: skip
+    if not cfg.test_every_round or cfg.stop_when_reached:  # then what a run records depends on the targets
+        key["targets"] = targets
 
     def compute() -> dict:
         model = setup.fresh_model(device)
         prune_for(setup, model, technique, amount, pcfg, delta)
         rounds = [{"round": 0, "flops_per_sample": forward_flops(model, setup.data.input_shape), "bytes_down": 0}]
         rounds[0] |= {"bytes_up": 0, "compute_s": 0.0, "transfer_s": 0.0, "round_s": 0.0}
-        rounds[0]["accuracy"] = evaluate(model, setup.data.test, device=device)
         rounds[0]["val_accuracy"] = evaluate(model, setup.data.val, device=device)
-        shards, traffic, sizes = shards_of(setup, cfg), [], MaskCodeCache()
+        rounds[0]["accuracy"] = evaluate(model, setup.data.test, device=device)
+        shards, traffic, sizes, reached = shards_of(setup, cfg), [], MaskCodeCache(), set()
         for r in range(1, cfg.rounds + 1):
             rec, tr = fedavg_round(
-                model, shards, setup.data.test, cfg, r, setup.cfg.seed, device, sizes, val=setup.data.val
-            )
+                model, shards, setup.data.test, cfg, r, setup.cfg.seed, device, sizes, val=setup.data.val,
+                evaluate_test=cfg.test_every_round,
+            )  # fmt: skip
+            new = first_reached(rec["val_accuracy"], targets, reached)
+            if new and not cfg.test_every_round:
+                rec["accuracy"] = evaluate(model, setup.data.test, device=device)
+            reached.update(new)
             rounds.append(rec)
             traffic += tr
+            if cfg.stop_when_reached and targets and len(reached) == len(targets):
+                break
         elapsed = np.cumsum([r["round_s"] for r in rounds])
         mb = np.cumsum([(r["bytes_down"] + r["bytes_up"]) / 1e6 for r in rounds])
         for r, e, m in zip(rounds, elapsed, mb, strict=True):

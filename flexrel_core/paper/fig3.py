@@ -1,13 +1,16 @@
 """Figure 3: learning time and transmitted data to reach an accuracy target, measured over seeds.
 
 ``compute`` runs ``federated.simulate`` for every seed, technique and pruning factor of a grid (plus
-the unpruned reference), each starting from a dense model of its seed: the model trained to
-convergence (scenario ``trained``) or, beside it, one trained for fewer epochs (``partial``: a
-scenario where learning still takes rounds). Every run records validation and test accuracy after
-each round. For each target, seed and technique the factor is **chosen on validation data** -- the
-one reaching the target with the least data (``select_for_targets``) -- and reported on test data;
-the grid is then refined by bisection where the choice lies (``next_factor``), so the data needed
-moves with the method rather than with the grid. ``savings`` compares FlexRel with magnitude,
+the unpruned reference), each starting from a dense model of its seed: one trained briefly on a small
+share of the training split (scenario ``learning``: federated learning itself carries the model to
+the targets, over many cheap rounds, so time and data grow with the target) or the model trained to
+convergence that the other figures prune (``trained``: most targets are met after one round). Every
+run records validation accuracy after each round, and test accuracy every round or only where a
+target is first reached on validation (``FedConfig.test_every_round``). For each target, seed and
+technique the factor is **chosen on validation data** -- the one reaching the target with the least
+data (``select_for_targets``) -- and reported on test data; the grid is then refined by bisection
+where the choice lies (``next_factor``), so the data needed moves with the method rather than with
+the grid. ``savings`` compares FlexRel with magnitude,
 relevance-only and no pruning, paired over seeds; ``fig3_report.report`` states the verdicts and
 ``fig3_views`` draws the figures.
 """
@@ -35,7 +38,7 @@ from .federated import simulate
 from .fig3_report import BASELINES
 
 PANELS = ("magnitude", "flexrel", "relevance")  # (a) magnitude and (b) FlexRel as in the paper, (c) relevance
-SCENARIOS = ("trained", "partial")  # the order of rows in the figures; other names follow, sorted
+SCENARIOS = ("learning", "trained")  # the order of rows in the figures and report; other names follow, sorted
 
 
 @dataclasses.dataclass
@@ -148,7 +151,7 @@ def seed_runs(task: SeedRuns) -> dict:
     states: dict = {}
     run = functools.partial(
         _run, setup, task.pcfg, task.cfg, delta=task.delta, cache_root=task.cache_root, threads=task.threads,
-        device=task.device, traffic=traffic, states=states if task.keep_states else None,
+        device=task.device, traffic=traffic, states=states if task.keep_states else None, targets=task.targets,
     )  # fmt: skip
     mine = [r for technique, amount in task.runs for r in run(technique, amount, grid=True)]
     for technique in task.refine:
@@ -168,15 +171,17 @@ def seed_runs(task: SeedRuns) -> dict:
 
 
 def _run(setup, pcfg, cfg, technique, amount, *, grid, delta, cache_root, threads, device, traffic, states,
-         rounds=None):  # fmt: skip
+         targets=(), rounds=None):  # fmt: skip
     """One cached run's rounds, marked ``grid``; its traffic appended to ``traffic``, its final state
     kept in ``states`` (grid runs, when given). ``rounds``: stop after that many rounds (the first
-    rounds of a run do not depend on how many follow: each round's local training is seeded by its index)."""
+    rounds of a run do not depend on how many follow: each round's local training is seeded by its index).
+    ``targets``: where test accuracy is measured and a run may stop (``federated.simulate``)."""
     cfg = dataclasses.replace(cfg, rounds=min(rounds, cfg.rounds)) if rounds else cfg
     try:
         res = simulate(
-            setup, pcfg, cfg, technique, amount, delta=delta, cache_root=cache_root, threads=threads, device=device
-        )
+            setup, pcfg, cfg, technique, amount, delta=delta, targets=targets, cache_root=cache_root,
+            threads=threads, device=device,
+        )  # fmt: skip
     except Exception as err:
         raise RuntimeError(f"Figure 3 run failed at seed {setup.cfg.seed}, {technique}, p = {amount:g}: {err}") from err
     traffic.extend(t | {"grid": grid} for t in res["traffic"])
@@ -187,18 +192,20 @@ def _run(setup, pcfg, cfg, technique, amount, *, grid, delta, cache_root, thread
 
 def curves(rounds: pd.DataFrame) -> pd.DataFrame:
     """Accuracy against transmitted data and time: per (scenario, technique, amount, round) of the grid
-    runs, the mean over seeds of test accuracy (with its 95 % t-interval, clipped to [0, 1]),
-    cumulative megabytes and elapsed seconds."""
+    runs, the mean over seeds of validation and test accuracy (each with its 95 % t-interval, clipped
+    to [0, 1], over the seeds where it was measured: ``n`` and ``val_n``; test accuracy may be measured
+    only where a target is reached, and a run may stop early), cumulative megabytes and elapsed seconds."""
     df = rounds[rounds["grid"]] if "grid" in rounds else rounds
     keys = _scenario(df) + ["technique", "amount", "round"]
     rows = []
     for key, g in df.groupby(keys, sort=False):
-        acc = t_interval(g["accuracy"].tolist())
-        rows.append(
-            dict(zip(keys, key, strict=True)) | {"n": acc["n"], "accuracy": acc["mean"]}
-            | {"accuracy_ci_low": max(acc["ci_low"], 0.0), "accuracy_ci_high": min(acc["ci_high"], 1.0)}
-            | {"mb": float(g["mb"].mean()), "elapsed_s": float(g["elapsed_s"].mean())}
-        )  # fmt: skip
+        row = dict(zip(keys, key, strict=True))
+        for col, prefix in (("accuracy", ""), ("val_accuracy", "val_")):
+            values = g[col].dropna().tolist() if col in g else []
+            acc = t_interval(values) if values else {"n": 0, "mean": np.nan, "ci_low": np.nan, "ci_high": np.nan}
+            row |= {f"{prefix}n": acc["n"], col: acc["mean"]}
+            row |= {f"{col}_ci_low": max(acc["ci_low"], 0.0), f"{col}_ci_high": min(acc["ci_high"], 1.0)}
+        rows.append(row | {"mb": float(g["mb"].mean()), "elapsed_s": float(g["elapsed_s"].mean())})
     return pd.DataFrame(rows)
 
 
@@ -249,6 +256,42 @@ def select_for_targets(rounds: pd.DataFrame, targets: Sequence[float], on: str =
             row["test_meets"] = bool(best["accuracy"] >= row["target"] - 1e-9)
         out.append(row)
     return pd.DataFrame(out)
+
+
+def rounds_to_target(selection: pd.DataFrame) -> pd.DataFrame:
+    """Per (scenario,) technique and target, from the choices of ``select_for_targets`` (the columns of
+    ``fig3_targets.csv``): the seeds, how many reach the target, and the median and mean round at
+    which the chosen factor first reaches it (over the seeds that reach it)."""
+    keys = _scenario(selection) + ["technique", "target"]
+    rows = []
+    for key, g in selection.groupby(keys, sort=False):
+        hit = g[g["reached"].astype(bool)]
+        rows.append(
+            dict(zip(keys, key, strict=True)) | {"seeds": int(g["seed"].nunique()), "reached": len(hit)}
+            | {"median_round": float(hit["round"].median()) if len(hit) else np.nan}
+            | {"mean_round": float(hit["round"].mean()) if len(hit) else np.nan}
+        )  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def learning_check(selection: pd.DataFrame) -> pd.DataFrame:
+    """Per scenario, whether learning carries the model to the targets: the median round over every
+    choice that reaches its target (all techniques, targets and seeds), the same over the pruned
+    techniques only, the seeds, and the fewest seeds in which the unpruned model reaches a target
+    (the minimum over targets; 0 where some target is never reached)."""
+    sel = selection if "scenario" in selection else selection.assign(scenario="")
+    rows = []
+    for scenario, g in sel.groupby("scenario", sort=False):
+        hit = g[g["reached"].astype(bool)]
+        pruned = hit[hit["technique"] != "dense"]
+        dense = g[g["technique"] == "dense"].groupby("target")["reached"].sum()
+        rows.append(
+            {"scenario": scenario, "seeds": int(g["seed"].nunique()), "targets": int(g["target"].nunique())}
+            | {"median_round": float(hit["round"].median()) if len(hit) else np.nan}
+            | {"median_round_pruned": float(pruned["round"].median()) if len(pruned) else np.nan}
+            | {"dense_min_reached": int(dense.min()) if len(dense) else 0}
+        )  # fmt: skip
+    return pd.DataFrame(rows)
 
 
 def next_factor(

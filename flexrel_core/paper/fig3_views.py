@@ -18,8 +18,8 @@ from .style import LABELS, PALETTE
 def plot(selection: pd.DataFrame, panels: Sequence[str] = PANELS) -> Figure:
     """The paper's Figure 3, one row per scenario: elapsed learning time against accuracy target, one
     panel per technique ((a) magnitude, (b) FlexRel, (c) relevance only), mean and 95 % interval over
-    the seeds that reach the target, each point annotated with the mean megabytes sent, the mean round
-    reached and the seeds reaching it; the unpruned runs, where present, as a grey reference line."""
+    the seeds that reach the target (clipped at 0 s), each point annotated with the mean megabytes sent,
+    the mean round reached and the seeds reaching it; the unpruned runs, where present, as a grey reference line."""
     scenarios = _scenarios(selection)
     fig, axes = plt.subplots(
         len(scenarios), len(panels), figsize=(4.4 * len(panels), 3.8 * len(scenarios)), sharey="row", squeeze=False
@@ -57,7 +57,7 @@ def _by_target(selection: pd.DataFrame) -> pd.DataFrame:
         t = t_interval(hit["elapsed_s"].tolist())
         if not len(hit):
             continue
-        low, high = (t["ci_low"], t["ci_high"]) if t["n"] > 1 else (t["mean"], t["mean"])
+        low, high = (max(t["ci_low"], 0.0), t["ci_high"]) if t["n"] > 1 else (t["mean"], t["mean"])  # time >= 0
         rows.append(
             {"technique": technique, "target": target, "elapsed_s": t["mean"], "low": low, "high": high}
             | {"mb": float(hit["mb"].mean()), "round": float(hit["round"].mean()), "n": len(hit)}
@@ -103,12 +103,14 @@ def plot_data_needed(rounds: pd.DataFrame, selection: pd.DataFrame, panels: Sequ
 def plot_curves(curve: pd.DataFrame, amounts: Sequence[float] | None = None) -> Figure:
     """The primary view, one row per scenario: test accuracy against cumulative transmitted megabytes
     (left) and against elapsed time (right), per technique at the pruning factors ``amounts`` (default:
-    a few across the grid), mean and 95 % interval over seeds."""
+    a few across the grid), mean and 95 % interval over seeds; validation accuracy in a scenario whose
+    test accuracy was measured only where targets are reached."""
     scenarios = _scenarios(curve)
     fig, axes = plt.subplots(len(scenarios), 2, figsize=(12, 4.2 * len(scenarios)), sharey="row", squeeze=False)
     styles = ["-", "--", ":", "-."]
     for row, scenario in zip(axes, scenarios, strict=True):
         here = curve if scenario is None else curve[curve["scenario"] == scenario]
+        y = "accuracy" if here["accuracy"].notna().all() or "val_accuracy" not in here else "val_accuracy"
         grid = sorted(here.loc[here["technique"] != "dense", "amount"].unique())
         shown = amounts if amounts is not None else sorted({grid[0], grid[len(grid) // 2], grid[-1]})
         for (technique, amount), g in here.groupby(["technique", "amount"], sort=False):
@@ -117,12 +119,13 @@ def plot_curves(curve: pd.DataFrame, amounts: Sequence[float] | None = None) -> 
             ls = "-" if technique == "dense" else styles[list(shown).index(amount) % len(styles)]
             label = LABELS[technique] + ("" if technique == "dense" else f", p = {amount:g}")
             for ax, x in zip(row, ("mb", "elapsed_s"), strict=True):
-                ax.plot(g[x], 100 * g["accuracy"], ls, marker="o", ms=2.5, color=PALETTE[technique], label=label)
-                ax.fill_between(g[x], 100 * g["accuracy_ci_low"], 100 * g["accuracy_ci_high"],
+                ax.plot(g[x], 100 * g[y], ls, marker="o", ms=2.5, color=PALETTE[technique], label=label)
+                ax.fill_between(g[x], 100 * g[f"{y}_ci_low"], 100 * g[f"{y}_ci_high"],
                                 color=PALETTE[technique], alpha=0.12, lw=0)  # fmt: skip
         row[0].set_xlabel("transmitted data, cumulative (MB)")
         row[1].set_xlabel("elapsed learning time (s)")
-        row[0].set_ylabel("test accuracy (%)" + (f" — {scenario}" if scenario else ""))
+        name = "test" if y == "accuracy" else "validation"
+        row[0].set_ylabel(f"{name} accuracy (%)" + (f" — {scenario}" if scenario else ""))
         for ax in row:
             ax.grid(alpha=0.3)
         row[1].legend(fontsize=7, loc="lower right", ncol=2)

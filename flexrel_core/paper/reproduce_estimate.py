@@ -50,9 +50,12 @@ KEYS_READ = {
         "amounts",
         "targets",
         "resolution",
-        "partial_epochs",
-        "partial_rounds",
-        "partial_amounts",
+        "learning_train_samples",
+        "learning_epochs",
+        "learning_rounds",
+        "learning_amounts",
+        "learning_targets",
+        "learning_seeds",
     ),  # fmt: skip
     "fig4": ("deltas", "pruning_factors", "pruning_factor"),
     "ablations": ("pruning_factors", "steps"),
@@ -124,9 +127,11 @@ def stage_counts(
       check (2 encodes, 1 decode, 2 test evals). With ``resolution``, the refinement is counted at
       its most: per technique and target, ceil(log2(widest grid gap / resolution)) more runs of
       ``rounds`` rounds (a real run needs fewer where targets share midpoints, and stops at the
-      round of its choice). With ``partial_epochs``, scenario ``partial`` adds per seed a model
-      trained that many epochs (its relevance and dense evaluation), and the same runs with
-      ``partial_amounts`` and ``partial_rounds``.
+      round of its choice). With ``learning_epochs``, scenario ``learning`` adds, on the first
+      ``learning_seeds`` seeds, a model trained that many epochs on ``learning_train_samples`` images
+      (its relevance and dense evaluation), and the same runs with ``learning_amounts``,
+      ``learning_targets`` and at most ``learning_rounds`` rounds (a validation evaluation each round,
+      counted at its most: no early stop, and a test evaluation per target).
     - ablations: see ``_ablations``.
     - fig4: per seed, delta, pruning factor: as a fig2 point, in-distribution only; then the
       compact explorer (as in explore, without timing or static views).
@@ -250,33 +255,43 @@ def _fig3(t: _Tally, nb: str, s: Mapping) -> None:
         per_node = min(per_node, int(s["local_steps"]) * int(s.get("local_batch_size", 32)))
     message = ("encode", "decode") if s.get("half") else ("message",)
     techniques = list(s.get("techniques", METHODS))
-    scenarios = [("trained", int(s.get("rounds", 5)), list(s.get("amounts", [])))]
-    if s.get("partial_epochs"):
-        scenarios.append(("partial", int(s.get("partial_rounds", 5)), list(s.get("partial_amounts", []))))
+    scenarios = [("trained", int(s.get("rounds", 5)), list(s.get("amounts", [])), s)]
     seeds = s.get("seeds", [s.get("seed", 0)])
+    if s.get("learning_epochs"):
+        learn = dict(s) | {"targets": s.get("learning_targets", []), "resolution": s.get("learning_resolution")}
+        scenarios.insert(0, ("learning", int(s.get("learning_rounds", 5)), list(s.get("learning_amounts", [])), learn))
+    learning_seeds = set(seeds[: int(s.get("learning_seeds", len(seeds)))])
     for seed in seeds:
         _setup(t, nb, int(seed))  # the trained model and relevance Figure 2 computed
-        for scenario, rounds, amounts in scenarios:
-            if scenario == "partial" and t.first(("partial", int(seed))):  # its own model, relevance, dense eval
-                t.add(nb, "train_image", int(s["partial_epochs"]) * t.sizes["train"])
+        for scenario, rounds, amounts, spec in scenarios:
+            if scenario == "learning" and seed not in learning_seeds:
+                continue
+            if scenario == "learning" and t.first(("learning", int(seed))):  # its own model, relevance, dense eval
+                share = min(int(s.get("learning_train_samples") or t.sizes["train"]), t.sizes["train"])
+                t.add(nb, "train_image", int(s["learning_epochs"]) * share)
                 t.add(nb, "evaluate_image", 2 * t.sizes["val"] + t.sizes["test"])
                 t.add(nb, "load_image", t.samples(t.common.get("inference_samples")))
                 t.add(nb, "relevance_sample", t.samples(t.common.get("inference_samples")))
             runs = [tech for tech in techniques for _ in amounts] + ["dense"]
-            runs += [tech for tech in techniques for _ in range(_refinements(s, amounts))]
+            runs += [tech for tech in techniques for _ in range(_refinements(spec, amounts))]
             for technique in runs:
                 if technique != "dense":
                     t.add(nb, "scoring", 1)
                     t.add(nb, "prune", 1)
-                t.add(nb, "evaluate_image", (1 + rounds) * (t.sizes["val"] + t.sizes["test"]))  # each round
+                if scenario == "learning":  # validation each round, test at round 0 and per target
+                    tests = 1 + len(spec.get("targets", []))
+                    t.add(nb, "evaluate_image", (1 + rounds) * t.sizes["val"] + tests * t.sizes["test"])
+                else:
+                    t.add(nb, "evaluate_image", (1 + rounds) * (t.sizes["val"] + t.sizes["test"]))  # each round
                 for stage in message:
                     t.add(nb, stage, 2 * nodes * rounds)  # down and up, every node, every round
                 t.add(nb, "train_image", rounds * nodes * per_node)
                 t.add(nb, "average", rounds)
         if seed == seeds[0]:  # the half-precision check on the first seed's final models of the grid
-            t.add(nb, "encode", 2 * (len(techniques) * len(scenarios[0][2]) + 1))
-            t.add(nb, "decode", len(techniques) * len(scenarios[0][2]) + 1)
-            t.add(nb, "evaluate_image", 2 * t.sizes["test"] * (len(techniques) * len(scenarios[0][2]) + 1))
+            grid = len(techniques) * len(scenarios[-1][2]) + 1  # scenario `trained`'s grid
+            t.add(nb, "encode", 2 * grid)
+            t.add(nb, "decode", grid)
+            t.add(nb, "evaluate_image", 2 * t.sizes["test"] * grid)
 
 
 def _refinements(s: Mapping, amounts: Sequence[float]) -> int:

@@ -76,6 +76,11 @@ class TrainConfig(FromMapping):
     weight_decay: float = 0.0
     optimizer: str = "adam"
     seed: int = 0
+    train_samples: int | None = None  # train on a seeded class-stratified share of this many images (None: all)
+
+    def __post_init__(self) -> None:
+        if self.train_samples is not None and self.train_samples < 1:
+            raise ValueError(f"train_samples must be >= 1 or None, got {self.train_samples}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -127,6 +132,8 @@ class FedConfig(FromMapping):
     latency_s: float = 0.05  # one-way latency per transfer, s
     shared_link: bool = False  # True: all nodes' transfers share one link of bandwidth_bps
     half: bool = False  # send float16 values (lossy) instead of the exact float32 bits
+    test_every_round: bool = True  # False: test accuracy only at the rounds where validation first meets a target
+    stop_when_reached: bool = False  # True: a run ends at the round where validation has met every target
 
     def __post_init__(self) -> None:
         if self.partition not in PARTITIONS:

@@ -73,6 +73,14 @@ def relevance_sample(data: DataSplits, samples: int | None, seed: int) -> torch.
     return draw(data.inference, samples, seed)
 
 
+def train_share(data: DataSplits, cfg: TrainConfig) -> torch.utils.data.Dataset:
+    """The images the dense model of ``cfg`` is trained on: the whole training split, or with
+    ``cfg.train_samples`` a seeded random share of it stratified by class (``data.draw``, seeded by
+    ``cfg.seed``): a model trained briefly on a small share is where Figure 3's scenario ``learning``
+    starts, so that cooperative learning on the whole split has something to add."""
+    return draw(data.train, cfg.train_samples, cfg.seed)
+
+
 def new_model(cfg: TrainConfig, data: DataSplits) -> nn.Module:
     """An untrained (or ImageNet-pretrained) model shaped for ``data``."""
     c, h, _ = data.input_shape
@@ -99,12 +107,13 @@ def trained_model(
 
     @stage_threads(device)
     def compute() -> dict:
-        log.info("training %s on %s (%d epochs)", cfg.model, cfg.dataset, cfg.epochs)
+        share = train_share(data, cfg)
+        log.info("training %s on %d images of %s (%d epochs)", cfg.model, len(share), cfg.dataset, cfg.epochs)
         torch.manual_seed(cfg.seed)
         model = new_model(cfg, data)
         losses = train(
             model,
-            data.train,
+            share,
             epochs=cfg.epochs,
             lr=cfg.lr,
             batch_size=cfg.batch_size,

@@ -59,15 +59,20 @@ def test_counts_follow_the_profile_keys():
     assert two["message"] == 2 * one["message"] and two["train_image"] == 2 * one["train_image"]
     assert two["encode"] == one["encode"]  # the half-precision check runs on the first seed only
     # refinement at its most: grid 0.5, 0.9 (gap 0.4) to 0.05 = 3 halvings per target, 2 targets: 6 more runs;
-    # scenario partial: a 1-epoch model (600 images, 2 val + 1 test evaluations) and 2 runs of 2 rounds
+    # scenario learning: a 1-epoch model on 300 images (2 val + 1 test evaluations) and 2 runs of at most 2 rounds,
+    # each with a validation evaluation per round and a test evaluation after pruning and per target
     more = {**fig3, "amounts": [0.5, 0.9], "targets": [0.8, 0.9], "resolution": 0.05}
     refined = stage_counts({"common": TINY["common"], "fig3": more}, images=1000, classes=10)["fig3"]
     assert refined["message"] == (2 + 1 + 6) * (2 * 4 * 3)
-    partial = {**fig3, "partial_epochs": 1, "partial_rounds": 2, "partial_amounts": [0.9]}
-    both = stage_counts({"common": TINY["common"], "fig3": partial}, images=1000, classes=10)["fig3"]
+    learning = {**fig3, "learning_epochs": 1, "learning_train_samples": 300, "learning_rounds": 2}
+    learning |= {"learning_amounts": [0.9], "learning_targets": [0.8]}
+    both = stage_counts({"common": TINY["common"], "fig3": learning}, images=1000, classes=10)["fig3"]
     assert both["message"] == one["message"] + 2 * (2 * 4 * 2)
-    assert both["train_image"] == one["train_image"] + 600 + 2 * 2 * 4 * 20
-    assert both["evaluate_image"] == one["evaluate_image"] + 350 + 2 * (1 + 2) * 250
+    assert both["train_image"] == one["train_image"] + 300 + 2 * 2 * 4 * 20
+    assert both["evaluate_image"] == one["evaluate_image"] + 350 + 2 * ((1 + 2) * 100 + (1 + 1) * 150)
+    first = {**learning, "learning_seeds": 1}  # on the first of two seeds only
+    two_seeds = stage_counts({"common": seeds, "fig3": first}, images=1000, classes=10)["fig3"]
+    assert two_seeds["message"] == 2 * one["message"] + 2 * (2 * 4 * 2)
 
 
 def test_ablations_reuse_figure_2_points_and_count_their_variants():

@@ -185,3 +185,88 @@ def test_half_precision_messages_travel_as_decoded_float16(setup):
     for (name, a), b in zip(model.state_dict().items(), received.state_dict().values(), strict=True):
         if a.is_floating_point():
             assert torch.equal(b, a.half().float()), name
+
+
+def test_running_average_is_the_weighted_mean_of_the_nodes_states():
+    """FedAvg accumulated node by node against a plain weighted mean of the state dicts, in float64 by hand;
+    integer buffers come from the first node and pruned weights stay zero."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 4), nn.Linear(4, 3))
+    prune(model, pruning_scores(model, method="magnitude"), 0.5)
+    model.register_buffer("steps", torch.tensor(0))
+    states, weights = [], [30.0, 10.0, 60.0]
+    for i in range(len(weights)):
+        s = {k: v.clone() for k, v in model.state_dict().items()}
+        for k, v in s.items():
+            if v.is_floating_point() and not k.endswith("flexrel_mask"):
+                s[k] = v + torch.randn_like(v)
+        s["steps"] = torch.tensor(7 + i)
+        states.append(s)
+    avg = fl.RunningAverage(sum(weights))
+    for s, w in zip(states, weights, strict=True):
+        avg.add(s, w)
+    avg.apply(model)
+    masks = dict(get_masks(model))
+    for name, got in model.state_dict().items():
+        if name.endswith("flexrel_mask"):
+            continue
+        if name == "steps":
+            assert int(got) == 7
+            continue
+        want = sum(s[name].double() * w for s, w in zip(states, weights, strict=True)) / sum(weights)
+        if name in masks:
+            want = want * masks[name].double()
+        assert torch.allclose(got.double(), want, atol=1e-6), name
+    with pytest.raises(ValueError, match="no state"):
+        fl.RunningAverage(1.0).apply(model)
+
+
+def test_test_accuracy_only_where_a_target_is_first_reached_and_runs_stop_when_all_are(setup, tmp_path):
+    """With test_every_round off, validation is measured every round and test accuracy only at round 0 and at
+    the rounds where validation first meets a target; the test numbers there are those of the every-round run.
+    With stop_when_reached, the run ends at the round where the last target is met."""
+    full = pd.DataFrame(fl.simulate(setup, PCFG, TINY, "dense", 0.0, delta=0.5, cache_root=tmp_path)["rounds"])
+    val = full.loc[full["round"] >= 1, "val_accuracy"].tolist()
+    targets = [min(val) - 0.01, max(val)]  # met at round 1, and at the best round
+    cheap = dataclasses.replace(TINY, test_every_round=False)
+    run = pd.DataFrame(
+        fl.simulate(setup, PCFG, cheap, "dense", 0.0, delta=0.5, targets=targets, cache_root=tmp_path)["rounds"]
+    )
+    assert run["val_accuracy"].tolist() == full["val_accuracy"].tolist()
+    best = 1 + val.index(max(val))
+    tested = set(run.loc[run["accuracy"].notna(), "round"])
+    assert tested == {0, 1, best}
+    assert run.loc[run["accuracy"].notna(), "accuracy"].tolist() == full.loc[list(tested), "accuracy"].tolist()
+    stop = dataclasses.replace(cheap, stop_when_reached=True)
+    short = pd.DataFrame(
+        fl.simulate(setup, PCFG, stop, "dense", 0.0, delta=0.5, targets=[targets[0]], cache_root=tmp_path)["rounds"]
+    )
+    assert short["round"].tolist() == [0, 1]
+    never = fl.simulate(setup, PCFG, stop, "dense", 0.0, delta=0.5, targets=[1.01], cache_root=tmp_path)
+    assert len(never["rounds"]) == TINY.rounds + 1 and np.isnan(never["rounds"][-1]["accuracy"])
+
+
+def test_the_small_training_share_is_class_balanced_and_of_its_size(setup):
+    """The share the learning scenario's starting model trains on: its size, every class in proportion to the
+    training split (within one image), a seeded draw; without train_samples, the whole split."""
+    from flexrel_core.data import class_counts
+    from flexrel_core.workbook.pipeline import train_share
+
+    cfg = TrainConfig(image_size=8, epochs=2, train_samples=100)
+    share = train_share(setup.data, cfg)
+    assert len(share) == 100
+    counts = np.array(class_counts(share, 10))
+    full = np.array(class_counts(setup.data.train, 10))
+    assert (np.abs(counts - 100 * full / full.sum()) < 1 + 1e-9).all() and (counts > 0).all()
+    assert list(share.indices) == list(train_share(setup.data, cfg).indices)  # seeded
+    other = train_share(setup.data, dataclasses.replace(cfg, seed=1))
+    assert list(share.indices) != list(other.indices)
+    assert train_share(setup.data, TrainConfig(image_size=8)) is setup.data.train
+    with pytest.raises(ValueError, match="train_samples"):
+        TrainConfig(train_samples=0)
+    from flexrel_core.workbook.config import canonical
+    from flexrel_core.workbook.pipeline import model_id
+
+    # the share names its own model (and so its relevance and runs); the whole split keeps its old name
+    assert model_id(cfg) != model_id(dataclasses.replace(cfg, train_samples=None))
+    assert "train_samples" not in canonical(TrainConfig(image_size=8))
