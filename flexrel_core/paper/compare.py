@@ -109,8 +109,8 @@ def markdown(table: pd.DataFrame, current: str, reference: str) -> str:
         f"- **Reference**: {reference}",
         "",
         f"{s['claims']} claims in both runs ({s['current_only']} only in the current run, {s['reference_only']} only "
-        "in the reference). A claim is a verdict of the report (`claims.csv`); *robust* verdicts clear 0 by at least their "
-        "interval's half-width on at least 5 paired seeds, *marginal* ones do not (REPORT.md, "
+        "in the reference). A claim is a verdict of the report (`claims.csv`); *robust* verdicts clear 0 by at "
+        "least their interval's half-width on at least 5 paired seeds, *marginal* ones do not (REPORT.md, "
         '"Verdicts at a glance").',
         "",
         "| | agreement |",
