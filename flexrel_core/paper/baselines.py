@@ -253,6 +253,11 @@ def report(df: pd.DataFrame, judged: pd.DataFrame, *, delta: float, threshold: f
     return "\n".join(lines)
 
 
+def _cell(r, conditions: list[str]) -> str:
+    """A verdict's place: setting and schedule, and its condition where the report has several."""
+    return f"{r.setting}, {r.schedule}" + (f", {r.condition}" if len(conditions) > 1 else "")
+
+
 def _findings(judged: pd.DataFrame, conditions: list[str]) -> list[str]:
     """Per baseline, its verdicts over the cells; the control; and the headline from robust verdicts only."""
     lines = []
@@ -262,12 +267,7 @@ def _findings(judged: pd.DataFrame, conditions: list[str]) -> list[str]:
             f"{v} in {n} of {len(g)} (robust in {int(((g['verdict'] == v) & (g['robust'] == 'robust')).sum())})"
             for v, n in counts.items()
         )
-        where = "; ".join(
-            f"{r.setting}, {r.schedule}"
-            + (f", {r.condition}" if len(conditions) > 1 else "")
-            + f": {labelled(r.verdict, r.robust)}"
-            for r in g.itertuples()
-        )
+        where = "; ".join(f"{_cell(r, conditions)}: {labelled(r.verdict, r.robust)}" for r in g.itertuples())
         lines.append(f"- **Against {LABELS.get(b, b)}**: {said} — {where}.")
     control = judged[judged["baseline"] == "flexrel_taylor"]
     if len(control):
@@ -284,9 +284,7 @@ def _findings(judged: pd.DataFrame, conditions: list[str]) -> list[str]:
         )
     robust = judged[(judged["robust"] == "robust") & judged["verdict"].isin(["FlexRel better", "FlexRel worse"])]
     headline = "; ".join(
-        f"{r.verdict} than {LABELS.get(r.baseline, r.baseline)} ({r.setting}, {r.schedule}"
-        + (f", {r.condition}" if len(conditions) > 1 else "")
-        + f", by {r.basis})"
+        f"{r.verdict} than {LABELS.get(r.baseline, r.baseline)} ({_cell(r, conditions)}, by {r.basis})"
         for r in robust.itertuples()
     )
     lines.append(f"- **Robust verdicts only**: {headline or 'none'}.")
