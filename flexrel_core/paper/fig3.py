@@ -35,7 +35,7 @@ from ..workbook.paths import REPO_ROOT
 from ..workbook.pipeline import prepare
 from ..workbook.stats import t_interval
 from .federated import simulate
-from .fig3_report import BASELINES
+from .fig3_report import BASELINES, rounds_to_target
 
 PANELS = ("magnitude", "flexrel", "relevance")  # (a) magnitude and (b) FlexRel as in the paper, (c) relevance
 SCENARIOS = ("learning", "trained")  # the order of rows in the figures and report; other names follow, sorted
@@ -258,22 +258,6 @@ def select_for_targets(rounds: pd.DataFrame, targets: Sequence[float], on: str =
     return pd.DataFrame(out)
 
 
-def rounds_to_target(selection: pd.DataFrame) -> pd.DataFrame:
-    """Per (scenario,) technique and target, from the choices of ``select_for_targets`` (the columns of
-    ``fig3_targets.csv``): the seeds, how many reach the target, and the median and mean round at
-    which the chosen factor first reaches it (over the seeds that reach it)."""
-    keys = _scenario(selection) + ["technique", "target"]
-    rows = []
-    for key, g in selection.groupby(keys, sort=False):
-        hit = g[g["reached"].astype(bool)]
-        rows.append(
-            dict(zip(keys, key, strict=True)) | {"seeds": int(g["seed"].nunique()), "reached": len(hit)}
-            | {"median_round": float(hit["round"].median()) if len(hit) else np.nan}
-            | {"mean_round": float(hit["round"].mean()) if len(hit) else np.nan}
-        )  # fmt: skip
-    return pd.DataFrame(rows)
-
-
 def learning_check(selection: pd.DataFrame) -> pd.DataFrame:
     """Per scenario, whether learning carries the model to the targets: the median round over every
     choice that reaches its target (all techniques, targets and seeds), the same over the pruned
@@ -284,7 +268,8 @@ def learning_check(selection: pd.DataFrame) -> pd.DataFrame:
     for scenario, g in sel.groupby("scenario", sort=False):
         hit = g[g["reached"].astype(bool)]
         pruned = hit[hit["technique"] != "dense"]
-        dense = g[g["technique"] == "dense"].groupby("target")["reached"].sum()
+        per = rounds_to_target(g)
+        dense = per.loc[per["technique"] == "dense", "reached"]
         rows.append(
             {"scenario": scenario, "seeds": int(g["seed"].nunique()), "targets": int(g["target"].nunique())}
             | {"median_round": float(hit["round"].median()) if len(hit) else np.nan}

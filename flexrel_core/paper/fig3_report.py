@@ -125,6 +125,22 @@ def scenario_section(
     return lines + ["", claim_sentence(saving, claim)]
 
 
+def rounds_to_target(selection: pd.DataFrame) -> pd.DataFrame:
+    """Per (scenario,) technique and target, from the choices of ``select_for_targets`` (the columns of
+    ``fig3_targets.csv``): the seeds, how many reach the target, and the median and mean round at
+    which the chosen factor first reaches it (over the seeds that reach it)."""
+    keys = (["scenario"] if "scenario" in selection else []) + ["technique", "target"]
+    rows = []
+    for key, g in selection.groupby(keys, sort=False):
+        hit = g[g["reached"].astype(bool)]
+        rows.append(
+            dict(zip(keys, key, strict=True)) | {"seeds": int(g["seed"].nunique()), "reached": len(hit)}
+            | {"median_round": float(hit["round"].median()) if len(hit) else np.nan}
+            | {"mean_round": float(hit["round"].mean()) if len(hit) else np.nan}
+        )  # fmt: skip
+    return pd.DataFrame(rows)
+
+
 def dense_reach(selection: pd.DataFrame) -> str:
     """``"No pruning reaches 0.80 in 5 of 5 seeds (median round 1), ..."``: how learning carries the
     unpruned model to each target."""
@@ -132,10 +148,9 @@ def dense_reach(selection: pd.DataFrame) -> str:
     if dense.empty:
         return ""
     parts = []
-    for target, g in dense.groupby("target"):
-        hit = g[g["reached"].astype(bool)]
-        where = f", median round {hit['round'].median():g}" if len(hit) else ""
-        parts.append(f"{target:g} in {len(hit)} of {g['seed'].nunique()} seeds{where}")
+    for r in rounds_to_target(dense).sort_values("target").itertuples():
+        where = f", median round {r.median_round:g}" if r.reached else ""
+        parts.append(f"{r.target:g} in {r.reached} of {r.seeds} seeds{where}")
     return f"No pruning reaches {'; '.join(parts)}."
 
 
