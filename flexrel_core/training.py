@@ -100,6 +100,7 @@ def train(
     show_progress: bool = True,
     max_steps: int | None = None,
     after_epoch: Callable[[int, nn.Module], None] | None = None,
+    dtype: torch.dtype | None = None,
 ) -> list[float]:
     """Train ``model`` in place with cross-entropy; returns the mean loss of each epoch.
 
@@ -108,7 +109,15 @@ def train(
     on the model) keep their pruned weights exactly zero throughout. ``after_epoch(e, model)`` is
     called after each epoch e = 1, 2, ...: the model then holds exactly what a run of e epochs
     returns (same seed, same batches, same optimiser steps), so one run of E epochs gives every
-    shorter budget too.
+    shorter budget too (with ``dtype``, in that precision: rounded to the model's own, it is what a
+    run of e epochs returns).
+
+    ``dtype`` (e.g. ``torch.float64``): train in that precision -- the model's floating-point
+    parameters and buffers and every batch are converted to it -- and return the model in its own
+    precision again, its weights rounded once at the end. Training amplifies rounding differences:
+    in float32, the last bits in which two CPUs' kernels sum differently grow within a few epochs
+    into a different model (as different as another seed would give); in float64 they start ~10⁹
+    times smaller and stay far below float32's resolution (``make bench`` measures both).
     """
     if optimizer not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {optimizer!r}; expected one of {sorted(OPTIMIZERS)}")
@@ -116,10 +125,13 @@ def train(
         raise ValueError(f"epochs must be >= 0, got {epochs}")
     if max_steps is not None and max_steps < 1:
         raise ValueError(f"max_steps must be >= 1 or None, got {max_steps}")
+    if dtype is not None and not dtype.is_floating_point:
+        raise ValueError(f"dtype must be a floating-point dtype such as torch.float64, got {dtype}")
     dev = select_device(device)
     generator = seed_everything(seed)
     layout = _layout(model, dev)
-    model.to(dev, memory_format=layout).train()
+    own = next((p.dtype for p in model.parameters() if p.is_floating_point()), None)
+    model.to(dev, dtype=dtype, memory_format=layout).train()
     opt = OPTIMIZERS[optimizer](model.parameters(), lr=lr, weight_decay=weight_decay)
     batches = Batches(dataset, batch_size, shuffle=True, generator=generator)
     losses, steps = [], 0
@@ -129,7 +141,7 @@ def train(
             if max_steps is not None and steps >= max_steps:
                 break
             steps += 1
-            x, y = x.to(dev, memory_format=layout), y.to(dev)
+            x, y = x.to(dev, dtype=dtype, memory_format=layout), y.to(dev)
             opt.zero_grad(set_to_none=True)
             with _out_of_memory_hint("training", batch_size, dev):
                 loss = nn.functional.cross_entropy(model(x), y)
@@ -142,7 +154,7 @@ def train(
             losses.append(total / count)
         if after_epoch is not None:
             after_epoch(epoch, model)
-    model.to(memory_format=torch.contiguous_format).eval()
+    model.to(dtype=own if dtype is not None else None, memory_format=torch.contiguous_format).eval()
     return losses
 
 

@@ -17,6 +17,11 @@ import hashlib
 import json
 from typing import Any, Self
 
+import torch
+
+# The precisions a dense model can be trained in (``TrainConfig.precision``).
+PRECISIONS = {"float32": torch.float32, "float64": torch.float64}
+
 
 def canonical(cfg: Any) -> str:
     """``ClassName{json of the fields that differ from their defaults, keys sorted}``."""
@@ -77,10 +82,20 @@ class TrainConfig(FromMapping):
     optimizer: str = "adam"
     seed: int = 0
     train_samples: int | None = None  # train on a seeded class-stratified share of this many images (None: all)
+    # The precision the dense model is trained in (then rounded to float32, in which it is pruned, fine-tuned and
+    # evaluated): in float64 another CPU's rounding stays invisible instead of growing into another model.
+    precision: str = "float64"
 
     def __post_init__(self) -> None:
         if self.train_samples is not None and self.train_samples < 1:
             raise ValueError(f"train_samples must be >= 1 or None, got {self.train_samples}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {self.precision!r}")
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The torch dtype of ``precision``."""
+        return PRECISIONS[self.precision]
 
 
 @dataclasses.dataclass(frozen=True)

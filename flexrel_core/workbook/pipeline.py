@@ -108,7 +108,8 @@ def trained_model(
     @stage_threads(device)
     def compute() -> dict:
         share = train_share(data, cfg)
-        log.info("training %s on %d images of %s (%d epochs)", cfg.model, len(share), cfg.dataset, cfg.epochs)
+        what = (cfg.model, len(share), cfg.dataset, cfg.epochs, cfg.precision)
+        log.info("training %s on %d images of %s (%d epochs in %s)", *what)
         torch.manual_seed(cfg.seed)
         model = new_model(cfg, data)
         losses = train(
@@ -122,6 +123,7 @@ def trained_model(
             seed=cfg.seed,
             device=device,
             desc="train dense",
+            dtype=cfg.dtype,
         )
         state = {k: v.cpu() for k, v in model.state_dict().items()}
         return {"state": state, "losses": losses, "val_accuracy": evaluate(model, data.val, device=device)}
