@@ -5,6 +5,7 @@
 #                                                  -> results/$(PROFILE)/COMPARISON.md
 #   make bench                                     timing/memory ratios -> results/bench.json
 #   make bench-sweep                               make bench's sweep section alone -> results/bench_sweep.json
+#   make bench-precision                           make bench's precision section alone -> results/bench_precision.json
 #   make bench-paper                               paper-profile stage times + estimated reproduce time
 #   make lab                                       JupyterLab on the notebooks
 #   make app [PROFILE=...]                         the explorer as a web page (Voila, 127.0.0.1, token)
@@ -35,7 +36,7 @@ export MPLBACKEND := Agg
 NOTEBOOKS := $(foreach n,method fig1 fig2 baselines fig3 fig4 ablations robustness table1 explore,$(if $(wildcard notebooks/$(n).ipynb),$(n)))
 RESULTS := results/$(PROFILE)
 
-.PHONY: setup test test-browser screenshot lint chromium check-profile reproduce compare bench bench-sweep bench-paper lab app clean
+.PHONY: setup test test-browser screenshot lint chromium check-profile reproduce compare bench bench-sweep bench-precision bench-paper lab app clean
 
 # The project is installed in the venv in editable mode, so `import flexrel_core` works from any
 # folder and any kernel. One venv may serve several checkouts (CI keeps it outside the clone): when
@@ -121,6 +122,11 @@ bench: setup
 # Evaluation on a channels-last copy, and a slice of Figure 2's sweep in one process against worker processes.
 bench-sweep: setup
 	$(PY) -m flexrel_core.paper.bench_sweep results/bench_sweep.json
+
+# The dense model trained in float32 and in float64, each under this CPU's kernels and under narrower ones
+# (ATEN_CPU_CAPABILITY): the time float64 costs, and how far apart the two runs' weights end.
+bench-precision: setup
+	$(PY) -m flexrel_core.paper.bench_precision --out results/bench_precision.json
 
 # Each stage of the paper profile timed on VGG16 (random weights, a synthetic ImageNet-format folder in a
 # temporary directory), and the wall time of `make reproduce PROFILE=paper` on 50,000 images estimated from

@@ -3,6 +3,8 @@ whatever the optimiser does with its state."""
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from nets import small_cnn
@@ -130,3 +132,27 @@ def test_a_convolutional_model_trains_in_channels_last_and_comes_back_contiguous
             opt.step()
     for a, b in zip(models[0].parameters(), model.parameters(), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4)
+
+
+def test_training_in_float64_is_a_float64_run_rounded_once_to_the_models_precision():
+    """``dtype``: the same optimiser steps as training a float64 copy on float64 inputs, then rounding
+    every parameter and buffer (BatchNorm's statistics included) to float32 once; masks stay boolean."""
+    torch.manual_seed(0)
+    model = nn.Sequential(small_cnn(), nn.BatchNorm1d(5))
+    prune(model, pruning_scores(model, method="magnitude"), 0.5)
+    x, y = torch.randn(48, 1, 6, 6), torch.randint(0, 5, (48,))
+    by_hand = copy.deepcopy(model).double()
+    train(by_hand, torch.utils.data.TensorDataset(x.double(), y), epochs=2, lr=0.01, seed=3, device="cpu")
+    train(model, torch.utils.data.TensorDataset(x, y), epochs=2, lr=0.01, seed=3, device="cpu", dtype=torch.float64)
+    mine, theirs = model.state_dict(), by_hand.state_dict()
+    assert mine.keys() == theirs.keys()
+    for name, value in mine.items():
+        expected = theirs[name].float() if theirs[name].dtype == torch.float64 else theirs[name]
+        assert value.dtype == expected.dtype and torch.equal(value, expected), name
+    assert any(v.dtype == torch.bool for v in mine.values())  # the masks
+    assert not model.training
+
+
+def test_training_refuses_a_dtype_that_is_not_floating_point():
+    with pytest.raises(ValueError, match="floating-point dtype such as torch.float64"):
+        train(small_cnn(), [], epochs=1, device="cpu", dtype=torch.int64)

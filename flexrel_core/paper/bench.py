@@ -13,7 +13,8 @@ inference samples (default 512):
 
 Also: the sparse encoding's size against the information bound per sparsity (``encoding_bench``)
 and the explorer's update time on the default model (``explore.bench``); evaluation on a channels-last
-copy and a slice of Figure 2's sweep in worker processes against one process (``bench_sweep``).
+copy and a slice of Figure 2's sweep in worker processes against one process (``bench_sweep``); the dense
+model's training in float32 and float64, under this CPU's kernels and narrower ones (``bench_precision``).
 
 Time: median of ``repeats`` runs after one warm-up (``workbook.measure.timings``). Peak memory, on
 one more (warm) run: ``workbook.measure.peak_rss_bytes`` -- on CUDA the allocator's peak above what was allocated
@@ -182,7 +183,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--vgg-repeats", type=int, default=2)
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--skip", nargs="*", default=[], choices=["scoring", "encoding", "explorer", "sweep"])
+    sections = ["scoring", "encoding", "explorer", "sweep", "precision"]
+    parser.add_argument("--skip", nargs="*", default=[], choices=sections)
     args = parser.parse_args(argv)
     if "MALLOC_MMAP_THRESHOLD_" not in os.environ:  # see module docstring
         os.environ["MALLOC_MMAP_THRESHOLD_"] = "131072"
@@ -206,6 +208,11 @@ def main(argv: list[str] | None = None) -> int:
         from .bench_sweep import run_clean
 
         report |= run_clean()
+    if "precision" not in args.skip:
+        from .bench_precision import describe, precision_bench
+
+        report["precision"] = precision_bench()
+        print("\n".join(describe(report["precision"])))
     if "scoring" not in args.skip:
         print(f"FlexRel scoring benchmark on {device} ({torch.get_num_threads()} threads), {args.samples} samples")
         report["scoring"] = scoring_benchmarks(

@@ -213,10 +213,10 @@ def at_a_glance(table: pd.DataFrame) -> str:
         "reference. “No detectable difference” is never robust: a rerun finds a difference one time in twenty even "
         "between equivalent methods. A verdict built from several intervals (Figure 2's claim, a cell of the map) is "
         "robust when no direction its marginal parts can take turns it; Figure 4's δ, chosen on validation data, when "
-        "every leave-one-seed-out subsample chooses the same. A rerun on another CPU moves the numbers as if every "
-        "seed's training noise were drawn again: marginal verdicts are the ones it can turn, marked *(marginal)* "
-        "wherever they appear. Every verdict is in `claims.csv`; `make compare REF=<git ref or folder>` compares two "
-        "runs claim by claim.",
+        "every leave-one-seed-out subsample chooses the same. A rerun on another CPU can move some numbers (see the "
+        "machine line above: what float64 training keeps and what it does not): marginal verdicts are the ones it "
+        "can turn, marked *(marginal)* wherever they appear. Every verdict is in `claims.csv`; "
+        "`make compare REF=<git ref or folder>` compares two runs claim by claim.",
         "",
         "| claim | verdict | robust |",
         "|---|---|---|",

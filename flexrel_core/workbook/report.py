@@ -81,10 +81,11 @@ def machine_lines(folder: str | Path) -> list[str]:
     return where + [
         "Another CPU (another instruction set, another torch build) rounds sums in another order, and training",
         "amplifies the difference: in float32 within a few epochs into another model. The dense models are",
-        "therefore trained in float64, where it stays near 1e-11 before their weights are rounded to float32;",
+        "therefore trained in float64, where it usually stays below float32's resolution, so that the rounded",
+        "weights are the same (not always: some of the map's longer trainings on digits still drift apart);",
         "pruning, fine-tuning and evaluation run in float32, where a rerun can still move a fine-tuned accuracy",
         "a little: verdicts marked *(marginal)* can turn, robust ones should not (“Verdicts at a glance”;",
-        "`make compare REF=<ref>` checks a rerun).",
+        "`make compare REF=<ref>` checks a rerun; the README gives a measured comparison).",
     ]
 
 

@@ -9,9 +9,12 @@ accuracies (``tests/workbook/test_stats.py`` checks its coverage on synthetic da
 no interval (NaN bounds); identical differences on every seed give a zero-width interval.
 
 **Robust or marginal.** A verdict read off an interval (``direction``) can turn on a rerun: another
-CPU rounds float32 sums in another order, training amplifies the last bits, and the per-seed
-numbers move as if the seeds' training noise were drawn again (two runs of the same code on two
-CPUs differ by about one standard error of their difference, as two independent draws would).
+CPU rounds sums in another order and training amplifies the last bits. Trained in float32, every
+per-seed number moved as if the seeds' training noise were drawn again (two runs on two CPUs
+differed by about one standard error of their difference); the workbook trains its dense models in
+float64 (``config.TrainConfig.precision``), which keeps most of them bit for bit, but fine-tuning in
+float32 and some longer trainings still move a few numbers, and a verdict at its interval's edge
+turns with them.
 ``robustness`` calls a difference *robust* when its interval clears the reference by at least its
 own half-width -- moved by a half-width either way it would still exclude the reference -- on at
 least ``MIN_PAIRS`` paired seeds: a rerun then turns it rarely (about one time in twenty at that

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from flexrel_core.workbook.config import FedConfig, PruneConfig, TrainConfig, canonical, config_hash
 
@@ -39,3 +40,10 @@ def test_fed_config_refuses_bad_values():
         FedConfig(rounds=0)
     with pytest.raises(ValueError, match="local_steps"):
         FedConfig(local_steps=0)
+
+
+def test_train_config_trains_in_float64_unless_told_and_refuses_other_precisions():
+    assert TrainConfig().dtype == torch.float64
+    assert TrainConfig(precision="float32").dtype == torch.float32
+    with pytest.raises(ValueError, match=r"precision must be one of \['float32', 'float64'\], got 'bfloat16'"):
+        TrainConfig(precision="bfloat16")

@@ -1,0 +1,125 @@
+"""``make bench``'s precision section: what training the dense model in float64 costs, and what it buys
+when another CPU reruns the workbook.
+
+The default profile's dense model (``vgg_mnist`` on the MNIST subset's 3,000 training images, seed 0) is
+trained by the workbook's own stage (``pipeline.trained_model``, one thread, an empty cache) for
+``epochs`` epochs in float32 and in float64 (``TrainConfig.precision``; the weights are rounded to float32
+at the end either way), each twice: under torch's CPU kernels for this machine's instruction set and
+under the next narrower one (``ATEN_CPU_CAPABILITY``: AVX-512 -> AVX2 -> no vector instructions). The
+narrower kernels stand in for another CPU: they round sums in another order, as another CPU's do. Each
+run is a fresh interpreter, since torch reads the capability once. Reported per precision: seconds of the
+stage (data loading included), the two runs' relative distance ``‖w_a − w_b‖ / ‖w_a‖`` over every
+parameter they return, the share of weights that differ at all, and both runs' validation accuracies.
+A machine without a narrower capability (or not x86) reports the times only.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from ..workbook.config import PRECISIONS, TrainConfig
+from ..workbook.pipeline import trained_model
+
+# torch's capability names (``torch.backends.cpu.get_cpu_capability``) -> the next narrower one's value for
+# ``ATEN_CPU_CAPABILITY``.
+NARROWER = {"AVX512": "avx2", "AVX2": "default"}
+DEFAULT_SETTING = {"dataset": "mnist5k", "image_size": 28, "model": "vgg_mnist", "lr": 2e-3}
+
+
+def train_once(precision: str, epochs: int, setting: dict, out: Path) -> None:
+    """Train the dense model of ``setting`` by the workbook's stage in a fresh cache; write its
+    parameters, time and accuracy to ``out``."""
+    cfg = TrainConfig(**setting, epochs=epochs, precision=precision)
+    with tempfile.TemporaryDirectory() as cache:
+        start = time.perf_counter()
+        model, info = trained_model(cfg, cache_root=cache, device="cpu")
+        seconds = time.perf_counter() - start
+    weights = torch.cat([p.detach().flatten() for p in model.parameters()])
+    record = {"weights": weights, "seconds": seconds, "val_accuracy": info["val_accuracy"]}
+    torch.save(record | {"kernels": torch.backends.cpu.get_cpu_capability()}, out)
+
+
+def _run(precision: str, epochs: int, setting: dict, out: Path, capability: str | None) -> dict:
+    env = dict(os.environ)
+    if capability is not None:
+        env["ATEN_CPU_CAPABILITY"] = capability
+    module = f"{__package__}.bench_precision"  # (``__name__`` is "__main__" under ``python -m``)
+    args = [sys.executable, "-m", module, precision, str(epochs), json.dumps(setting), str(out)]
+    subprocess.run(args, env=env, check=True)
+    return torch.load(out)
+
+
+def precision_bench(epochs: int = 15, setting: dict | None = None) -> dict:
+    """Both precisions under this machine's kernels and the next narrower ones (see the module docstring)."""
+    setting = DEFAULT_SETTING if setting is None else setting
+    here = torch.backends.cpu.get_cpu_capability()
+    other = NARROWER.get(here)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for precision in PRECISIONS:
+            a = _run(precision, epochs, setting, Path(tmp) / f"{precision}-a.pt", None)
+            row = {"precision": precision, "seconds": a["seconds"], "kernels": [a["kernels"]]}
+            row["val_accuracy"] = [a["val_accuracy"]]
+            if other is not None:
+                b = _run(precision, epochs, setting, Path(tmp) / f"{precision}-b.pt", other)
+                diff = (a["weights"].double() - b["weights"].double()).norm() / a["weights"].double().norm()
+                row["kernels"].append(b["kernels"])
+                row["val_accuracy"].append(b["val_accuracy"])
+                row["relative_distance"] = float(diff)
+                row["weights_differing_share"] = float((a["weights"] != b["weights"]).double().mean())
+            rows.append(row)
+    by = {r["precision"]: r for r in rows}
+    return {
+        "setting": setting | {"epochs": epochs},
+        "rows": rows,
+        "float64_over_float32_time": by["float64"]["seconds"] / by["float32"]["seconds"],
+    }
+
+
+def describe(report: dict) -> list[str]:
+    """The section's lines for the terminal."""
+    s = report["setting"]
+    lines = [f"dense training of {s['model']} on {s['dataset']}, {s['epochs']} epochs, one thread:"]
+    for r in report["rows"]:
+        line = f"  {r['precision']}: {r['seconds']:.1f} s"
+        if "relative_distance" in r:
+            kernels = " vs ".join(r["kernels"])
+            line += (
+                f"; {kernels} kernels: weights {r['relative_distance']:.1e} apart "
+                f"({100 * r['weights_differing_share']:.2g} % differ), "
+                f"validation accuracy {r['val_accuracy'][0]:.4f} vs {r['val_accuracy'][1]:.4f}"
+            )
+        lines.append(line)
+    lines.append(f"  float64 / float32 time: {report['float64_over_float32_time']:.2f}x")
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    from ..workbook.cache import write_json
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default="results/bench_precision.json")
+    parser.add_argument("--epochs", type=int, default=15)
+    args = parser.parse_args(argv)
+    report = precision_bench(args.epochs)
+    print("\n".join(describe(report)))
+    write_json(args.out, report)
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 5 and sys.argv[1] in PRECISIONS:  # one run, in its own interpreter (``_run``)
+        train_once(sys.argv[1], int(sys.argv[2]), json.loads(sys.argv[3]), Path(sys.argv[4]))
+    else:
+        sys.exit(main())
