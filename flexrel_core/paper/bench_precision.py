@@ -27,11 +27,20 @@ import torch
 
 from ..workbook.config import PRECISIONS, TrainConfig
 from ..workbook.pipeline import trained_model
+from ..workbook.profiles import read_profile
 
 # torch's capability names (``torch.backends.cpu.get_cpu_capability``) -> the next narrower one's value for
 # ``ATEN_CPU_CAPABILITY``.
 NARROWER = {"AVX512": "avx2", "AVX2": "default"}
-DEFAULT_SETTING = {"dataset": "mnist5k", "image_size": 28, "model": "vgg_mnist", "lr": 2e-3}
+
+
+def default_setting() -> tuple[dict, int]:
+    """The default profile's dense model (its ``TrainConfig`` fields, seed 0) and its epochs."""
+    cfg = TrainConfig.from_mapping(read_profile("default")["common"])
+    fields = {
+        f: getattr(cfg, f) for f in ("dataset", "image_size", "resize", "model", "batch_norm", "lr", "batch_size")
+    }
+    return fields, cfg.epochs
 
 
 def train_once(precision: str, epochs: int, setting: dict, out: Path) -> None:
@@ -57,9 +66,12 @@ def _run(precision: str, epochs: int, setting: dict, out: Path, capability: str 
     return torch.load(out)
 
 
-def precision_bench(epochs: int = 15, setting: dict | None = None) -> dict:
-    """Both precisions under this machine's kernels and the next narrower ones (see the module docstring)."""
-    setting = DEFAULT_SETTING if setting is None else setting
+def precision_bench(epochs: int | None = None, setting: dict | None = None) -> dict:
+    """Both precisions under this machine's kernels and the next narrower ones (see the module docstring);
+    ``setting``/``epochs`` default to the default profile's."""
+    profile_setting, profile_epochs = default_setting()
+    setting = profile_setting if setting is None else setting
+    epochs = profile_epochs if epochs is None else epochs
     here = torch.backends.cpu.get_cpu_capability()
     other = NARROWER.get(here)
     rows = []
@@ -109,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="results/bench_precision.json")
-    parser.add_argument("--epochs", type=int, default=15)
+    parser.add_argument("--epochs", type=int, default=None, help="default: the default profile's")
     args = parser.parse_args(argv)
     report = precision_bench(args.epochs)
     print("\n".join(describe(report)))
