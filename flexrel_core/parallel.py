@@ -11,6 +11,13 @@ again. Tasks and results travel pickled; whatever a task computes on the way is 
 shared cache atomically (``workbook.cache``), so the caller and later notebooks read it back. A task
 gives the same numbers whichever worker runs it: every stage seeds itself from its configuration.
 
+Workers ignore SIGINT from their start (they are spawned while the caller ignores it, and inherit that):
+an interrupt (Ctrl-C, a kernel's interrupt or shutdown, which signal the whole process group) is the
+calling process's to handle, and idle or starting workers would otherwise each print a
+``KeyboardInterrupt`` traceback on the way out. An interrupted sweep terminates its workers (their
+running tasks are abandoned; what they had cached stays valid, being written atomically); at exit the
+pools are shut down cleanly.
+
 ``FLEXREL_WORKERS`` overrides the number of workers (``1``: everything in the calling process).
 """
 
@@ -20,7 +27,10 @@ import atexit
 import concurrent.futures as cf
 import multiprocessing
 import os
-from collections.abc import Callable, Sequence
+import signal
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -48,6 +58,7 @@ def cpu_workers(tasks: int, device: str | torch.device = "cpu") -> int:
 
 
 def _start_worker(threads: int) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the caller handles interrupts (module docstring)
     torch.set_num_threads(threads)
 
 
@@ -58,6 +69,31 @@ def _pool(workers: int, threads: int) -> cf.ProcessPoolExecutor:
             workers, mp_context=multiprocessing.get_context("spawn"), initializer=_start_worker, initargs=(threads,)
         )
     return _POOLS[key]
+
+
+@contextmanager
+def _sigint_ignored() -> Iterator[None]:
+    """SIGINT ignored in this process for the block, so that the workers it spawns inherit that (Python
+    installs its KeyboardInterrupt handler only where SIGINT is not ignored); outside the main thread,
+    where signals cannot be set, the workers' initializer ignores it once they run."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _terminate(key: tuple[int, int]) -> None:
+    """Stop the pool ``key`` at once: its workers are terminated, its pending tasks dropped."""
+    pool = _POOLS.pop(key, None)
+    if pool is None:
+        return
+    for process in list((getattr(pool, "_processes", None) or {}).values()):  # no public API before 3.14
+        process.terminate()
+    pool.shutdown(wait=True, cancel_futures=True)
 
 
 @atexit.register
@@ -96,7 +132,8 @@ def run_tasks(
                 bar.update(size(task))
             return results
         pool = _pool(n, threads)
-        futures = {pool.submit(fn, task): i for i, task in enumerate(tasks)}
+        with _sigint_ignored():  # ProcessPoolExecutor spawns its workers as tasks are submitted
+            futures = {pool.submit(fn, task): i for i, task in enumerate(tasks)}
         results: list[Any] = [None] * len(tasks)
         try:
             for future in cf.as_completed(futures):
@@ -109,6 +146,9 @@ def run_tasks(
                 except Exception as err:
                     raise RuntimeError(f"{getattr(fn, '__name__', fn)} failed on task {tasks[i]!r}: {err}") from err
                 bar.update(size(tasks[i]))
+        except KeyboardInterrupt:
+            _terminate((n, threads))
+            raise
         finally:
             for future in futures:
                 future.cancel()

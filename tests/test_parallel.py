@@ -79,3 +79,36 @@ def test_the_standardised_data_do_not_depend_on_the_thread_count():
         with torch_threads(threads):
             splits[threads] = tensors(load_dataset("mnist5k", seed=1).train)[0]
     assert torch.equal(splits[1], splits[2])
+
+
+_INTERRUPTED = """
+import math, os, signal, sys, time
+from flexrel_core import parallel
+assert parallel.run_tasks(math.isqrt, [1, 4], workers=2) == [1, 2]  # two idle workers from here on
+start = time.perf_counter()
+try:
+    if sys.argv[1] == "busy":  # the interrupt comes while both workers sleep in a task
+        signal.setitimer(signal.ITIMER_REAL, 1.0)
+        signal.signal(signal.SIGALRM, lambda *_: os.killpg(os.getpgid(0), signal.SIGINT))
+        parallel.run_tasks(time.sleep, [60, 60], workers=2)
+    else:  # idle workers, as when a kernel shuts down after a sweep
+        os.killpg(os.getpgid(0), signal.SIGINT)
+        time.sleep(5)
+except KeyboardInterrupt:
+    print(f"interrupted after {time.perf_counter() - start:.1f} s")
+"""
+
+
+@pytest.mark.parametrize("when", ["idle", "busy"])
+def test_an_interrupt_of_the_process_group_ends_workers_without_tracebacks(when):
+    """A kernel's interrupt or shutdown signals its whole process group: the workers leave quietly (no
+    ``KeyboardInterrupt`` traceback each), and a sweep in progress stops at once rather than at its end."""
+    import subprocess
+    import sys
+
+    run = subprocess.run(
+        [sys.executable, "-c", _INTERRUPTED, when], capture_output=True, text=True, timeout=50, start_new_session=True
+    )
+    assert run.returncode == 0, run.stderr
+    assert "Traceback" not in run.stderr and "KeyboardInterrupt" not in run.stderr, run.stderr
+    assert float(run.stdout.split()[-2]) < 10  # not the tasks' 60 s
