@@ -99,16 +99,16 @@ reproduce: $(RESULTS)/REPORT.md
 
 # Every notebook's parameters are checked (types, documented ranges) before the first one runs.
 check-profile: setup
-	$(PY) -m flexrel_core.workbook.profiles $(PROFILE)
+	@$(PY) -m flexrel_core.workbook.profiles $(PROFILE)
 
 $(RESULTS)/.runs/%.done: notebooks/%.ipynb $(LIBRARY) $(wildcard profiles/$(PROFILE)/*.yaml) | check-profile
-	$(PY) -m flexrel_core.workbook.runner $< --profile $(PROFILE)
-	mkdir -p $(@D) && touch $@
+	@$(PY) -m flexrel_core.workbook.runner $< --profile $(PROFILE)
+	@mkdir -p $(@D) && touch $@
 
 # Every verdict of the run (claims.csv, with whether a rerun can turn it) heads the report.
 $(RESULTS)/REPORT.md: $(NB_OUT) | setup
-	$(PY) -m flexrel_core.paper.claims --profile $(PROFILE)
-	$(PY) -m flexrel_core.workbook.report --profile $(PROFILE)
+	@$(PY) -m flexrel_core.paper.claims --profile $(PROFILE)
+	@$(PY) -m flexrel_core.workbook.report --profile $(PROFILE)
 
 # After `make reproduce`: does this machine give the committed verdicts? e.g. `make compare REF=HEAD`
 # (the committed results/$(PROFILE)/), a commit, a branch, or the folder of another run.

@@ -8,8 +8,13 @@ terminal and the exit code is non-zero. SIGTERM ends the run like Ctrl-C (the te
 removed), and a temporary copy left by a run that was killed outright is removed by the next run.
 The executed copy records the commit it ran at, whether the working tree differed from it, and the
 machine (CPU, torch's instruction set: ``provenance.machine``), in a note under its title and in its
-metadata (``flexrel``). Kernel ``python3``; progress bars in
-console mode; logs streamed (``--log-output``).
+metadata (``flexrel``). Kernel ``python3``.
+
+The terminal stays quiet: one line per notebook (its name, wall and CPU time, where the executed copy
+went and its log), the progress bars of long stages and any warning (the kernel's stderr), and on failure
+the error with the cell that raised it. The kernel's whole stream output (log lines, progress bars,
+warnings) goes to ``results/<profile>/<name>.log``; cell outputs (tables, figures) stay in the executed
+notebook, never echoed; papermill's own chatter and the kernel's start-up warnings are silenced.
 
 The executed copy is what a reader sees, so it is written clean (``clean_notebook``): stream
 output (log lines, progress bars, warnings) went to the terminal as the cells ran and is not kept
@@ -53,6 +58,8 @@ def run_notebook(
     params.update(extra or {})
     params["results_root"] = _shown(Path(results_root))
     out = results_dir(profile, results_root) / "notebooks" / notebook.name
+    log_path = results_dir(profile, results_root) / f"{notebook.stem}.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("FLEXREL_PROGRESS", "console")
     provenance = {"profile": profile, **git_state(), "libraries": library_versions(), "machine": machine()}
 
@@ -61,26 +68,34 @@ def run_notebook(
 
     def execute(tmp: str) -> None:
         pm_log.addFilter(known)
+        level = pm_log.level
+        pm_log.setLevel(logging.WARNING)  # not its "Input Notebook: ..." lines
         backend = os.environ.get("MPLBACKEND")
         os.environ["MPLBACKEND"] = INLINE_BACKEND  # the kernel inherits it: figures show in their cells
         try:
-            papermill.execute_notebook(
-                str(notebook),
-                tmp,
-                parameters=params,
-                kernel_name="python3",
-                cwd=str(REPO_ROOT),
-                log_output=True,
-                progress_bar=False,
-                language="python",
-            )
+            with open(log_path, "w") as log:
+                papermill.execute_notebook(
+                    str(notebook),
+                    tmp,
+                    parameters=params,
+                    kernel_name="python3",
+                    cwd=str(REPO_ROOT),
+                    log_output=False,  # cell outputs stay in the notebook
+                    stdout_file=log,  # the kernel's log lines
+                    stderr_file=Tee(log, sys.stderr),  # progress bars and warnings: the terminal sees them too
+                    progress_bar=False,
+                    language="python",
+                    extra_arguments=["--IPKernelApp.log_level=ERROR"],  # not its start-up warnings
+                )
         except PapermillExecutionError as err:
             raise NotebookFailed(
                 f"{notebook.name} failed in cell {err.exec_count}:\n{err.ename}: {err.evalue}\n"
                 + "".join(err.traceback)
+                + f"\n(the kernel's log up to the failure: {_shown(log_path)})"
             ) from None
         finally:
             pm_log.removeFilter(known)
+            pm_log.setLevel(level)
             if backend is None:
                 os.environ.pop("MPLBACKEND", None)
             else:
@@ -90,8 +105,10 @@ def run_notebook(
 
     start, cpu = time.time(), _children_cpu_s()
     atomic_write(out, execute)
-    logging.getLogger(__name__).info(
-        "%s done in %.1f s (%.0f CPU s) -> %s", notebook.name, time.time() - start, _children_cpu_s() - cpu, out
+    print(
+        f"{notebook.stem}: done in {time.time() - start:.1f} s ({_children_cpu_s() - cpu:.0f} CPU s) -> "
+        f"{_shown(out)}, figures and tables in {_shown(out.parent.parent)}/ (log: {_shown(log_path)})",
+        flush=True,
     )
     return out
 
@@ -185,6 +202,22 @@ class KnownParameters(logging.Filter):
         prefix = "Passed unknown parameter: "
         message = record.getMessage()
         return not (message.startswith(prefix) and message[len(prefix) :] in self.names)
+
+
+class Tee:
+    """A text stream that writes to several (the notebook's log and the terminal)."""
+
+    def __init__(self, *streams) -> None:
+        self.streams = streams
+
+    def write(self, text: str) -> int:
+        for stream in self.streams:
+            stream.write(text)
+        return len(text)
+
+    def flush(self) -> None:
+        for stream in self.streams:
+            stream.flush()
 
 
 class NotebookFailed(RuntimeError):

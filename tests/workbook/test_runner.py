@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from notebooks_util import write_notebook
@@ -36,7 +37,8 @@ def test_failing_notebook_reports_traceback_and_leaves_no_output(tmp_path, no_pr
     with pytest.raises(NotebookFailed, match="kaput"):
         run_notebook(nb, "quick", tmp_path / "results")
     assert not (tmp_path / "results" / "quick" / "notebooks" / "boom.ipynb").exists()
-    assert not [p for p in (tmp_path / "results").rglob("*") if p.is_file()]
+    left = [p.relative_to(tmp_path / "results") for p in (tmp_path / "results").rglob("*") if p.is_file()]
+    assert left == [Path("quick/boom.log")]  # the kernel's log, kept for the reader of the error; no notebook
 
 
 def test_bad_parameters_are_refused_before_the_kernel_starts(tmp_path, no_profile):
@@ -90,6 +92,38 @@ def test_sigterm_leaves_no_temporary_notebook(tmp_path):
     output, _ = proc.communicate(timeout=60)
     assert proc.returncode != 0, output
     assert not [p.name for p in folder.iterdir()], output
+
+
+@pytest.mark.notebook
+def test_the_terminal_gets_one_line_per_notebook_its_progress_and_warnings(tmp_path):
+    """Run as `make reproduce` runs it: stdout is the notebook's one line; stderr has its progress bars and
+    warnings but neither the kernel's start-up warning nor cell outputs; the log file has every stream."""
+    body = (
+        "import logging, sys, warnings\n"
+        "import pandas as pd\n"
+        "logging.basicConfig(level=logging.INFO, stream=sys.stdout, force=True)\n"
+        "logging.getLogger('x').info('training for %d epochs', epochs)\n"
+        "print('\\rbar 50%', file=sys.stderr)\n"
+        "warnings.warn('careful')\n"
+        "display(pd.DataFrame({'column_shown_in_the_notebook': [1, 2]}))"
+    )
+    nb = write_notebook(tmp_path / "quiet.ipynb", PARAMS, body)
+    results = tmp_path / "results"
+    driver = (
+        "import sys, flexrel_core.workbook.profiles as p; p.read_profile = lambda *a: {}; "
+        "from flexrel_core.workbook.runner import main; sys.exit(main(sys.argv[1:]))"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", driver, str(nb), "--profile", "quick", "--results-root", str(results)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    lines = run.stdout.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("quiet: done in") and "quiet.log" in lines[0], run.stdout
+    assert "bar 50%" in run.stderr and "careful" in run.stderr
+    assert "without encryption" not in run.stderr and "column_shown_in_the_notebook" not in run.stderr + run.stdout
+    log = (results / "quick" / "quiet.log").read_text()
+    assert "training for 1 epochs" in log and "bar 50%" in log and "training" not in run.stderr
 
 
 @pytest.mark.notebook
