@@ -3,6 +3,10 @@
 - ``timings``: wall times of repeated calls after a warm-up (CUDA synchronised around each call);
   callers report the median (benchmarks) or the minimum (``timeit``'s advice: least disturbed by
   other load) and say which.
+- ``interleaved_timings``: the same for several calls that are compared with each other, timed in
+  rounds (one call of each per round, the order rotated from round to round), so that a drift of the
+  machine's speed (another load, the CPU's clock, a cache warming up) falls on every call alike rather
+  than on whichever was timed last; the per-round differences of two calls are paired.
 - ``peak_tensor_bytes``: the peak of *tensor* memory a call allocates above what was allocated
   before it -- the caching allocator's statistics on CUDA, the running sum of ``torch.profiler``'s
   allocation events on the CPU. It ignores the allocator's own overhead and non-tensor memory.
@@ -44,6 +48,29 @@ def timings(fn: Callable[[], object], device: str | torch.device = "cpu", repeat
         fn()
         _sync(device)
         times.append(time.perf_counter() - start)
+    return times
+
+
+def interleaved_timings(
+    fns: dict[str, Callable[[], object]], device: str | torch.device = "cpu", repeats: int = 5
+) -> dict[str, list[float]]:
+    """Wall seconds of ``repeats`` rounds of calls, one call of each of ``fns`` per round after one warm-up
+    call of each; round ``r`` starts at the ``r``-th call (mod ``len(fns)``), so that each call takes each
+    place in the order equally often. Returns ``{name: [seconds of round 0, round 1, ...]}``."""
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats}")
+    device = torch.device(device)
+    names = list(fns)
+    for name in names:
+        fns[name]()
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(repeats):
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            _sync(device)
+            start = time.perf_counter()
+            fns[name]()
+            _sync(device)
+            times[name].append(time.perf_counter() - start)
     return times
 
 

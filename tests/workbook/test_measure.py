@@ -6,9 +6,10 @@ import os
 import subprocess
 import sys
 
+import pytest
 import torch
 
-from flexrel_core.workbook.measure import peak_tensor_bytes, timings
+from flexrel_core.workbook.measure import interleaved_timings, peak_tensor_bytes, timings
 
 
 def test_peak_tensor_bytes_sees_a_known_allocation():
@@ -40,3 +41,13 @@ def test_timings_call_after_a_warm_up():
     calls = []
     times = timings(lambda: calls.append(1), repeats=3)
     assert len(times) == 3 and len(calls) == 4 and all(t >= 0 for t in times)
+
+
+def test_interleaved_timings_rotate_the_order_of_the_calls():
+    calls = []
+    times = interleaved_timings({k: (lambda k=k: calls.append(k)) for k in "abc"}, repeats=4)
+    assert calls == list("abc") + list("abcbcacababc")  # a warm-up of each, then rotated rounds
+    assert {k: len(v) for k, v in times.items()} == {"a": 4, "b": 4, "c": 4}
+    assert all(t >= 0 for v in times.values() for t in v)
+    with pytest.raises(ValueError, match="repeats must be >= 1"):
+        interleaved_timings({"a": lambda: None}, repeats=0)
