@@ -15,8 +15,11 @@ before these columns existed reads the same way. Kinds:
 - ``choice``: a value chosen on validation data (Figure 4's δ), robust when every leave-one-seed-out
   subsample chooses the same.
 
-``python -m flexrel_core.paper.claims --profile default`` writes ``claims.csv`` and the report's
-"Verdicts at a glance" section (``report/claims.md``) from a run's folder.
+- the paper's four claims (item ``paper``, ``checked``), each read from the claims above.
+
+``python -m flexrel_core.paper.claims --profile default`` writes ``claims.csv``, the report's first
+section, "The paper's claims, checked" (``report/checked.md``), and its closing one, "All verdicts"
+(``report/claims.md``), from a run's folder.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ import pandas as pd
 from ..workbook.outputs import save_table, write_report_section
 from ..workbook.paths import REPO_ROOT, results_dir
 from ..workbook.stats import direction, robustness
-from . import fig2, fig4
+from . import checked, fig2, fig4
 from . import robustness as map_
 from .fig3_report import CLAIM
 
@@ -186,7 +189,8 @@ def claims(folder: str | Path) -> pd.DataFrame:
     """Every claim the run in ``folder`` (a ``results/<profile>/``) states; columns ``COLUMNS``."""
     folder = Path(folder)
     rows = [row for csv, read in READERS.values() if (folder / csv).exists() for row in read(folder)]
-    return pd.DataFrame(rows, columns=COLUMNS)
+    table = pd.DataFrame(rows, columns=COLUMNS)
+    return pd.concat([table, pd.DataFrame(checked.rows(folder, table), columns=COLUMNS)], ignore_index=True)
 
 
 def shown(r) -> str:
@@ -197,7 +201,7 @@ def shown(r) -> str:
 
 
 def at_a_glance(table: pd.DataFrame) -> str:
-    """The report's first section: how many verdicts are robust per paper item, the rule, and the
+    """The report's closing section: how many verdicts are robust per paper item, the rule, and the
     headline claims (Figure 2's claim per condition and schedule, Figure 3 against 35 %, Figure 4's δ,
     every cell of the map, FlexRel against each data-aware baseline)."""
     robust = table[table["robust"] == "robust"]
@@ -205,7 +209,7 @@ def at_a_glance(table: pd.DataFrame) -> str:
         f"{item} {int((g['robust'] == 'robust').sum())} of {len(g)}" for item, g in table.groupby("item", sort=False)
     )
     lines = [
-        "## Verdicts at a glance",
+        "## All verdicts, and when a verdict is robust",
         "",
         f"{len(table)} verdicts in this report, **{len(robust)} robust** ({per_item}). A difference is *robust* when "
         "its 95 % interval clears its reference (0, or 35 % for Figure 3's saving against magnitude) by at least its "
@@ -214,7 +218,7 @@ def at_a_glance(table: pd.DataFrame) -> str:
         "between equivalent methods. A verdict built from several intervals (Figure 2's claim, a cell of the map) is "
         "robust when no direction its marginal parts can take turns it; Figure 4's δ, chosen on validation data, when "
         "every leave-one-seed-out subsample chooses the same. A rerun on another CPU can move some numbers (see the "
-        "machine line above: what float64 training keeps and what it does not): marginal verdicts are the ones it "
+        "section below: what float64 training keeps and what it does not): marginal verdicts are the ones it "
         "can turn, marked *(marginal)* wherever they appear. Every verdict is in `claims.csv`; "
         "`make compare REF=<git ref or folder>` compares two runs claim by claim.",
         "",
@@ -240,7 +244,9 @@ def main(argv: list[str] | None = None) -> int:
     folder = results_dir(args.profile, args.results_root)
     table = claims(folder)
     save_table(table, folder, "claims")
-    print(write_report_section(folder, "claims", at_a_glance(table)))
+    write_report_section(folder, "checked", checked.section(folder, table))
+    write_report_section(folder, "claims", at_a_glance(table))
+    print(f"{len(table)} claims ({int((table['robust'] == 'robust').sum())} robust) -> {folder / 'claims.csv'}")
     return 0
 
 

@@ -111,7 +111,7 @@ def markdown(table: pd.DataFrame, current: str, reference: str) -> str:
         f"{s['claims']} claims in both runs ({s['current_only']} only in the current run, {s['reference_only']} only "
         "in the reference). A claim is a verdict of the report (`claims.csv`); *robust* verdicts clear 0 by at "
         "least their interval's half-width on at least 5 paired seeds, *marginal* ones do not (REPORT.md, "
-        '"Verdicts at a glance").',
+        '"All verdicts, and when a verdict is robust").',
         "",
         "| | agreement |",
         "|---|---|",

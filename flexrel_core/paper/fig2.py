@@ -335,7 +335,7 @@ def report(df: pd.DataFrame, summary: pd.DataFrame, *, delta: float, fine_tune_e
         "",
         "Pruning factor reached within 1, 2 and 5 points of the dense accuracy (mean over seeds of each seed's "
         "highest p whose accuracy, at every p of the grid up to it, stays within the band), and FlexRel's paired "
-        "gain over magnitude (*marginal*: a verdict a rerun can turn, see “Verdicts at a glance”):",
+        "gain over magnitude (*marginal*: a verdict a rerun can turn, see “All verdicts” at the end):",
         "",
         "| condition | schedule | within (points) | magnitude | relevance | FlexRel | FlexRel − magnitude [95 % CI] "
         "| supports |",

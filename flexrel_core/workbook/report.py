@@ -3,9 +3,11 @@ the small formatting helpers those sections share.
 
 Each notebook writes ``results/<profile>/report/<notebook>.md`` (``outputs.write_report_section``)
 with its numbers and its plain-words verdict on the paper's claim; this module puts them in paper
-order under a header naming the profile, its parameters, the commit (and, when the working tree
-had uncommitted changes, which files differed from it) and the machine the notebooks recorded, and
-links the executed notebooks. Each section shows its figures inline (``figure_links``: every
+order under a short header naming the profile, the commit (and, when the working tree had uncommitted
+changes, which files differed from it) and the machine the notebooks recorded, with links to the
+executed notebooks. The paper's four claims, checked (``paper.checked``) come first; every verdict with
+the robustness rule, what another machine's numerics can change, and the profile's parameters close it.
+Each section shows its figures inline (``figure_links``: every
 ``<notebook>*.png`` beside REPORT.md, as relative links that render on a code-hosting site). A
 report of a smoke-test profile (``quick``) says at its top that its numbers and verdicts mean nothing.
 """
@@ -23,9 +25,11 @@ from .cache import write_text
 from .paths import REPO_ROOT, profile_dir, results_dir
 from .provenance import describe_commit, describe_machine, git_state
 
-# "claims" (every verdict at a glance, written after the notebooks by ``paper.claims``) comes first.
+# "checked" (the paper's claims) and "claims" (every verdict), written after the notebooks by ``paper.claims``,
+# open and close the report.
 ORDER = (
-    "claims", "method", "fig1", "fig2", "baselines", "fig3", "fig4", "ablations", "robustness", "table1", "explore"
+    "checked", "method", "fig1", "fig2", "baselines", "fig3", "fig4", "ablations", "robustness", "table1", "explore",
+    "claims",
 )  # fmt: skip
 # Profiles that only check that the code runs end to end: their reports say so first.
 SMOKE_TESTS = {
@@ -68,25 +72,31 @@ def notebook_runs(folder: str | Path) -> dict[str, str]:
 
 
 def machine_lines(folder: str | Path) -> list[str]:
-    """The report's lines on what machine computed the notebooks, and what another one would change."""
+    """The report's line(s) on what machine computed the notebooks."""
     machines = {nb: describe_machine((meta or {}).get("machine")) for nb, meta in run_records(folder).items()}
     if not machines:
         return []
     kinds = sorted(set(machines.values()))
-    where = (
-        [f"Computed on {kinds[0]}."]
-        if len(kinds) == 1
-        else ["The notebooks ran on different machines:", "", *(f"- `{nb}`: {m}" for nb, m in machines.items()), ""]
-    )
-    return where + [
+    if len(kinds) == 1:
+        return [f"Computed on {kinds[0]}."]
+    return ["The notebooks ran on different machines:", "", *(f"- `{nb}`: {m}" for nb, m in machines.items()), ""]
+
+
+def numerics_section() -> str:
+    """The report's section on what another machine's numerics can change."""
+    return "\n".join([
+        "## Numerics: what another machine can change",
+        "",
         "Another CPU (another instruction set, another torch build) rounds sums in another order, and training",
         "amplifies the difference: in float32 within a few epochs into another model. The dense models are",
-        "therefore trained in float64, where it usually stays below float32's resolution, so that the rounded",
-        "weights are the same (not always: some of the map's longer trainings on digits still drift apart);",
-        "pruning, fine-tuning and evaluation run in float32, where a rerun can still move a fine-tuned accuracy",
-        "a little: verdicts marked *(marginal)* can turn, robust ones should not (“Verdicts at a glance”;",
-        "`make compare REF=<ref>` checks a rerun; the README gives a measured comparison).",
-    ]
+        "therefore trained in float64 and rounded to float32 once: under torch's AVX-512 and AVX2 kernels the",
+        "default model then ends with the same float32 weights but for a few, under AVX2 and no-vector kernels",
+        "about 1e-6 apart (relative) with most weights a last bit apart (`make bench-precision`), and some of",
+        "the map's longer trainings on digits drift further. Pruning, fine-tuning and evaluation run in float32,",
+        "where a rerun can still move a fine-tuned accuracy a little: verdicts marked *(marginal)* can turn,",
+        "robust ones should not (“All verdicts, and when a verdict is robust”; `make compare REF=<ref>` checks a",
+        "rerun; the README gives a measured comparison).",
+    ]) + "\n"  # fmt: skip
 
 
 def figure_links(folder: str | Path, name: str) -> list[str]:
@@ -136,7 +146,7 @@ def assemble(profile: str, results_root: str | Path = REPO_ROOT / "results") -> 
         header += ["Not every notebook ran at that commit; each ran at:", ""]
         header += [f"- `{nb}`: {commit}" for nb, commit in runs.items()] + [""]
     body = [with_figures(p.read_text().strip(), figure_links(folder, p.stem)) + "\n" for p in sections]
-    body = body or ["_No notebook has written a section yet._\n"]
+    body = (body or ["_No notebook has written a section yet._\n"]) + [numerics_section()]
     config = ["## Configuration", ""]
     for path in sorted(profile_dir(profile).glob("*.yaml")):
         config += [f"`{path.relative_to(REPO_ROOT)}`:", "", "```yaml", path.read_text().strip(), "```", ""]

@@ -59,9 +59,13 @@ def test_the_claims_are_the_verdicts_the_notebooks_computed(run_quick):
     t = claims.claims(out).set_index("claim")
     # fig3 too where an earlier test of the session ran its notebook in the shared quick results
     assert (
-        {"fig2", "baselines", "fig4", "ablations", "map"}
+        {"fig2", "baselines", "fig4", "ablations", "map", "paper"}
         <= set(t["item"])
-        <= {"fig2", "baselines", "fig3", "fig4", "ablations", "map"}
+        <= {"fig2", "baselines", "fig3", "fig4", "ablations", "map", "paper"}
+    )
+    paper = t[t["item"] == "paper"]  # the paper's claims, each read back from the item's own claim
+    assert paper.loc["paper · higher pruning factors at the same accuracy", "mean"] == pytest.approx(
+        t.loc["fig2 · reach within 2 points · in-distribution · one-shot · flexrel − magnitude", "mean"]
     )
     assert set(t["robust"]) <= {"robust", "marginal", "undetermined"}
     summary = pd.read_csv(out / "fig2_summary.csv")
@@ -97,9 +101,10 @@ def test_a_run_compared_with_itself_agrees_everywhere_and_a_perturbed_copy_shows
     assert turned == [
         "fig2 · reach within 2 points · shifted · one-shot · flexrel − magnitude",
         "fig2 · the claim · shifted · one-shot",
+        "paper · higher pruning factors at the same accuracy",  # the paper's claim, read from Figure 2's
     ]
     text = compare.markdown(table, "current", "reference")
-    assert "## Verdicts that turned (2)" in text and "holds partly" in text
+    assert "## Verdicts that turned (3)" in text and "holds partly" in text
     assert compare.summary(table)["same_verdict_robust_in_reference"].startswith("2 of 2")  # only marginal ones turned
 
 
@@ -113,6 +118,6 @@ def test_compare_reads_a_git_ref_and_refuses_what_is_neither_ref_nor_folder(tmp_
     subprocess.run([*git, "commit", "-qm", "a run"], check=True)
     shutil.rmtree(repo / "results")  # the working tree no longer holds it: the ref does
     folder, name = compare.resolve("HEAD", "default", tmp_path / "work", repo=repo)
-    assert name.startswith("git ref `HEAD`") and len(claims.claims(folder)) == 5
+    assert name.startswith("git ref `HEAD`") and len(claims.claims(folder)) == 6  # 5 and the paper's
     with pytest.raises(ValueError, match="neither a folder nor a git ref"):
         compare.resolve("no-such-ref", "default", tmp_path / "work2", repo=repo)

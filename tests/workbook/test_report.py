@@ -74,3 +74,16 @@ def test_sections_show_their_figures_inline_and_quick_says_it_is_a_smoke_test(tm
         assert "Executed notebooks: [method](notebooks/method.ipynb), [fig3](notebooks/fig3.ipynb)." in text
         assert (SMOKE_TESTS["quick"] in text) == (profile == "quick")
     assert text.index("Figure 1") < text.index("Figure 3")
+
+
+def test_the_papers_claims_open_the_report_and_every_verdict_and_the_numerics_close_it(tmp_path):
+    from flexrel_core.workbook.outputs import write_report_section
+    from flexrel_core.workbook.report import assemble
+
+    folder = tmp_path / "default"
+    for name, heading in (("claims", "All verdicts"), ("fig2", "Figure 2"), ("checked", "The paper's claims")):
+        write_report_section(folder, name, f"## {heading}\n\nnumbers")
+    text = assemble("default", tmp_path).read_text()
+    order = ["## The paper's claims", "## Figure 2", "## All verdicts", "## Numerics", "## Configuration"]
+    assert [text.index(h) for h in order] == sorted(text.index(h) for h in order)
+    assert "float64" not in text[: text.index("## The paper's claims")]  # the numerics moved to the end
