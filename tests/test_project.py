@@ -175,3 +175,37 @@ def test_make_test_is_what_ci_runs():
     assert pytest_lines, plan  # the whole suite: no -m selection, nothing deselected
     makefile = (REPO_ROOT / "Makefile").read_text()
     assert "PYTHONPATH" not in makefile
+
+
+def _readable_text(path: Path) -> str:
+    """A committed result's text, without the base64 payload of a notebook's images (whose alphabet has '/')."""
+    text = path.read_text(errors="replace")
+    if path.suffix != ".ipynb":
+        return text
+    nb = nbformat.reads(text, as_version=4)
+    for cell in nb.cells:
+        for output in cell.get("outputs", []):
+            for kind in [k for k in output.get("data", {}) if k.startswith("image/") and k != "image/svg+xml"]:
+                del output["data"][kind]
+    return nbformat.writes(nb)
+
+
+def test_committed_results_name_no_folder_of_the_machine_that_made_them():
+    """A committed report, CSV, JSON or notebook shows paths relative to the repository (or the last parts of
+    a folder outside it), never where the repository, the home or the temporary folder lay."""
+    import tempfile
+
+    files = subprocess.run(["git", "ls-files", "results"], cwd=REPO_ROOT, capture_output=True, text=True).stdout
+    machine = re.compile(
+        "|".join(
+            re.escape(p.rstrip("/") + "/") for p in {str(REPO_ROOT.parent), tempfile.gettempdir(), str(Path.home())}
+        )
+        + r"|(?<![\w.~/-])/(?:work|tmp|root|home|Users|mnt|scratch)/[\w.-]+/"
+    )
+    found = {}
+    for name in files.split():
+        path = REPO_ROOT / name
+        if path.suffix in {".md", ".csv", ".json", ".ipynb", ".txt"} and path.exists():
+            if hit := machine.search(_readable_text(path)):
+                found[name] = hit.group(0)
+    assert not found, found

@@ -34,7 +34,7 @@ import pandas as pd
 
 from ..workbook.outputs import save_table, write_report_section
 from ..workbook.paths import REPO_ROOT, results_dir
-from ..workbook.stats import direction, robustness
+from ..workbook.stats import UNDETERMINED, direction, robustness
 from . import checked, fig2, fig4
 from . import robustness as map_
 from .fig3_report import CLAIM
@@ -220,7 +220,7 @@ def at_a_glance(table: pd.DataFrame) -> str:
         "every leave-one-seed-out subsample chooses the same. A rerun on another CPU can move some numbers (see the "
         "section below: what float64 training keeps and what it does not): marginal verdicts are the ones it "
         "can turn, marked *(marginal)* wherever they appear. Every verdict is in `claims.csv`; "
-        "`make compare REF=<git ref or folder>` compares two runs claim by claim.",
+        "`make compare REF=<git ref or folder>` compares two runs claim by claim. " + UNDETERMINED,
         "",
         "| claim | verdict | robust |",
         "|---|---|---|",

@@ -28,8 +28,9 @@ import pandas as pd
 
 from ..workbook.cache import write_text
 from ..workbook.outputs import save_table
-from ..workbook.paths import REPO_ROOT, results_dir
+from ..workbook.paths import REPO_ROOT, results_dir, shown
 from ..workbook.provenance import describe_machine
+from ..workbook.stats import UNDETERMINED
 from .claims import claims
 
 SIDES = ("current", "reference")
@@ -111,7 +112,7 @@ def markdown(table: pd.DataFrame, current: str, reference: str) -> str:
         f"{s['claims']} claims in both runs ({s['current_only']} only in the current run, {s['reference_only']} only "
         "in the reference). A claim is a verdict of the report (`claims.csv`); *robust* verdicts clear 0 by at "
         "least their interval's half-width on at least 5 paired seeds, *marginal* ones do not (REPORT.md, "
-        '"All verdicts, and when a verdict is robust").',
+        '"All verdicts, and when a verdict is robust"). ' + UNDETERMINED,
         "",
         "| | agreement |",
         "|---|---|",
@@ -167,22 +168,41 @@ def resolve(ref: str, profile: str, workdir: Path, repo: str | Path = REPO_ROOT)
     ``results/<profile>/`` of git ref ``ref`` of ``repo`` extracted under ``workdir`` (``git archive``)."""
     path = Path(ref)
     if path.is_dir():
-        return path, f"folder `{ref}`"
+        return path, f"folder `{shown(path, committed=True)}`"
     try:
         commit = subprocess.run(
             ["git", "rev-parse", "--short=12", f"{ref}^{{commit}}"], cwd=repo, capture_output=True, text=True,
             check=True,
         ).stdout.strip()  # fmt: skip
+    except subprocess.CalledProcessError as err:
+        raise ValueError(
+            f"REF={ref!r} is neither a folder nor a git ref (git: {err.stderr.strip()}); give a commit, a branch, "
+            "a tag or the folder of another run"
+        ) from err
+    listed = subprocess.run(
+        ["git", "ls-tree", "--name-only", commit, f"results/{profile}/"], cwd=repo, capture_output=True, text=True
+    ).stdout
+    if not listed.strip():
+        kept = subprocess.run(
+            ["git", "ls-tree", "--name-only", commit, "results/"], cwd=repo, capture_output=True, text=True
+        ).stdout.split()
+        profiles = sorted(Path(k).name for k in kept if "." not in Path(k).name)
+        raise ValueError(
+            f"commit {commit} ({ref}) holds no results/{profile}/: only "
+            + (", ".join(f"results/{k}/" for k in profiles) or "no profile's results")
+            + (" are" if len(profiles) > 1 else " is")
+            + f" committed. To compare a run of the {profile!r} profile, give the folder of another run of it "
+            f"(e.g. a copy of results/{profile}/ taken before rerunning: REF=/path/to/{profile}), "
+            f"or rerun with PROFILE={profiles[0] if profiles else 'default'} against REF={ref}"
+        )
+    try:
         blob = subprocess.run(
             ["git", "archive", "--format=tar", commit, f"results/{profile}"], cwd=repo, capture_output=True,
             check=True,
         ).stdout  # fmt: skip
     except subprocess.CalledProcessError as err:
         said = err.stderr.decode(errors="replace") if isinstance(err.stderr, bytes) else str(err.stderr or "")
-        raise ValueError(
-            f"REF={ref!r} is neither a folder nor a git ref holding results/{profile}/ (git: {said.strip()}); "
-            "give a commit, a branch, a tag or the folder of another run"
-        ) from err
+        raise ValueError(f"git could not read results/{profile}/ of {ref!r} (git: {said.strip()})") from err
     with tarfile.open(fileobj=BytesIO(blob)) as tar:
         tar.extractall(workdir, filter="data")
     return workdir / "results" / profile, f"git ref `{ref}` ({commit})"

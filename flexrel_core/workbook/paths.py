@@ -17,6 +17,17 @@ PROFILES_ROOT = REPO_ROOT / "profiles"
 PROFILES = ("quick", "default", "paper")  # the profiles shipped; any other folder of profiles/ is one too
 
 
+def shown(path: str | Path, *, committed: bool = False) -> str:
+    """``path`` as a message or a written result should show it: relative to the repository when inside it
+    (``results/default``), else as given -- or, for text that may be committed (``committed``), only its last
+    three parts (``…/runB/results/default``), so that no file names a folder of the machine that wrote it."""
+    path = Path(path)
+    try:
+        return str(path.resolve().relative_to(REPO_ROOT))
+    except ValueError:
+        return "…/" + "/".join(path.resolve().parts[-3:]) if committed else str(path)
+
+
 def available_profiles(profiles_root: str | Path = PROFILES_ROOT) -> list[str]:
     """Every profile: each folder under ``profiles_root`` whose name has no leading dot."""
     root = Path(profiles_root)

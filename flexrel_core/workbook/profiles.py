@@ -19,21 +19,13 @@ import yaml
 
 from ..data import EMBEDDED
 from .parameters import Declaration, check, declarations
-from .paths import PROFILES_ROOT, REPO_ROOT, check_profile
+from .paths import PROFILES_ROOT, REPO_ROOT, check_profile, shown
 
 NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
 
 
 class ProfileError(ValueError):
     """A profile gives a notebook a parameter it does not declare, or a value it cannot take."""
-
-
-def _shown(path: Path) -> str:
-    """``path`` relative to the repository when inside it (messages never need the machine's layout)."""
-    try:
-        return str(path.resolve().relative_to(REPO_ROOT))
-    except ValueError:
-        return str(path)
 
 
 def read_profile(profile: str, profiles_root: str | Path = PROFILES_ROOT) -> dict:
@@ -43,7 +35,7 @@ def read_profile(profile: str, profiles_root: str | Path = PROFILES_ROOT) -> dic
         with open(path) as fh:
             section = yaml.safe_load(fh) or {}
         if not isinstance(section, dict):
-            raise ProfileError(f"{_shown(path)} must hold a mapping of parameter names to literals")
+            raise ProfileError(f"{shown(path)} must hold a mapping of parameter names to literals")
         data[path.stem] = section
     return data
 
@@ -87,21 +79,21 @@ def parameters_for(profile: str, notebook: str | Path, profiles_root: str | Path
     unknown = sorted(set(own) - set(declared))
     if unknown:
         raise ProfileError(
-            f"{_shown(folder / f'{name}.yaml')} gives {name} parameters it does not declare: {unknown}; "
+            f"{shown(folder / f'{name}.yaml')} gives {name} parameters it does not declare: {unknown}; "
             f"its parameters cell declares {sorted(declared)}"
         )
     common = data.get("common") or {}
     known = set().union(*(notebook_parameters(nb) for nb in sorted(Path(notebook).parent.glob("*.ipynb"))))
     if sorted(set(common) - known):
         raise ProfileError(
-            f"{_shown(folder / 'common.yaml')} has parameters no notebook declares: {sorted(set(common) - known)}"
+            f"{shown(folder / 'common.yaml')} has parameters no notebook declares: {sorted(set(common) - known)}"
         )
     missing = {"profile", "results_root"} - set(declared)
     if missing:
         raise ProfileError(f"{notebook} must declare the parameters {sorted(missing)}")
     shared = {k: v for k, v in common.items() if k in declared and k not in own}
-    problems = check_values(shared, declared, _shown(folder / "common.yaml"))
-    problems += check_values(own, declared, _shown(folder / f"{name}.yaml"))
+    problems = check_values(shared, declared, shown(folder / "common.yaml"))
+    problems += check_values(own, declared, shown(folder / f"{name}.yaml"))
     if problems:
         raise ProfileError(f"profile {profile!r} cannot run {Path(notebook).name}:\n  " + "\n  ".join(problems))
     return {**shared, **own, "profile": profile}
@@ -141,7 +133,7 @@ def data_problems(common: dict) -> list[str]:
         return [f"dataset {dataset!r} needs data_root: {what}"]
     path = Path(root) if Path(root).is_absolute() else REPO_ROOT / root
     if not path.is_dir():
-        return [f"data_root {root!r} does not exist ({_shown(path)}); expected {what}"]
+        return [f"data_root {root!r} does not exist ({shown(path)}); expected {what}"]
     return []
 
 

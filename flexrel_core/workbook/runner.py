@@ -37,7 +37,7 @@ from pathlib import Path
 
 from .cache import atomic_write
 from .parameters import check
-from .paths import REPO_ROOT, results_dir
+from .paths import REPO_ROOT, results_dir, shown
 from .profiles import ProfileError, notebook_declarations, parameters_for
 from .provenance import describe_commit, describe_machine, git_state, library_versions, machine
 
@@ -56,7 +56,7 @@ def run_notebook(
     if problems:
         raise ProfileError(f"extra parameters for {notebook.name}: " + "; ".join(problems))
     params.update(extra or {})
-    params["results_root"] = _shown(Path(results_root))
+    params["results_root"] = shown(Path(results_root))
     out = results_dir(profile, results_root) / "notebooks" / notebook.name
     log_path = results_dir(profile, results_root) / f"{notebook.stem}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -91,7 +91,7 @@ def run_notebook(
             raise NotebookFailed(
                 f"{notebook.name} failed in cell {err.exec_count}:\n{err.ename}: {err.evalue}\n"
                 + "".join(err.traceback)
-                + f"\n(the kernel's log up to the failure: {_shown(log_path)})"
+                + f"\n(the kernel's log up to the failure: {shown(log_path)})"
             ) from None
         finally:
             pm_log.removeFilter(known)
@@ -107,7 +107,7 @@ def run_notebook(
     atomic_write(out, execute)
     print(
         f"{notebook.stem}: done in {time.time() - start:.1f} s ({_children_cpu_s() - cpu:.0f} CPU s) -> "
-        f"{_shown(out)}, figures and tables in {_shown(out.parent.parent)}/ (log: {_shown(log_path)})",
+        f"{shown(out)}, figures and tables in {shown(out.parent.parent)}/ (log: {shown(log_path)})",
         flush=True,
     )
     return out
@@ -181,14 +181,6 @@ def _static(output):
     if WIDGET not in output.get("data", {}):
         return output
     return nbformat.v4.new_output("display_data", data={"text/markdown": WIDGET_NOTE})
-
-
-def _shown(path: Path) -> str:
-    """``path`` relative to the repository (the kernel's working directory) when inside it."""
-    try:
-        return str(path.resolve().relative_to(REPO_ROOT))
-    except ValueError:
-        return str(path)
 
 
 class KnownParameters(logging.Filter):

@@ -40,6 +40,15 @@ MARGIN = 1.0  # how far, in half-widths, a robust difference's interval clears i
 MIN_PAIRS = 5  # fewer paired seeds: the interval's own width is too uncertain to weigh a margin
 
 
+# What "undetermined" means wherever a verdict or its robustness reads so.
+UNDETERMINED = (
+    "*Undetermined*: a claim without an interval -- fewer than 2 paired seeds give the difference (e.g. an "
+    "accuracy target that only one seed's models reach), or a δ chosen on fewer than 3 seeds, which no "
+    "leave-one-seed-out check can test -- so it has no direction and no robustness; two undetermined verdicts "
+    "count as the same."
+)
+
+
 def t_interval(values: Sequence[float], confidence: float = CONFIDENCE) -> dict:
     """Mean, standard deviation, n and the two-sided t-interval of ``values`` (NaNs dropped)."""
     x = np.asarray([v for v in values if not (v is None or math.isnan(v))], dtype=float)
