@@ -37,20 +37,21 @@ def fingerprint(root: str | Path) -> str:
     return h.hexdigest()
 
 
-def check_image_folder(root: str | Path, min_per_class: int = MIN_PER_CLASS) -> dict[str, int]:
+def check_image_folder(root: str | Path, min_per_class: int = MIN_PER_CLASS, verify: bool = True) -> dict[str, int]:
     """Refuse an unusable image folder before any work; return ``{class: images}`` when usable.
 
     Raises ``FileNotFoundError`` for a missing folder and ``ValueError`` listing every problem: no
     class sub-folders, classes with fewer than ``min_per_class`` images, files that do not open
-    as images (each named). Checked once per process for a given fingerprint."""
+    as images (each named; only with ``verify``, which opens every file -- the profile check counts
+    images only, the loader verifies them). Checked once per process for a given fingerprint."""
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"image folder {root} does not exist; expected a folder with one sub-folder per class")
-    return dict(_check(str(root.resolve()), fingerprint(root), min_per_class))
+    return dict(_check(str(root.resolve()), fingerprint(root), min_per_class, verify))
 
 
 @functools.lru_cache(maxsize=16)
-def _check(root: str, _fingerprint: str, min_per_class: int) -> tuple[tuple[str, int], ...]:
+def _check(root: str, _fingerprint: str, min_per_class: int, verify: bool = True) -> tuple[tuple[str, int], ...]:
     from PIL import Image
 
     classes = sorted((d for d in os.scandir(root) if d.is_dir()), key=lambda d: d.name)
@@ -60,7 +61,7 @@ def _check(root: str, _fingerprint: str, min_per_class: int) -> tuple[tuple[str,
     for entry in classes:
         images = [p for p in _files(Path(entry.path)) if p.suffix.lower() in IMAGE_EXTENSIONS]
         counts[entry.name] = len(images)
-        for path in images:
+        for path in images if verify else []:
             try:
                 with Image.open(path) as im:
                     im.verify()

@@ -18,6 +18,7 @@ from pathlib import Path
 import yaml
 
 from ..data import EMBEDDED
+from ..datafiles import check_image_folder
 from .parameters import Declaration, check, declarations
 from .paths import PROFILES_ROOT, REPO_ROOT, check_profile, shown
 
@@ -33,11 +34,29 @@ def read_profile(profile: str, profiles_root: str | Path = PROFILES_ROOT) -> dic
     data = {}
     for path in sorted((Path(profiles_root) / check_profile(profile, profiles_root)).glob("*.yaml")):
         with open(path) as fh:
-            section = yaml.safe_load(fh) or {}
+            try:
+                section = yaml.safe_load(fh) or {}
+            except yaml.YAMLError as err:
+                raise ProfileError(_yaml_problem(path, err)) from None
         if not isinstance(section, dict):
             raise ProfileError(f"{shown(path)} must hold a mapping of parameter names to literals")
         data[path.stem] = section
     return data
+
+
+def _yaml_problem(path: Path, err: yaml.YAMLError) -> str:
+    """One line: the file, the line and column where the faulty construct starts (else where YAML stopped),
+    what went wrong and the line itself."""
+    mark = getattr(err, "context_mark", None) or getattr(err, "problem_mark", None)
+    if mark is None:
+        return f"{shown(path)}: not valid YAML ({str(err).splitlines()[0]})"
+    said = ": ".join(str(x) for x in (getattr(err, "context", None), getattr(err, "problem", None)) if x)
+    lines = path.read_text().splitlines()
+    line = f" in `{lines[mark.line].strip()}`" if mark.line < len(lines) else ""
+    return (
+        f"{shown(path)}:{mark.line + 1}:{mark.column + 1}: not valid YAML ({said}){line}; "
+        "each line is `name: literal`, lists as [a, b]"
+    )
 
 
 def notebook_declarations(notebook: str | Path) -> dict[str, Declaration]:
@@ -120,9 +139,10 @@ def validate_profile(
 def data_problems(common: dict) -> list[str]:
     """What is wrong with where a profile's dataset lives (``dataset``, ``data_root`` of its
     ``common.yaml``; a relative ``data_root`` is taken from the repository root): an embedded
-    dataset needs nothing; any other needs a ``data_root`` that exists, so a run does not fail
-    after its first minutes. The folder's contents are checked when it is loaded
-    (``data.load_dataset``)."""
+    dataset needs nothing; any other needs a ``data_root`` that exists, and an image folder one
+    sub-folder per class with enough images for the stratified splits (``datafiles.check_image_folder``,
+    counting only), so a run does not fail after its first minutes. Every image is opened when the
+    folder is loaded (``data.load_dataset``)."""
     dataset, root = common.get("dataset"), common.get("data_root")
     if dataset is None or dataset in EMBEDDED:
         return []
@@ -134,6 +154,11 @@ def data_problems(common: dict) -> list[str]:
     path = Path(root) if Path(root).is_absolute() else REPO_ROOT / root
     if not path.is_dir():
         return [f"data_root {root!r} does not exist ({shown(path)}); expected {what}"]
+    if dataset == "imagefolder":
+        try:
+            check_image_folder(path, verify=False)  # classes and their image counts; the loader opens each image
+        except ValueError as err:
+            return [str(err).replace(str(path.resolve()), shown(path))]
     return []
 
 
@@ -146,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
         checked = validate_profile(args.profile, args.notebooks or None)
         problems = data_problems(read_profile(args.profile).get("common") or {})
         if problems:
-            raise ProfileError(f"profile {args.profile!r} cannot find its data:\n  " + "\n  ".join(problems))
+            raise ProfileError(f"profile {args.profile!r} cannot use its data:\n  " + "\n  ".join(problems))
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

@@ -161,3 +161,31 @@ def test_any_profile_folder_is_a_profile_and_a_missing_one_lists_those_there(tmp
 def test_robustness_settings_are_checked(setting):
     assert not RANGES["settings"]([setting])
     assert RANGES["settings"]([{"name": "a", "pruning_factors": [0.8, 0.9], "knee": [0.9], "resize": 32}])
+
+
+def test_malformed_yaml_is_refused_in_one_line_naming_the_file_and_line(tmp_path):
+    nb, root = _setup(tmp_path, own="epochs: 3\ndelta: [0.5\n")
+    with pytest.raises(ProfileError) as err:
+        parameters_for("quick", nb, root)
+    message = str(err.value)
+    assert "\n" not in message and "quick/fig2.yaml:2:8: not valid YAML" in message and "`delta: [0.5`" in message
+
+
+def test_an_image_folder_with_too_few_images_in_a_class_is_refused_by_the_profile_check(tmp_path):
+    from PIL import Image
+
+    from flexrel_core.datafiles import MIN_PER_CLASS
+    from flexrel_core.workbook.profiles import data_problems
+
+    root = tmp_path / "images"
+    for name, count in (("cat", MIN_PER_CLASS), ("dog", 0), ("owl", MIN_PER_CLASS - 1)):
+        (root / name).mkdir(parents=True)
+        for i in range(count):
+            Image.new("RGB", (4, 4)).save(root / name / f"{i}.png")
+    problems = data_problems({"dataset": "imagefolder", "data_root": str(root)})
+    assert len(problems) == 1 and f"fewer than {MIN_PER_CLASS} images" in problems[0]
+    assert "'dog': 0" in problems[0] and f"'owl': {MIN_PER_CLASS - 1}" in problems[0] and "cat" not in problems[0]
+    (root / "dog").rmdir()
+    for i in range(1):
+        Image.new("RGB", (4, 4)).save(root / "owl" / f"extra{i}.png")
+    assert data_problems({"dataset": "imagefolder", "data_root": str(root)}) == []
