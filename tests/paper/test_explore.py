@@ -316,3 +316,54 @@ def test_session_lookups_name_the_choices(tiny_session):
         tiny_session.curve(0.5, "global", "imagenet")
     with pytest.raises(ValueError, match="unknown inference data 'imagenet'"):
         tiny_session.prune_and_evaluate(0.5, 0.5, "flexrel", "global", "imagenet")
+
+
+def test_the_page_keeps_only_student_text(tmp_path):
+    """``make app``'s copy of the notebook: no cell tagged notebook-only or static-views, and no
+    developer text in the markdown it keeps (the browser test checks the rendered page too)."""
+    import nbformat
+
+    from flexrel_core.paper import app
+
+    nb = nbformat.read(str(app.app_notebook("quick", tmp_path, timing_moves=0)), as_version=4)
+    tags = {t for c in nb.cells for t in c.metadata.get("tags", [])}
+    assert not tags & set(app.HIDDEN_TAGS)
+    text = "\n".join(c.source for c in nb.cells if c.cell_type == "markdown")
+    assert not re.findall(r"continuous_update|flexrel_core|\.ipynb|\.csv|results/|make |Reads|Writes|checksum", text)
+    assert "## Exercise" in text and "δ to 1" in text
+
+
+def test_app_overrides_are_checked():
+    from flexrel_core.paper import app
+
+    assert app.parse_overrides(["delta=1.0", "shift_classes=[1, 2]"]) == {"delta": 1.0, "shift_classes": [1, 2]}
+    with pytest.raises(SystemExit, match="NAME=VALUE"):
+        app.parse_overrides(["no_such_parameter=1"])
+    with pytest.raises(SystemExit, match="NAME=VALUE"):
+        app.parse_overrides(["delta"])
+
+
+def test_a_stop_ends_the_server_and_what_it_started(tmp_path):
+    """``stop_process_tree``: the server and a child in a session of its own (as Voilà's kernels are) both end."""
+    import subprocess
+    import sys
+    import time
+
+    import psutil
+
+    from flexrel_core.paper import app
+
+    child = tmp_path / "child.pid"
+    script = (
+        "import subprocess, sys, time; "
+        f"p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)'], start_new_session=True); "
+        f"open({str(child)!r}, 'w').write(str(p.pid)); time.sleep(120)"
+    )
+    server = subprocess.Popen([sys.executable, "-c", script], start_new_session=True)
+    deadline = time.time() + 30
+    while not (child.exists() and child.read_text()) and time.time() < deadline:
+        time.sleep(0.1)
+    kernel = psutil.Process(int(child.read_text()))
+    app.stop_process_tree(server, grace_s=5)
+    assert server.poll() is not None
+    assert not kernel.is_running() or kernel.status() == psutil.STATUS_ZOMBIE
