@@ -262,6 +262,8 @@ DEVELOPER_TEXT = re.compile(
     r"continuous_update|flexrel_core|\.ipynb|\.csv|results/|cache|make (app|lab|reproduce)|Reads|Writes|"
     r"data-mask|checksum|\b[0-9a-f]{10}\b"
 )
+# A stylesheet, script or module that the page would load from another host.
+REMOTE_CODE = re.compile(r"""(?:src|href)=["']https?://(?!127\.0\.0\.1)[^"']+|import\(["']https?://[^"']+""")
 URL_LINE = re.compile(r"http://127\.0\.0\.1:\d+/\?token=[0-9a-f]+")
 
 
@@ -404,6 +406,8 @@ def test_explorer_as_a_web_page(app):
             text = page.locator("body").inner_text()
             assert not DEVELOPER_TEXT.findall(text), DEVELOPER_TEXT.findall(text)
             assert "Exercise" in text and "δ to 1" in text
+            # nothing on the page would fetch from elsewhere, even where it has not (yet) been asked to
+            assert not REMOTE_CODE.findall(page.content()), REMOTE_CODE.findall(page.content())
             before = status_numbers(page)
             assert before["delta"] == "0.00" and before["sparsity"] == "0.9000", before
             figure = page.locator(".flexrel-explorer .flexrel-figure img")
