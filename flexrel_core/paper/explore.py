@@ -5,7 +5,7 @@ No paper item of its own: it walks Figure 4 live. The computation is ``explore_s
 pruned accuracy, per-layer sparsity, the mask of one layer, and where the current point sits on
 the Figure 4 curve (accuracy vs δ at the current p). Every displayed number is also in
 ``Explorer.state``, so the widget logic is tested without a kernel; ``render_static`` writes the
-same views as PNG + SVG for papermill runs, and ``report`` the section of REPORT.md.
+same views as PNG + SVG for papermill runs, and ``explore_report.report`` the section of REPORT.md.
 """
 
 from __future__ import annotations
@@ -23,17 +23,15 @@ import pandas as pd
 
 from ..masks import SCOPES
 from ..scores import METHODS, check_delta
-from ..workbook.config import PruneConfig, TrainConfig
 from ..workbook.outputs import save_figure, save_table
-from ..workbook.paths import results_dir
-from ..workbook.samples import describe
-from .explore_session import MAX_PRUNING_FACTOR, Session, check_p, resolve
+from .explore_report import BUDGET_S, within_budget
+from .explore_session import MAX_PRUNING_FACTOR, Session, check_p
 from .style import PALETTE
 
 log = logging.getLogger(__name__)
 
 CONTROLS = ("delta", "pruning_factor", "method", "scope", "inference", "layer")
-BUDGET_S = 0.5  # seconds from a slider's release to its setting's numbers, mask and sparsity on screen
+FIGURE_DPI = 110  # the 12-inch figure as a 1320 px PNG: the width of the page's column, drawn at its own size
 POINT_COLUMNS = (
     "inference",
     "method",
@@ -112,6 +110,7 @@ class Explorer:
             control.observe(self._on_change, names="value")
         self.status.add_class("flexrel-status")
         self.out.add_class("flexrel-figure")
+        self.out.layout = w.Layout(width="100%")  # the figure takes the page's width (the page's CSS scales it)
         left, right = [self.delta, self.pruning_factor], [self.method]
         if not compact:
             left.append(self.layer)
@@ -253,7 +252,8 @@ class Explorer:
         return fig
 
     def status_html(self) -> str:
-        """The numbers, as text with stable CSS classes (read by the browser test)."""
+        """The numbers, as text with stable CSS classes, and the mask checksum as ``data-mask`` (read by
+        the browser test)."""
         s = self.state
         items = [
             ("δ", "delta-value", f"{s['delta']:.2f}"),
@@ -261,16 +261,16 @@ class Explorer:
             ("dense accuracy", "dense-accuracy", f"{s['dense_accuracy']:.4f}"),
             ("pruned accuracy", "pruned-accuracy", f"{s['pruned_accuracy']:.4f}"),
             ("sparsity", "sparsity", f"{s['sparsity']:.4f}"),
-            ("kept", "kept", f"{s['kept']} / {s['total']}"),
-            ("mask", "mask-checksum", s["mask_checksum"]),
+            ("weights kept", "kept", f"{s['kept']} / {s['total']}"),
         ]
         body = " · ".join(f'{label}: <b class="flexrel-{cls}">{value}</b>' for label, cls, value in items)
-        return f'<div class="flexrel-status-text" style="font-family: monospace">{body}</div>'
+        # The mask's checksum is for tests and scripts (it tells masks apart), not for readers: an attribute.
+        return f'<div class="flexrel-status-text" data-mask="{s["mask_checksum"]}">{body}</div>'
 
     def _render(self) -> None:
         t0 = time.perf_counter()
         buf = io.BytesIO()
-        self.figure().savefig(buf, format="png", dpi=80)
+        self.figure().savefig(buf, format="png", dpi=FIGURE_DPI)
         png = base64.b64encode(buf.getvalue()).decode("ascii")
         # Set the Output's outputs directly: the same in a kernel and without one (tests).
         self.out.outputs = (
@@ -358,59 +358,3 @@ def bench(profile: str = "default", moves: int = 20) -> dict:
     result.update(profile=profile, model=params.get("model"), budget_s=BUDGET_S)
     result["within_budget"] = within_budget(result)
     return result
-
-
-def within_budget(times: Mapping) -> bool:
-    """Whether a δ move and a p move each show their new setting within ``BUDGET_S`` (median)."""
-    return max(times["delta_feedback_median_s"], times["p_feedback_median_s"]) <= BUDGET_S
-
-
-def report(table: pd.DataFrame, times: Mapping | None = None) -> str:
-    """Markdown for the report's "explore" section from ``render_static``'s table (and ``timing``)."""
-    lines = [
-        "## Explorer (interactive δ and pruning factor)",
-        "",
-        "Open `notebooks/explore.ipynb` with `make lab` to move δ and p live. Static views at a few",
-        "settings (figures `explore_*.png`; numbers in `explore_points.csv`). Pruning here is one-shot (no",
-        "fine-tuning), so accuracy at high p is far below what the fine-tuned runs of Figures 2 and 4 reach.",
-        'Accuracy is measured on the test split of each inference choice ("shifted": only the classes',
-        "`shift_classes`), whose relevance scores the weights.",
-        "",
-        "| inference data | δ | p | dense acc. | pruned acc. | sparsity |",
-        "|---|---|---|---|---|---|",
-    ]
-    for r in table.itertuples():
-        lines.append(
-            f"| {r.inference} | {r.delta:.2f} | {r.pruning_factor:.2f} | {r.dense_accuracy:.4f} | "
-            f"{r.pruned_accuracy:.4f} | {r.sparsity:.4f} |"
-        )
-    if times:
-        ok = "within" if within_budget(times) else "over"
-        lines += [
-            "",
-            "A move (re-score, re-threshold, evaluate, redraw) showed its new setting after a median "
-            f"{times['delta_feedback_median_s']:.3f} s for δ and {times['p_feedback_median_s']:.3f} s for p, over "
-            f"{times['moves']} moves each on this machine: {ok} the {BUDGET_S:g} s budget. A p move then computes "
-            f"the Figure 4 curve at the new p (one evaluation per δ of the grid) and redraws: complete after a median "
-            f"{times['p_update_median_s']:.3f} s.",
-        ]
-    return "\n".join(lines)
-
-
-def sample_table(params: Mapping) -> pd.DataFrame:
-    """``samples.describe`` of the explorer's two inference choices ("as trained", "shifted" to
-    ``shift_classes``) for the report: its relevance samples and the test images it evaluates."""
-    shift = {"shift_classes": list(params["shift_classes"])} if params.get("shift_classes") else None
-    return describe(
-        TrainConfig.from_mapping(params),
-        PruneConfig.from_mapping(params),
-        [int(params.get("seed", 0))],
-        shift,
-        names=("as trained", "shifted"),
-        test_samples=params.get("eval_samples") or None,
-    )
-
-
-def static_folder(profile: str, results_root: str | Path) -> Path:
-    """``results/<profile>/`` with a relative ``results_root`` taken from the repository root."""
-    return results_dir(profile, resolve(results_root))

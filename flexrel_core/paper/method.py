@@ -7,7 +7,14 @@ numpy, independently of zennit, beside what ``flexrel_core.parameter_relevance``
 same network and rules; and a 1-channel 4×4 convolution written as its unfolded fully connected
 matrix, where the relevance of one shared kernel weight is the sum over the connections it stands
 for (Bach et al. 2015 for the rules; FlexRel's equation for the parameter relevance). The pieces
-that need the trained model (masks, heatmaps, inference data) are in ``method_views``.
+that need the trained model (masks, heatmaps, inference data, the composite's rules) are in
+``method_views``.
+
+The notebook writes the tiny network's LRP out itself, in a few lines a student can change;
+``hand_lrp`` is the same computation kept here as the tests' independent reference, and
+``tiny_network(W1, b1, W2, b2)`` builds the library's check from whatever numbers the student wrote.
+``model_settings`` reads the trained model's settings from the profile, so that the notebook's
+parameters cell holds only what the lesson varies.
 """
 
 from __future__ import annotations
@@ -45,19 +52,43 @@ def _t(values) -> torch.Tensor:
     return torch.tensor(values, dtype=torch.float64)
 
 
-def tiny_network() -> nn.Sequential:
-    """Linear(3, 2) → ReLU → Linear(2, 2) in float64 with the weights above."""
-    model = nn.Sequential(nn.Linear(3, 2), nn.ReLU(), nn.Linear(2, 2)).double()
+def tiny_network(w1=TINY_W1, b1=TINY_B1, w2=TINY_W2, b2=TINY_B2) -> nn.Sequential:
+    """Linear(K, J) → ReLU → Linear(J, C) in float64 with weights ``w1`` (J × K), ``w2`` (C × J) and
+    biases ``b1``, ``b2`` (default: the tiny network above; any numbers a student writes instead)."""
+    w1, b1, w2, b2 = (_t(np.asarray(v, dtype=np.float64)) for v in (w1, b1, w2, b2))
+    model = nn.Sequential(nn.Linear(w1.shape[1], w1.shape[0]), nn.ReLU(), nn.Linear(w2.shape[1], w2.shape[0]))
+    model = model.double()
     with torch.no_grad():
-        for layer, w, b in ((model[0], TINY_W1, TINY_B1), (model[2], TINY_W2, TINY_B2)):
-            layer.weight.copy_(_t(w))
-            layer.bias.copy_(_t(b))
+        for layer, w, b in ((model[0], w1, b1), (model[2], w2, b2)):
+            layer.weight.copy_(w)
+            layer.bias.copy_(b)
     return model.eval()
 
 
-def tiny_input() -> torch.Tensor:
-    """The one input vector of the tiny network, shape (1, 3)."""
-    return _t([TINY_X])
+# The settings of the trained model and of its relevance, read from the profile's common.yaml, so
+# that the method notebook explains the same model the figures prune (its parameters cell holds only
+# what the lesson itself varies).
+MODEL_SETTINGS = (
+    "dataset", "data_root", "limit", "image_size", "model", "batch_norm", "pretrained", "epochs", "lr",
+    "batch_size", "seed", "inference_samples", "lrp_batch_size", "composite", "aggregate", "normalize", "scope",
+)  # fmt: skip
+
+
+def model_settings(profile: str, **given) -> dict:
+    """``MODEL_SETTINGS`` from ``profiles/<profile>/common.yaml``, with ``given`` (the notebook's own
+    parameters: cache folder, device, δ, ...) on top: a mapping for ``TrainConfig``/``PruneConfig.from_mapping``."""
+    from ..workbook.profiles import read_profile
+
+    common = read_profile(profile).get("common") or {}
+    missing = [k for k in MODEL_SETTINGS if k not in common]
+    if missing:
+        raise ValueError(f"profiles/{profile}/common.yaml does not set {missing}, which the method notebook reads")
+    return {**{k: common[k] for k in MODEL_SETTINGS}, **given}
+
+
+def tiny_input(x=TINY_X) -> torch.Tensor:
+    """One input vector of the tiny network as a batch of one, shape (1, K) (default: the one above)."""
+    return _t(np.asarray(x, dtype=np.float64)[None])
 
 
 def tiny_composite() -> NameMapComposite:

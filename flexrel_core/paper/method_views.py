@@ -172,3 +172,30 @@ def plot_output_terms(terms: pd.DataFrame, shift_classes: list[int]) -> Figure:
     ax.legend(frameon=False)
     fig.tight_layout()
     return fig
+
+
+# What each of zennit's rules does, in a sentence (Montavon et al. 2019, "Layer-wise relevance propagation:
+# an overview").
+RULES = {
+    "Flat": "spreads each output's relevance evenly over the inputs it sees, whatever their values",
+    "ZPlus": "hands relevance back in proportion to the positive contributions a_k·w⁺_jk only",
+    "Epsilon": "hands relevance back in proportion to the contributions a_k·w_jk, ε stabilising small sums",
+    "Pass": "passes relevance through unchanged",
+}
+
+
+def composite_rules(model: nn.Module, composite: str = "epsilon_plus_flat") -> pd.DataFrame:
+    """The LRP rule zennit's ``composite`` gives each prunable layer of ``model`` (as its context
+    would register them: the first layer gets the composite's first-layer rule), with what it does."""
+    from zennit.composites import COMPOSITES
+
+    chosen = COMPOSITES[composite]()
+    layers, ctx, rows = prunable_layers(model), {}, []
+    names = {module: name for name, module in layers.items()}
+    for name, module in model.named_modules():
+        rule = chosen.module_map(ctx, name, module)
+        if module in names:
+            rule_name = type(rule).__name__ if rule is not None else "none (plain gradient)"
+            rows.append({"layer": names[module], "type": type(module).__name__, "rule": rule_name,
+                         "what it does": RULES.get(rule_name, "")})  # fmt: skip
+    return pd.DataFrame(rows)

@@ -4,6 +4,7 @@ test asserts what the callback produced (``Explorer.state``), against independen
 from __future__ import annotations
 
 import copy
+import re
 
 import pandas as pd
 import pytest
@@ -17,9 +18,9 @@ from flexrel_core.paper.explore import (
     Explorer,
     compact_explorer,
     render_static,
-    report,
     timing,
 )
+from flexrel_core.paper.explore_report import report
 from flexrel_core.paper.explore_session import mask_checksum
 from flexrel_core.training import evaluate
 from flexrel_core.workbook.config import TrainConfig
@@ -132,9 +133,30 @@ def test_layer_dropdown_and_views(ex):
     mask_image = ex.figure().axes[1].images[0].get_array()
     assert mask_image.shape == (ex.masks[last].shape[0], ex.masks[last][0].numel())
     html = ex.status.value
-    for cls in ("flexrel-dense-accuracy", "flexrel-pruned-accuracy", "flexrel-sparsity", "flexrel-mask-checksum"):
+    for cls in ("flexrel-dense-accuracy", "flexrel-pruned-accuracy", "flexrel-sparsity"):
         assert f'class="{cls}"' in html
-    assert f"{ex.state['pruned_accuracy']:.4f}" in html and ex.state["mask_checksum"] in html
+    assert f"{ex.state['pruned_accuracy']:.4f}" in html
+    # the checksum tells masks apart for tests, as an attribute: no hash in the text a student reads
+    assert f'data-mask="{ex.state["mask_checksum"]}"' in html
+    assert ex.state["mask_checksum"] not in re.sub(r"<[^>]*>", "", html)
+
+
+def empty_share(mask: torch.Tensor, dim: int) -> float:
+    """The share of a mask's rows (``dim=1``) or columns (``dim=0``) with no kept weight."""
+    return float((mask.reshape(mask.shape[0], -1).sum(dim) == 0).float().mean())
+
+
+def test_the_pages_exercise_holds(ex):
+    """The exercise on the page: at scope "layer", p = 0.9, δ = 1 the shown mask has bands (whole rows and
+    columns empty) where δ = 0 leaves few; at scope "global", δ = 1 some layer loses almost every weight."""
+    layer = ex.layer.value
+    ex.update(scope="layer", pruning_factor=0.9, delta=0.0)
+    rows0, cols0 = empty_share(ex.masks[layer], 1), empty_share(ex.masks[layer], 0)
+    ex.update(delta=1.0)
+    rows1, cols1 = empty_share(ex.masks[layer], 1), empty_share(ex.masks[layer], 0)
+    assert rows1 > max(0.25, 3 * rows0) and cols1 > cols0, (rows0, cols0, rows1, cols1)
+    ex.update(scope="global")
+    assert min(ex.state["layer_sparsity"].values()) < 0.5 and max(ex.state["layer_sparsity"].values()) > 0.99
 
 
 def test_curve_is_cached_and_consistent(ex):
@@ -294,3 +316,54 @@ def test_session_lookups_name_the_choices(tiny_session):
         tiny_session.curve(0.5, "global", "imagenet")
     with pytest.raises(ValueError, match="unknown inference data 'imagenet'"):
         tiny_session.prune_and_evaluate(0.5, 0.5, "flexrel", "global", "imagenet")
+
+
+def test_the_page_keeps_only_student_text(tmp_path):
+    """``make app``'s copy of the notebook: no cell tagged notebook-only or static-views, and no
+    developer text in the markdown it keeps (the browser test checks the rendered page too)."""
+    import nbformat
+
+    from flexrel_core.paper import app
+
+    nb = nbformat.read(str(app.app_notebook("quick", tmp_path, timing_moves=0)), as_version=4)
+    tags = {t for c in nb.cells for t in c.metadata.get("tags", [])}
+    assert not tags & set(app.HIDDEN_TAGS)
+    text = "\n".join(c.source for c in nb.cells if c.cell_type == "markdown")
+    assert not re.findall(r"continuous_update|flexrel_core|\.ipynb|\.csv|results/|make |Reads|Writes|checksum", text)
+    assert "## Exercise" in text and "δ to 1" in text
+
+
+def test_app_overrides_are_checked():
+    from flexrel_core.paper import app
+
+    assert app.parse_overrides(["delta=1.0", "shift_classes=[1, 2]"]) == {"delta": 1.0, "shift_classes": [1, 2]}
+    with pytest.raises(SystemExit, match="NAME=VALUE"):
+        app.parse_overrides(["no_such_parameter=1"])
+    with pytest.raises(SystemExit, match="NAME=VALUE"):
+        app.parse_overrides(["delta"])
+
+
+def test_a_stop_ends_the_server_and_what_it_started(tmp_path):
+    """``stop_process_tree``: the server and a child in a session of its own (as Voilà's kernels are) both end."""
+    import subprocess
+    import sys
+    import time
+
+    import psutil
+
+    from flexrel_core.paper import app
+
+    child = tmp_path / "child.pid"
+    script = (
+        "import subprocess, sys, time; "
+        f"p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)'], start_new_session=True); "
+        f"open({str(child)!r}, 'w').write(str(p.pid)); time.sleep(120)"
+    )
+    server = subprocess.Popen([sys.executable, "-c", script], start_new_session=True)
+    deadline = time.time() + 30
+    while not (child.exists() and child.read_text()) and time.time() < deadline:
+        time.sleep(0.1)
+    kernel = psutil.Process(int(child.read_text()))
+    app.stop_process_tree(server, grace_s=5)
+    assert server.poll() is not None
+    assert not kernel.is_running() or kernel.status() == psutil.STATUS_ZOMBIE

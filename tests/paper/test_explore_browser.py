@@ -1,14 +1,21 @@
-"""End-to-end: the explorer in JupyterLab, driven by Debian's Chromium through Playwright.
+"""End-to-end: the explorer in JupyterLab and as ``make app``'s page, driven by Debian's Chromium (Playwright).
 
-Starts JupyterLab on 127.0.0.1 (free port, token, temporary settings and workspaces so that no
-news, update or extension pop-up covers the page), opens a copy of ``notebooks/explore.ipynb``
+JupyterLab: started on 127.0.0.1 (free port, token, temporary settings and workspaces so that no
+news, update or extension pop-up covers the page), it opens a copy of ``notebooks/explore.ipynb``
 with the quick parameters injected (papermill, ``prepare_only``), runs all cells from the Run
 menu, moves the delta slider with the keyboard, and checks that the displayed pruned accuracy and
 mask changed. Saves a screenshot (``make screenshot`` writes the README's ``results/explorer.png``)
-and always stops the server. Nothing is downloaded: Chromium is Debian's ``/usr/bin/chromium``,
-background networking off. Without it the test fails rather than skips (``make test`` installs it
-where it can). The server gets no ``PYTHONPATH``: its kernel imports ``flexrel_core`` as installed
-by ``make setup``, as a JupyterLab that a user starts would.
+and always stops the server.
+
+The page: ``python -m flexrel_core.paper.app`` as ``make app`` runs it, loaded at 1400 px; no code,
+no developer text, no request beyond 127.0.0.1, a figure at least 1000 px wide, δ and p moves that
+change the numbers; then SIGTERM and, after a restart on the same port, SIGINT each leave no process,
+no listener on the port and no temporary folder.
+
+Nothing is downloaded: Chromium is Debian's ``/usr/bin/chromium``, background networking off.
+Without it the test fails rather than skips (``make test`` installs it where it can). The JupyterLab
+server gets no ``PYTHONPATH``: its kernel imports ``flexrel_core`` as installed by ``make setup``, as
+a JupyterLab that a user starts would.
 """
 
 from __future__ import annotations
@@ -195,10 +202,11 @@ def status_numbers(page) -> dict:
     get = {
         "delta": ".flexrel-explorer .flexrel-delta-value",
         "pruned": ".flexrel-explorer .flexrel-pruned-accuracy",
-        "mask": ".flexrel-explorer .flexrel-mask-checksum",
         "sparsity": ".flexrel-explorer .flexrel-sparsity",
     }
-    return {k: page.locator(sel).inner_text().strip() for k, sel in get.items()}
+    numbers = {k: page.locator(sel).inner_text().strip() for k, sel in get.items()}
+    numbers["mask"] = page.locator(".flexrel-explorer .flexrel-status-text").get_attribute("data-mask")
+    return numbers
 
 
 def test_explorer_in_jupyterlab(lab):
@@ -249,51 +257,109 @@ def test_explorer_in_jupyterlab(lab):
     print(f"browser test: {time.time() - start:.1f} s in the browser")
 
 
+# Text that belongs in the notebook or the README, never on the students' page.
+DEVELOPER_TEXT = re.compile(
+    r"continuous_update|flexrel_core|\.ipynb|\.csv|results/|cache|make (app|lab|reproduce)|Reads|Writes|"
+    r"data-mask|checksum|\b[0-9a-f]{10}\b"
+)
+# A stylesheet, script or module that the page would load from another host.
+REMOTE_CODE = re.compile(r"""(?:src|href)=["']https?://(?!127\.0\.0\.1)[^"']+|import\(["']https?://[^"']+""")
+URL_LINE = re.compile(r"http://127\.0\.0\.1:\d+/\?token=[0-9a-f]+")
+
+
+class App:
+    """``make app``'s command (``python -m flexrel_core.paper.app``) on the quick profile, with a temporary
+    cache, results and ``TMPDIR`` (where its temporary folder goes), started and stopped by signal."""
+
+    def __init__(self, tmp_path: Path, cache: Path, port: int) -> None:
+        self.tmp, self.port = tmp_path / "tmp", port
+        self.tmp.mkdir(exist_ok=True)
+        self.results = tmp_path / "results"
+        sets = {**START, "cache_root": str(cache), "results_root": str(self.results)}
+        self.command = [sys.executable, "-m", "flexrel_core.paper.app", "--profile", "quick", "--port", str(port)]
+        for name, value in sets.items():
+            self.command += ["--set", f"{name}={json.dumps(value)}"]
+        self.env = {
+            **os.environ,
+            "TMPDIR": str(self.tmp),
+            "JUPYTER_RUNTIME_DIR": str(tmp_path / "runtime"),
+            "JUPYTER_CONFIG_DIR": str(tmp_path / "config"),
+            "IPYTHONDIR": str(tmp_path / "ipython"),
+            "JUPYTER_PATH": str(Path(sys.prefix) / "share" / "jupyter"),
+            "FLEXREL_PROGRESS": "off",
+            "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2"),
+            "PYTHONPATH": str(REPO_ROOT),
+        }
+        self.logs = tmp_path
+        self.proc: subprocess.Popen | None = None
+        self.starts = 0
+
+    def start(self, timeout: float = 90.0) -> str:
+        """Start the app and return the page's URL (token included) once the server answers."""
+        self.starts += 1
+        self.log = self.logs / f"app-{self.starts}.log"
+        self.proc = subprocess.Popen(
+            self.command, env=self.env, cwd=REPO_ROOT, stdout=self.log.open("w"), stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+        deadline = time.time() + timeout
+        while True:
+            found = URL_LINE.search(self.log.read_text())
+            if found:
+                try:  # a static file answers once the server is up, without starting a kernel
+                    token = found.group().rsplit("=", 1)[1]
+                    urllib.request.urlopen(f"http://127.0.0.1:{self.port}/voila/static/voila.js?token={token}").close()
+                    return found.group()
+                except OSError:
+                    pass
+            if self.proc.poll() is not None or time.time() > deadline:
+                raise RuntimeError(f"the app did not start:\n{self.log.read_text()}")
+            time.sleep(0.5)
+
+    def descendants(self) -> list:
+        return descendants(self.proc.pid)
+
+    def signal_and_check(self, signum: int) -> dict:
+        """Send ``signum`` to the app alone (as ``kill`` or Ctrl-C would), and check that it exits 0 with
+        its server and kernels gone, the port free and its temporary folder removed; returns timings."""
+        import psutil
+
+        started = self.descendants()
+        start = time.perf_counter()
+        self.proc.send_signal(signum)
+        assert self.proc.wait(timeout=30) == 0, self.log.read_text()
+        stop_s = time.perf_counter() - start
+        _, alive = psutil.wait_procs(started, timeout=5)
+        assert not alive, f"left running after {signal.Signals(signum).name}: {alive}"
+        with socket.socket() as s:  # nothing listens on the port: a server can bind it (the browser's
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # closed connections may linger in TIME_WAIT)
+            s.bind(("127.0.0.1", self.port))
+            s.listen()
+        assert not list(self.tmp.glob("flexrel-app-*")), list(self.tmp.iterdir())
+        return {"stop_s": stop_s, "processes": len(started)}
+
+    def close(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            children = self.descendants()
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=10)
+            for child in children:
+                if child.is_running():
+                    child.kill()
+
+
 @pytest.fixture()
-def app_server(tmp_path, quick_cache):
-    """``make app``'s server (Voilà, 127.0.0.1, token) on the explorer with the quick parameters and a
-    temporary cache and results; yields ``(page_url, results_root)`` and stops the server afterwards."""
+def app(tmp_path, quick_cache):
+    """The app on a free port; always ended afterwards (a failed check leaves nothing behind)."""
     require_chromium()
-    from flexrel_core.paper import app
     from flexrel_core.paper.explore import Explorer
 
-    folder, results = tmp_path / "app", tmp_path / "results"
-    folder.mkdir()
-    overrides = {**START, "cache_root": str(quick_cache), "results_root": str(results)}
-    notebook = app.app_notebook("quick", folder, **overrides)
-    env = {
-        **os.environ,
-        "JUPYTER_RUNTIME_DIR": str(tmp_path / "runtime"),
-        "JUPYTER_CONFIG_DIR": str(tmp_path / "config"),
-        "IPYTHONDIR": str(tmp_path / "ipython"),
-        "JUPYTER_PATH": str(Path(sys.prefix) / "share" / "jupyter"),
-        "FLEXREL_PROGRESS": "off",
-        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2"),
-    }
-    port, token = free_port(), uuid.uuid4().hex
-    log = (tmp_path / "voila.log").open("w")
-    proc = subprocess.Popen(
-        app.voila_command(notebook, port, token), env=env, cwd=folder, stdout=log, stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )  # fmt: skip
-    base = f"http://127.0.0.1:{port}"
+    Explorer.from_params({**parameters_for_quick(), **START, "cache_root": str(quick_cache)})  # cache model, relevance
+    server = App(tmp_path, quick_cache, free_port())
     try:
-        Explorer.from_params({**parameters_for_quick(), **overrides})  # cache the model and relevance meanwhile
-        deadline = time.time() + 60
-        while True:
-            try:  # a static file answers once the server is up, without starting a kernel
-                urllib.request.urlopen(f"{base}/voila/static/voila.js?token={token}", timeout=2).close()
-                break
-            except OSError:
-                if proc.poll() is not None or time.time() > deadline:
-                    raise RuntimeError(f"Voilà did not start:\n{(tmp_path / 'voila.log').read_text()}") from None
-                time.sleep(0.5)
-        with urllib.request.urlopen(f"{base}/", timeout=10) as response:  # without the token: the login page
-            assert "/login" in response.geturl()
-        yield app.url(port, token), results
+        yield server
     finally:
-        stop_server(proc, base, token)
-        log.close()
+        server.close()
 
 
 def parameters_for_quick() -> dict:
@@ -302,23 +368,52 @@ def parameters_for_quick() -> dict:
     return parameters_for("quick", NOTEBOOK)
 
 
-def test_explorer_as_a_web_page(app_server):
-    """The page shows the controls and views and no code; moving δ and p changes the numbers and the
-    mask. Prints the load time (page requested -> numbers shown) and the time of one δ and one p move."""
+def open_page(browser, page_url: str, requests: list[str]):
+    """A 1400 px wide page on ``page_url`` that records every request's URL (web sockets included) in
+    ``requests``; returns ``(page, seconds until the explorer's numbers show)``."""
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.on("request", lambda r: requests.append(r.url))
+    page.on("websocket", lambda ws: requests.append(ws.url))
+    start = time.perf_counter()
+    page.goto(page_url)
+    page.locator(".flexrel-explorer .flexrel-status-text").wait_for(timeout=120_000)
+    return page, time.perf_counter() - start
+
+
+def external(requests: list[str]) -> list[str]:
+    """The requests that leave 127.0.0.1 (data: and blob: URLs stay in the page)."""
+    from urllib.parse import urlsplit
+
+    return [u for u in requests if urlsplit(u).scheme not in ("data", "blob") and urlsplit(u).hostname != "127.0.0.1"]
+
+
+def test_explorer_as_a_web_page(app):
+    """``make app``'s page: the controls, views and student text, no code and no developer text; no request
+    leaves 127.0.0.1; the figure is readable at 1400 px; moving δ and p changes the numbers and the mask.
+    Then SIGTERM stops it cleanly (server, kernels, port, temporary folder), the next start on the same port
+    works, and SIGINT stops that one as cleanly. Prints the load time and the time of one δ and one p move."""
     from playwright.sync_api import expect, sync_playwright
 
-    page_url, results = app_server
+    page_url = app.start()
+    with urllib.request.urlopen(page_url.split("?")[0], timeout=10) as response:  # without the token: login
+        assert "/login" in response.geturl()
+    requests: list[str] = []
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
         try:
-            start = time.perf_counter()
-            page.goto(page_url)
-            page.locator(".flexrel-explorer .flexrel-status-text").wait_for(timeout=120_000)
-            load = time.perf_counter() - start
+            page, load = open_page(browser, page_url, requests)
             assert page.locator(".jp-InputArea-editor, .jp-CodeMirrorEditor").count() == 0  # no code shown
+            text = page.locator("body").inner_text()
+            assert not DEVELOPER_TEXT.findall(text), DEVELOPER_TEXT.findall(text)
+            assert "Exercise" in text and "δ to 1" in text
+            # nothing on the page would fetch from elsewhere, even where it has not (yet) been asked to
+            assert not REMOTE_CODE.findall(page.content()), REMOTE_CODE.findall(page.content())
             before = status_numbers(page)
             assert before["delta"] == "0.00" and before["sparsity"] == "0.9000", before
+            figure = page.locator(".flexrel-explorer .flexrel-figure img")
+            expect(figure).to_be_visible()
+            figure_px = figure.bounding_box()["width"]
+            assert figure_px >= 1000, f"the figure is {figure_px:.0f} px wide on a 1400 px page"
 
             handle = page.locator(".flexrel-explorer .flexrel-delta .noUi-handle")
             handle.focus()
@@ -338,15 +433,31 @@ def test_explorer_as_a_web_page(app_server):
             expect(page.locator(".flexrel-explorer .flexrel-sparsity")).to_have_text("0.8900", timeout=60_000)
             p_move = time.perf_counter() - start
             after_p = status_numbers(page)
+            if SCREENSHOT_TO is None:
+                page.screenshot(path=str(app.logs / "app.png"), full_page=True)
         except Exception:
-            results.mkdir(parents=True, exist_ok=True)
-            page.screenshot(path=str(results / "app-failure.png"))
+            app.results.mkdir(parents=True, exist_ok=True)
+            page.screenshot(path=str(app.results / "app-failure.png"))
             raise
-        finally:
-            browser.close()
-    assert after_delta["mask"] != before["mask"] and after_delta["pruned"] != before["pruned"], (before, after_delta)
-    assert after_delta["sparsity"] == "0.9000"
-    assert after_p["mask"] != after_delta["mask"], (after_delta, after_p)
-    assert not (results / "quick" / "report" / "explore.md").exists()  # the page writes no report section
+        assert after_delta["mask"] != before["mask"], (before, after_delta)
+        assert after_delta["pruned"] != before["pruned"], (before, after_delta)
+        assert after_delta["sparsity"] == "0.9000"
+        assert after_p["mask"] != after_delta["mask"], (after_delta, after_p)
+        assert not (app.results / "quick" / "report" / "explore.md").exists()  # the page writes no report section
+
+        assert len(app.descendants()) >= 2  # Voilà and the page's kernel
+        sigterm = app.signal_and_check(signal.SIGTERM)  # the page still open, as when a teacher stops the app
+        page.close()
+        page_url = app.start()  # the same port: nothing was left holding it
+        page, reload = open_page(browser, page_url, requests)
+        page.close()
+        sigint = app.signal_and_check(signal.SIGINT)
+        browser.close()
+    assert external(requests) == [], external(requests)
     moves = f"one δ move {delta_move:.2f} s, one p move {p_move:.2f} s"
-    print(f"app: page loaded with its numbers in {load:.1f} s; {moves}")
+    print(
+        f"app: page loaded with its numbers in {load:.1f} s (after a restart {reload:.1f} s); {moves}; figure "
+        f"{figure_px:.0f} px wide at 1400 px; {len(requests)} requests, none beyond 127.0.0.1; SIGTERM stopped "
+        f"{sigterm['processes']} processes in {sigterm['stop_s']:.1f} s, SIGINT {sigint['processes']} in "
+        f"{sigint['stop_s']:.1f} s; port free and temporary folder gone each time"
+    )

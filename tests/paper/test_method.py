@@ -1,6 +1,7 @@
 """The method notebook: the tiny network by hand (an independent float64 computation written out
-here) against ``flexrel_core.parameter_relevance``, conv-as-FC against the library, the additive
-structure and its staircase masks, and the notebook under quick."""
+here) against ``flexrel_core.parameter_relevance``, the notebook's own LRP lines (its ``lesson``
+cells) against both, conv-as-FC against the library, the additive structure and its staircase
+masks, the composite's rules, the short parameters cell, and the notebook under quick."""
 
 from __future__ import annotations
 
@@ -10,8 +11,13 @@ import pytest
 import torch
 from quick_outputs import QUICK, figure_and_section
 
+from flexrel_core.models import build_model
 from flexrel_core.paper import method, method_views
 from flexrel_core.relevance import conv_weight_relevance
+from flexrel_core.workbook.paths import REPO_ROOT
+from flexrel_core.workbook.profiles import read_profile
+
+NOTEBOOK = REPO_ROOT / "notebooks" / "method.ipynb"
 
 # The tiny network's numbers, worked out on paper: x = (2, 1, 1) gives z = a = (1, 0.75), logits
 # (1.0625, 1.5), class 1; z⁺ = 0.2 + 1.2 + 0.1 = 1.5, so R(a) = (0.2, 1.2); ε rule: R(x) = x·(0.2·W1[0] +
@@ -115,6 +121,79 @@ def test_first_of_each_class_picks_those_classes():
     data = load_dataset("digits", seed=0, image_size=8)
     x, y = method_views.first_of_each_class(data, [3, 1, 7])
     assert y.tolist() == [3, 1, 7] and x.shape[0] == 3
+
+
+def lesson_cells() -> list[str]:
+    import nbformat
+
+    nb = nbformat.read(str(NOTEBOOK), as_version=4)
+    return [c.source for c in nb.cells if "lesson" in c.metadata.get("tags", [])]
+
+
+def run_lesson(**replace: str) -> dict:
+    """The notebook's lesson cells executed in order (numpy only), with text replaced as a student would;
+    what they display is collected in ``namespace["shown"]``."""
+    shown: list[str] = []
+    namespace = {"np": np, "display": shown.append, "Markdown": str, "shown": shown}
+    for source in lesson_cells():
+        for old, new in replace.items():
+            source = source.replace(old, new)
+        exec(compile(source, "<lesson>", "exec"), namespace)
+    return namespace
+
+
+def test_the_notebooks_lrp_lines_give_the_paper_numbers_and_the_librarys():
+    assert len(lesson_cells()) == 4 and sum(len(c.splitlines()) for c in lesson_cells()) <= 40  # a few lines
+    ns = run_lesson()  # the conservation cell asserts its own check
+    assert ns["o"] == pytest.approx(PAPER["logits"]) and ns["R_a"] == pytest.approx(PAPER["hidden"], abs=1e-5)
+    assert ns["R_x"] == pytest.approx(PAPER["input"], abs=1e-5)
+    hand = method.hand_lrp()
+    assert ns["R_x"] == pytest.approx(hand["input_relevance"], abs=1e-12)
+    library = method.library_relevance(method.tiny_network(), method.tiny_input())
+    table = method.relevance_table({"0.weight": ns["rel_W1"], "2.weight": ns["rel_W2"]}, library)
+    assert table["difference"].abs().max() < 1e-12
+    # conservation, printed: the output bias b⁺ keeps 0.1 of the 1.5 the predicted logit starts with
+    assert "Σ R(o) = 1.5000 = Σ R(a) 1.4000 + biases of o and ε 0.1000" in ns["shown"]
+
+
+def test_the_lesson_follows_a_students_numbers():
+    """Exercise 3 (b₂ = [0, −0.1]): conservation still holds, the answer's numbers, and the library agrees
+    on the network built from the changed numbers."""
+    ns = run_lesson(**{"b2 = np.array([0.0, 0.1])": "b2 = np.array([0.0, -0.1])"})
+    assert ns["R_a"] == pytest.approx([0.2 / 1.4 * 1.3, 1.2 / 1.4 * 1.3], abs=1e-5) and ns[
+        "R_a"
+    ].sum() == pytest.approx(1.3)
+    model = method.tiny_network(ns["W1"], ns["b1"], ns["W2"], ns["b2"])
+    library = method.library_relevance(model, method.tiny_input(ns["x"]))
+    table = method.relevance_table({"0.weight": ns["rel_W1"], "2.weight": ns["rel_W2"]}, library)
+    assert table["difference"].abs().max() < 1e-12
+
+
+def test_parameters_cell_is_short_and_the_model_comes_from_the_profile():
+    import nbformat
+
+    nb = nbformat.read(str(NOTEBOOK), as_version=4)
+    (cell,) = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+    assert len(cell.source.splitlines()) <= 15
+    for profile in ("quick", "default", "paper"):
+        common = read_profile(profile)["common"]
+        settings = method.model_settings(profile, cache_root="elsewhere")
+        assert {k: settings[k] for k in method.MODEL_SETTINGS} == {k: common[k] for k in method.MODEL_SETTINGS}
+        assert settings["cache_root"] == "elsewhere"
+
+
+def test_model_settings_name_what_a_profile_lacks(tmp_path, monkeypatch):
+    from flexrel_core.workbook import profiles
+
+    monkeypatch.setattr(profiles, "read_profile", lambda name: {"common": {"dataset": "digits"}})
+    with pytest.raises(ValueError, match="does not set .*'model'"):
+        method.model_settings("quick")
+
+
+def test_the_composite_gives_flat_first_zplus_to_convolutions_and_epsilon_to_dense_layers():
+    rules = method_views.composite_rules(build_model("digits_cnn", image_size=8), "epsilon_plus_flat")
+    assert rules["rule"].tolist() == ["Flat", "ZPlus", "ZPlus", "ZPlus", "Epsilon", "Epsilon"]
+    assert rules["type"].tolist() == ["Conv2d"] * 4 + ["Linear"] * 2 and rules["what it does"].str.len().min() > 20
 
 
 @pytest.mark.notebook
