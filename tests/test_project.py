@@ -209,3 +209,13 @@ def test_committed_results_name_no_folder_of_the_machine_that_made_them():
             if hit := machine.search(_readable_text(path)):
                 found[name] = hit.group(0)
     assert not found, found
+
+
+def test_readme_opens_with_the_committed_runs_claims_table():
+    from flexrel_core.paper import checked, claims
+
+    folder = REPO_ROOT / "results" / "default"
+    table = "\n".join(checked.section(folder, claims.claims(folder), link_prefix="results/default/").splitlines()[2:])
+    readme = (REPO_ROOT / "README.md").read_text()
+    assert readme.index("## The paper's claims, checked") < readme.index("## Two commands")
+    assert table.strip() in readme
