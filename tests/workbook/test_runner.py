@@ -22,6 +22,11 @@ from flexrel_core.workbook.profiles import ProfileError
 from flexrel_core.workbook.provenance import describe_machine, git_state, machine
 from flexrel_core.workbook.runner import NotebookFailed, run_notebook
 
+# The runner's command line with profiles that give nothing (the test notebooks take their defaults).
+_DRIVER = (
+    "import sys, flexrel_core.workbook.profiles as p; p.read_profile = lambda *a: {}; "
+    "from flexrel_core.workbook.runner import main; sys.exit(main(sys.argv[1:]))"
+)
 PARAMS = 'profile: str = "quick"\nresults_root: str = "results"\nepochs: int = 1'
 
 
@@ -72,12 +77,8 @@ def _umask() -> int:
 def test_sigterm_leaves_no_temporary_notebook(tmp_path):
     nb = write_notebook(tmp_path / "slow.ipynb", PARAMS, "import time\ntime.sleep(120)")
     results = tmp_path / "results"
-    driver = (
-        "import sys, flexrel_core.workbook.profiles as p; p.read_profile = lambda *a: {}; "
-        "from flexrel_core.workbook.runner import main; sys.exit(main(sys.argv[1:]))"
-    )
     proc = subprocess.Popen(
-        [sys.executable, "-c", driver, str(nb), "--profile", "quick", "--results-root", str(results)],
+        [sys.executable, "-c", _DRIVER, str(nb), "--profile", "quick", "--results-root", str(results)],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -109,12 +110,8 @@ def test_the_terminal_gets_one_line_per_notebook_its_progress_and_warnings(tmp_p
     )
     nb = write_notebook(tmp_path / "quiet.ipynb", PARAMS, body)
     results = tmp_path / "results"
-    driver = (
-        "import sys, flexrel_core.workbook.profiles as p; p.read_profile = lambda *a: {}; "
-        "from flexrel_core.workbook.runner import main; sys.exit(main(sys.argv[1:]))"
-    )
     run = subprocess.run(
-        [sys.executable, "-c", driver, str(nb), "--profile", "quick", "--results-root", str(results)],
+        [sys.executable, "-c", _DRIVER, str(nb), "--profile", "quick", "--results-root", str(results)],
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert run.returncode == 0, run.stderr
