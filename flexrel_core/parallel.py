@@ -65,9 +65,15 @@ def _start_worker(threads: int) -> None:
 def _pool(workers: int, threads: int) -> cf.ProcessPoolExecutor:
     key = (workers, threads)
     if key not in _POOLS:
-        _POOLS[key] = cf.ProcessPoolExecutor(
+        pool = cf.ProcessPoolExecutor(
             workers, mp_context=multiprocessing.get_context("spawn"), initializer=_start_worker, initargs=(threads,)
         )
+        # ProcessPoolExecutor spawns a worker per submitted task until it has ``workers``: spawn them all here,
+        # once, while SIGINT is ignored, so that later sweeps never spawn (and never ignore an interrupt).
+        with _sigint_ignored():
+            for future in [pool.submit(os.getpid) for _ in range(workers)]:
+                future.result()
+        _POOLS[key] = pool
     return _POOLS[key]
 
 
@@ -132,8 +138,7 @@ def run_tasks(
                 bar.update(size(task))
             return results
         pool = _pool(n, threads)
-        with _sigint_ignored():  # ProcessPoolExecutor spawns its workers as tasks are submitted
-            futures = {pool.submit(fn, task): i for i, task in enumerate(tasks)}
+        futures = {pool.submit(fn, task): i for i, task in enumerate(tasks)}
         results: list[Any] = [None] * len(tasks)
         try:
             for future in cf.as_completed(futures):
