@@ -88,6 +88,20 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def jupyter_env(tmp_path: Path) -> dict:
+    """The environment of a Jupyter server under test: its runtime, config and IPython folders in
+    ``tmp_path`` (never the user's), kernel ``python3`` from this venv, no progress bars."""
+    return {
+        **os.environ,
+        "JUPYTER_RUNTIME_DIR": str(tmp_path / "runtime"),
+        "JUPYTER_CONFIG_DIR": str(tmp_path / "config"),
+        "IPYTHONDIR": str(tmp_path / "ipython"),
+        "JUPYTER_PATH": str(Path(sys.prefix) / "share" / "jupyter"),
+        "FLEXREL_PROGRESS": "off",
+        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2"),
+    }
+
+
 def descendants(pid: int) -> list:
     import psutil
 
@@ -155,15 +169,9 @@ def lab(tmp_path, quick_cache):
     for d in ("workspaces", "runtime", "config", "ipython"):
         (tmp_path / d).mkdir()
     env = {
-        **os.environ,
+        **jupyter_env(tmp_path),
         "JUPYTERLAB_SETTINGS_DIR": str(settings),
         "JUPYTERLAB_WORKSPACES_DIR": str(tmp_path / "workspaces"),
-        "JUPYTER_RUNTIME_DIR": str(tmp_path / "runtime"),
-        "JUPYTER_CONFIG_DIR": str(tmp_path / "config"),
-        "IPYTHONDIR": str(tmp_path / "ipython"),
-        "JUPYTER_PATH": str(Path(sys.prefix) / "share" / "jupyter"),
-        "FLEXREL_PROGRESS": "off",
-        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2"),
     }
     port, token = free_port(), uuid.uuid4().hex
     base = f"http://127.0.0.1:{port}"
@@ -279,17 +287,7 @@ class App:
         self.command = [sys.executable, "-m", "flexrel_core.paper.app", "--profile", "quick", "--port", str(port)]
         for name, value in sets.items():
             self.command += ["--set", f"{name}={json.dumps(value)}"]
-        self.env = {
-            **os.environ,
-            "TMPDIR": str(self.tmp),
-            "JUPYTER_RUNTIME_DIR": str(tmp_path / "runtime"),
-            "JUPYTER_CONFIG_DIR": str(tmp_path / "config"),
-            "IPYTHONDIR": str(tmp_path / "ipython"),
-            "JUPYTER_PATH": str(Path(sys.prefix) / "share" / "jupyter"),
-            "FLEXREL_PROGRESS": "off",
-            "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2"),
-            "PYTHONPATH": str(REPO_ROOT),
-        }
+        self.env = {**jupyter_env(tmp_path), "TMPDIR": str(self.tmp), "PYTHONPATH": str(REPO_ROOT)}
         self.logs = tmp_path
         self.proc: subprocess.Popen | None = None
         self.starts = 0
