@@ -42,12 +42,14 @@ RESULTS := results/$(PROFILE)
 # folder and any kernel. One venv may serve several checkouts (CI keeps it outside the clone): when
 # the install points at another checkout, it is re-pointed here: offline with the venv's setuptools,
 # else with one fetched from the package index.
+# PYTHONWARNINGS=ignore: setuptools' 10-line notice on every editable install says nothing a user must act on.
 # `-P` keeps the current folder off sys.path, so the check sees what other folders see.
 INSTALLED := import importlib.util as u, os, sys; s = u.find_spec("flexrel_core"); \
 	sys.exit(not s or os.path.realpath(s.origin) != os.path.realpath(sys.argv[1]))
 setup: $(STAMP)
 	@if ! $(PY) -P -c '$(INSTALLED)' "$(CURDIR)/flexrel_core/__init__.py"; then \
 	  echo "installing flexrel_core from $(CURDIR) into $(VENV) (pip install -e .)"; \
+	  export PYTHONWARNINGS=ignore; \
 	  $(PY) -m pip install --quiet --no-deps --no-build-isolation --no-index -e . \
 	    || $(PY) -m pip install --quiet --no-deps -e .; \
 	fi
