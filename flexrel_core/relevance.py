@@ -89,9 +89,10 @@ def lrp_backward(
 
 
 def _zennit_runner(model: nn.Module, composite: str | Composite, steps) -> tuple[nn.Module, Composite]:
-    """What zennit runs and with which composite: a chain as it is, a residual network as its graph with
-    zennit's ``Sum`` layers (``zennit_graph.zennit_model``)."""
-    if is_chain_steps(steps):
+    """What zennit runs and with which composite: a chain of modules as it is; any other graph (sums,
+    concatenations, function calls with module twins) as its traced graph with zennit's ``Sum`` layers and
+    the twins (``zennit_graph.zennit_model``)."""
+    if is_chain_steps(steps) and not any(s.twin for s in steps):
         return model, make_composite(composite)
     return zennit_model(model, composite, steps)
 
