@@ -157,6 +157,8 @@ def _node_steps(model, modules, node, meta, slots, multi, done: int) -> list[Ste
     if node.op == "call_module":
         if len(node.args) != 1 or node.kwargs:
             raise _refuse(model, f"module {node.target} is called with more than one argument")
+        if problem := graph_ops.module_problem(modules[node.target]):
+            raise _refuse(model, f"{type(modules[node.target]).__name__} module {node.target} {problem}")
         return [Step(node.target, module=modules[node.target], inputs=(slots[tensors[0]],))]
     if node.args[:1] != (tensors[0],):
         raise _refuse(model, f"{label(node)} does not take the tensor it transforms as its first argument")

@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 import torchvision
 from torch import fx, nn
+from zennit.types import Activation, AvgPool, MaxPool
 
 
 def _bind(names: tuple[str, ...], defaults: dict, args: tuple, kwargs: dict) -> dict:
@@ -126,6 +127,25 @@ ROUTE_METHODS = {
 }  # fmt: skip
 # routes that return a tuple of tensors: their ``getitem`` users are the steps
 MULTI_OUTPUT = {torch.chunk, torch.split, torch.unbind, torch.tensor_split, "chunk", "split", "unbind", "tensor_split"}
+
+
+_DROPOUTS = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.FeatureAlphaDropout)
+# modules with an LRP rule in zennit's composites (layers, activations: Pass, average pooling: Norm) or whose
+# gradient moves relevance exactly (max pooling, reshapes, Dropout and Identity in eval, nearest upsampling)
+MODULES = (nn.Linear, nn.Conv2d, nn.BatchNorm1d, nn.BatchNorm2d, AvgPool, MaxPool, nn.Flatten, nn.Unflatten)
+MODULES += (nn.Identity,)
+
+
+def module_problem(module: nn.Module) -> str | None:
+    """Why a module call has no rule (a string), or None if it is on the allow-list (``MODULES``, zennit's
+    parameter-free activations, Dropout, nearest upsampling)."""
+    if isinstance(module, MODULES + _DROPOUTS):
+        return None
+    if isinstance(module, Activation) and not isinstance(module, nn.MultiheadAttention):
+        return None
+    if isinstance(module, nn.Upsample) and module.mode == "nearest":
+        return None
+    return "has no LRP rule in FlexRel and is not known to pass relevance on unchanged"
 
 
 def label(node: fx.Node) -> str:
