@@ -299,7 +299,7 @@ def graph_merges(steps: list[Step]) -> dict[str, str]:
     and is the only operation reading it: merged into that layer for LRP (on a chain the same pairs as
     ``batchnorm_merges``, which ``chain_steps`` checks). Any other BatchNorm (one reading an activation or
     a sum, as in pre-activation ResNets, or a layer's output that a skip connection reads too) is not
-    merged: zennit's composites pass relevance through it unchanged, and the fast engine leaves it to zennit."""
+    merged: zennit's composites pass relevance through it unchanged, and so does the fast engine."""
     readers = _readers(steps)
     merges = {}
     for s in steps:

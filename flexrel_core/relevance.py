@@ -76,8 +76,9 @@ def lrp_backward(
     its *original* input ``a`` (captured by a pre-hook that runs before zennit wraps it) and its
     output ``b``; tensor hooks registered on them then receive rel(a) and rel(b) in the backward.
     A residual network runs as its traced graph with zennit's ``Sum`` layer at every sum of two tensors
-    (``zennit_graph.zennit_model``); graphs with other ways of combining tensors (attention,
-    concatenation) are refused (``graph.graph_steps``), and so are models that call one module at
+    and each functional call's module twin (``zennit_graph.zennit_model``); graphs with other ways of
+    combining tensors (attention, differences) or calls outside ``graph_ops``' allow-list are refused
+    (``graph.graph_steps``), and so are models that call one module at
     several places where its rule needs its stored input (``zennit_reuse_problem``). Works inside
     ``torch.no_grad()``.
     The model comes back as it came: same parameters, mode, ``.grad`` and no hooks left.
@@ -199,7 +200,9 @@ def parameter_relevance(
     chains of layers and residual networks, whose sums of two tensors split their relevance among the
     operands (zennit's ``Sum`` layer and ``Norm`` rule); an activation read by several operations (a layer
     and a skip connection) has the relevance they all send back, and that is its rel(a) in the equation.
-    Other graphs (attention, concatenation) are refused saying what was found. A module
+    Concatenations, slices and channel shuffles route each element's relevance back; function calls take
+    their module twin's rule (``graph_ops``). Other graphs (attention, products, calls off the allow-list)
+    are refused saying what was found and where. A module
     without weights called at several places (one ``self.relu`` after every layer) is one layer per
     call; zennit cannot run such a model when the module's rule needs its input (average pooling,
     ``zennit_reuse_problem``), so ``"auto"`` takes the fast engine there and ``"zennit"`` refuses it.
