@@ -14,6 +14,8 @@ rules need far less: one forward that keeps each layer's input, then one walk ba
   its gradient; activations, Dropout, Flatten, merged BatchNorm: relevance unchanged (``Pass``);
   a BatchNorm merged into no layer (DenseNet's pre-activation BatchNorm): relevance unchanged, as zennit's
   composites pass it (checked in float64 against zennit, ``tests/test_graph_ops.py``);
+- a squeeze-and-excitation gate ``x * g``: the gate held constant, ``rel(x) = rel(x * g)``, none to ``g``
+  (Arras et al. 2017, "Explaining recurrent neural network predictions in sentiment analysis");
 - a route (``view``, ``transpose``, slicing, ``cat``, ``chunk``...): relevance goes back with each element,
   by autograd's transpose of the call (a concatenation hands each operand its slice);
 - a sum ``y = a + b`` (skip connection), zennit's ``Norm`` on its ``Sum`` layer:
@@ -36,6 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .fast_plan import EPSILON, Op, conv_geometry, make_plan
+from .graph_ops import check_gate
 from .lrp_inputs import check_inputs, is_out_of_memory, memory_error, start_relevance
 
 # visit(name, side, rel, key): for every prunable layer, side "b" (the relevance of its output, before its
@@ -88,6 +91,15 @@ def lrp_fast(
     return walk(make_plan(model, composite), model, inputs, targets, visit)
 
 
+def plan_logits(model: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
+    """The logits the fast engine's LRP pass starts from: the model's forward with BatchNorm merged as zennit's
+    canonizers merge it (the merged BatchNorm still divides by sqrt(1 + eps), so these differ from
+    ``model(inputs)`` by that factor per merged BatchNorm)."""
+    plan = make_plan(model)
+    with torch.no_grad():
+        return _forward(plan, check_inputs(model, inputs).detach(), _reads(plan))[1]
+
+
 def walk(plan: list[Op], model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor | None, visit: Visitor):
     """Forward keeping what each rule needs, then the backward walk; returns the input relevance."""
     inputs = check_inputs(model, inputs)
@@ -117,6 +129,8 @@ def walk(plan: list[Op], model: nn.Module, inputs: torch.Tensor, targets: torch.
                     sent = [(r, key)]
                 elif op.kind == "sum":
                     sent, keep = [(part, None) for part in _sum_backward(keep, r)], None
+                elif op.kind == "gate":  # the gate held constant: all relevance to the signal, none to the gate
+                    sent, keep = [(r, key), (r.new_zeros(keep), None)], None
                 elif op.kind == "route":
                     sent, keep = [(part, None) for part in _route_backward(op, keep, r)], None
                 else:
@@ -164,6 +178,10 @@ def _forward(plan: list[Op], x: torch.Tensor, readers: dict[int, int]) -> tuple[
                 out, saved[i], out_shared = _forward_sum(op, [values[s] for s in op.inputs])
             elif op.kind == "route":
                 out, saved[i], out_shared = _forward_route(op, values, metas)
+            elif op.kind == "gate":
+                x, g = (values[s] for s in op.inputs)
+                check_gate(x, g, op.name)
+                out, saved[i], out_shared = x * g, g.shape, False
             else:
                 s = op.inputs[0]
                 out, saved[i], out_shared = _FORWARD[op.kind](op, values[s], shared[s] or readers[s] > 1)

@@ -24,6 +24,8 @@ else with a message:
   read from any tensor, ``x.view(x.size(0), -1)``): relevance goes back with each element (the gradient).
 - a sum of two tensors (skip connection): zennit's ``Sum`` layer with the ``Norm`` rule (what its
   ``ResNetCanonizer`` puts in torchvision's ResNet blocks), ``rel(x_k) = x_k * rel(y) / stab(y)``.
+- a squeeze-and-excitation gate ``x * g`` (``graph_ops.gate_operands``): the gate held constant,
+  ``rel(x) = rel(x * g)`` and no relevance to ``g`` (Arras et al. 2017, signal-take-all).
 
 Each op reads the value slots ``inputs`` (slot 0: the model's input; slot ``k + 1``: the output of op
 ``k``); a merged BatchNorm's output is its layer's slot, and Dropout and Identity, which in eval return
@@ -110,8 +112,8 @@ def make_plan(model: nn.Module, composite: object = "epsilon_plus_flat", steps: 
         if isinstance(step.module, _DROPOUT + (nn.Identity,)):  # in eval they return the tensor they read
             slot_of[i] = inputs[0]
             continue
-        if step.is_sum:
-            op = Op("sum", step.name)
+        if step.is_sum or step.gate:
+            op = Op("gate" if step.gate else "sum", step.name)
         elif step.route:
             op = Op("route", step.name, fn=_on_plan_slots(step.function, slot_of))
         else:
@@ -130,6 +132,8 @@ def make_plan(model: nn.Module, composite: object = "epsilon_plus_flat", steps: 
         ops.append(op)
         slot_of[i] = len(ops)
         nonnegative[len(ops)] = is_relu or (keeps_sign and all(nonnegative[s] for s in inputs))
+        if op.kind == "gate":  # a sigmoid gate is >= 0: the product has the sign of the signal
+            nonnegative[len(ops)] = nonnegative[inputs[0]]
     for op in ops:  # once BatchNorm is merged: the parts the z+ rule uses (zennit's ClampMod(min=0))
         if op.rule.startswith("zplus"):
             op.positive = (op.weight.clamp(min=0), None if op.bias is None else op.bias.clamp(min=0))

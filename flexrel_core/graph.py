@@ -62,6 +62,7 @@ class Step:
     is_sum: bool = False
     twin: bool = False  # the module twin of a function or method call (``graph_ops.TWINS``)
     route: bool = False  # a call that only moves elements; ``function``: its ``graph_ops.Call`` on the slots
+    gate: bool = False  # x * g with g a squeeze-and-excitation gate of x (``graph_ops.gate_operands``): (x, g)
 
 
 class _Tracer(fx.Tracer):
@@ -124,8 +125,10 @@ def graph_steps(model: nn.Module) -> list[Step]:
         if node.op == "get_attr":
             raise _refuse(model, f"it reads the tensor {node.target} directly in its forward ({place(node)})")
         operands = sum_operands(model, node, meta)
-        if operands is not None:
-            steps.append(Step(label(node), function=node.target, inputs=tuple(slots[n] for n in operands), is_sum=True))
+        gate = graph_ops.gate_operands(node, modules, meta) if operands is None else None
+        if operands is not None or gate is not None:
+            reads, is_gate = tuple(slots[n] for n in operands or gate), gate is not None
+            steps.append(Step(label(node), function=node.target, inputs=reads, is_sum=not is_gate, gate=is_gate))
         elif graph_ops.is_multi_output(node):
             multi.add(node)  # a tuple of tensors: the calls reading it are the steps
             continue

@@ -259,6 +259,95 @@ def reads_tensor(value: Any, meta: set[fx.Node]) -> bool:
     return bool(found)
 
 
+_PRODUCT_FUNCTIONS = (operator.mul, torch.mul)
+_GATE_MODULES = (nn.Sigmoid, nn.Hardsigmoid)
+_GATE_FUNCTIONS = (torch.sigmoid, F.sigmoid, F.hardsigmoid)
+_GATE_DEPTH = 16  # operations between the pooling and the sigmoid that a gate branch may hold
+
+
+def gate_operands(node: fx.Node, modules: dict[str, nn.Module], meta: set[fx.Node]) -> tuple[fx.Node, fx.Node] | None:
+    """``(x, g)`` if ``node`` multiplies a tensor ``x`` by a gate ``g`` computed from ``x`` alone: ``g`` is
+    a sigmoid or hard sigmoid of a branch that reads only the global average pooling of ``x``
+    (``AdaptiveAvgPool2d(1)``, ``F.adaptive_avg_pool2d(x, 1)``, ``x.mean([2, 3], keepdim=True)``), so it
+    has one value per sample and channel and broadcasts over the spatial dimensions -- the
+    squeeze-and-excitation gate of MobileNetV3, EfficientNet and RegNet-Y (Hu et al. 2018). None otherwise.
+    """
+    product = (node.op == "call_function" and node.target in _PRODUCT_FUNCTIONS) or (
+        node.op == "call_method" and node.target == "mul"
+    )
+    operands = [a for a in node.args if isinstance(a, fx.Node) and a not in meta]
+    if not product or node.kwargs or len(node.args) != 2 or len(operands) != 2 or operands[0] is operands[1]:
+        return None
+    for x, g in (operands, operands[::-1]):
+        if _is_gate_activation(g, modules) and _pools(g.args[0], x, modules, meta):
+            return x, g
+    return None
+
+
+def _is_gate_activation(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
+    if node.op == "call_module":
+        return isinstance(modules.get(node.target), _GATE_MODULES)
+    if node.op == "call_method":
+        return node.target == "sigmoid"
+    return node.op == "call_function" and node.target in _GATE_FUNCTIONS
+
+
+def _pools(node: Any, x: fx.Node, modules: dict[str, nn.Module], meta: set[fx.Node]) -> bool:
+    """True if ``node`` is computed, one tensor at a time, from the global average pooling of ``x``."""
+    for _ in range(_GATE_DEPTH):
+        if not isinstance(node, fx.Node):
+            return False
+        tensors = [n for n in node.all_input_nodes if n not in meta]
+        if len(tensors) != 1:
+            return False
+        if tensors[0] is x:
+            return _is_global_pool(node, modules)
+        node = tensors[0]
+    return False
+
+
+def _is_global_pool(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
+    if node.op == "call_module":
+        m = modules.get(node.target)
+        return isinstance(m, nn.AdaptiveAvgPool2d) and m.output_size in (1, (1, 1))
+    if node.op == "call_function" and node.target is F.adaptive_avg_pool2d:
+        return tuple(node.args[1:]) in ((1,), ((1, 1),)) and not node.kwargs
+    if node.target in ("mean", torch.mean) and node.op in ("call_method", "call_function"):
+        twins = twin_modules(node)
+        return isinstance(twins, list) and len(twins) == 1  # keepdim=True: AdaptiveAvgPool2d(1) alone
+    return False
+
+
+def check_gate(x: torch.Tensor, g: torch.Tensor, name: str) -> None:
+    """A gate has one value per sample and channel: shape (n, C, 1, 1) against x's (n, C, H, W)."""
+    if x.ndim != 4 or tuple(g.shape) != (x.shape[0], x.shape[1], 1, 1):
+        raise ValueError(
+            f"{name} multiplies a map of shape {tuple(x.shape)} by a gate of shape {tuple(g.shape)}: a gate "
+            "has one value per sample and channel, (n, C, 1, 1)"
+        )
+
+
+class _Gate(torch.autograd.Function):
+    """``x * g`` with the gate held constant for LRP: ``rel(x) = rel(x * g)``, ``rel(g) = 0`` (the
+    signal-take-all rule for multiplicative gates, Arras et al. 2017, "Explaining recurrent neural network
+    predictions in sentiment analysis")."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+        ctx.gate_shape = g.shape
+        return x * g
+
+    @staticmethod
+    def backward(ctx, rel: torch.Tensor):
+        return rel, rel.new_zeros(ctx.gate_shape)
+
+
+def gated(x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """The gate product as zennit's route runs it: relevance passes to ``x`` unchanged, none to ``g``."""
+    check_gate(x, g, "a gate")
+    return _Gate.apply(x, g)
+
+
 def unknown(node: fx.Node) -> str:
     """Why a call outside the allow-list is refused, naming it and its place."""
     return (

@@ -13,6 +13,8 @@ merged by the graph (``graph.graph_merges``, zennit's ``NamedMergeBatchNorm``), 
 A function or method call with a module twin (``graph_ops.TWINS``: ``F.gelu``, ``F.adaptive_avg_pool2d``,
 ``x.mean([2, 3])``...) is replaced by that module, so the composite gives it the module's rule; calls that
 only move elements (``cat``, ``view``, ``chunk``, slicing) stay as they are: their gradient is exact routing.
+A squeeze-and-excitation gate ``x * g`` becomes ``graph_ops.gated``, whose backward hands all relevance
+to ``x`` and none to ``g`` (the gate held constant, Arras et al. 2017).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from zennit.composites import COMPOSITES, Composite
 from zennit.layer import Sum
 
 from .graph import Step, graph_merges, shape_queries, sum_operands, trace
-from .graph_ops import twin_modules
+from .graph_ops import gate_operands, gated, twin_modules
 
 
 def stack_operands(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -51,6 +53,8 @@ def zennit_model(model: nn.Module, composite: str | Composite, steps: list[Step]
     root: dict[str, nn.Module] = {}
     flat: dict[str, str] = {}  # qualified name -> flat name
     sums = 0
+    # each gate's signal operand, by position: the nodes themselves may be replaced (by twins) before it
+    gates = {n: n.args.index(pair[0]) for n in graph.nodes if (pair := gate_operands(n, modules, meta)) is not None}
     for node in list(graph.nodes):
         if node.op == "call_module":
             name = flat.setdefault(node.target, f"m{len(flat)}_{node.target.replace('.', '_')}")
@@ -61,6 +65,12 @@ def zennit_model(model: nn.Module, composite: str | Composite, steps: list[Step]
             root[name] = Sum()
             with graph.inserting_before(node):
                 replacement = graph.call_module(name, (graph.call_function(stack_operands, operands),))
+            node.replace_all_uses_with(replacement)
+            graph.erase_node(node)
+        elif node in gates:
+            with graph.inserting_before(node):
+                signal = gates[node]
+                replacement = graph.call_function(gated, (node.args[signal], node.args[1 - signal]))
             node.replace_all_uses_with(replacement)
             graph.erase_node(node)
         elif node not in meta and isinstance(twins := twin_modules(node), list):

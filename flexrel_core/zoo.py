@@ -10,14 +10,15 @@ it has at most ``MAX_PARAMS`` parameters (the count torchvision publishes with i
 - **not run** when its graph is accepted but it has more than ``MAX_PARAMS`` parameters (the cost the
   test suite can afford);
 - **scored** otherwise: built with random weights (``weights=None``, torchvision's initialisation,
-  ``num_classes=10``, BatchNorm variances calibrated and biases zeroed as ``build`` says), in eval mode and
+  ``num_classes=10``, BatchNorm calibrated and biases zeroed as ``build`` says), in eval mode and
   float32 (``DTYPE``), on ``BATCH`` random image of the smallest size it accepts (``weights.meta["min_size"]``, at
   least ``MIN_PIXELS``), with one LRP pass per engine that handles it. The row records the largest
   difference between the engines' rel(a) and rel(b) of every prunable layer (relative to the largest value
-  of each) and the conservation ratio ``sum(rel(x)) / logit`` (LRP's rules conserve relevance up to their
+  of each) and the conservation ratio ``sum(rel(x)) / logit``, the logit of the pass's own forward
+  (``fast_engine.plan_logits``: BatchNorm merged as zennit merges it) (LRP's rules conserve relevance up to their
   stabiliser when no bias absorbs a share: Bach et al. 2015; Montavon et al. 2019; the z+ rule loses the
-  relevance of an output with no positive contribution, as in ShuffleNetV2's depthwise convolutions on
-  1 x 1 maps at 32 px).
+  relevance of an output with no positive contribution, as in the depthwise convolutions of ShuffleNetV2,
+  MobileNetV3 and EfficientNet on the small maps of 32 px inputs).
 
 GoogLeNet and Inception v3 are built without their auxiliary classifiers (``aux_logits=False``), which run
 only in training. ``python -m flexrel_core.zoo`` prints the table and writes the README's list of models.
@@ -35,7 +36,7 @@ import torch
 import torchvision
 from torch import nn
 
-from .fast_engine import lrp_fast
+from .fast_engine import lrp_fast, plan_logits
 from .graph import graph_steps
 from .relevance import lrp_backward
 
@@ -72,9 +73,10 @@ def build(name: str) -> tuple[nn.Module, torch.Tensor]:
 
     With random weights and BatchNorm's initial statistics (mean 0, variance 1) activations shrink or grow
     layer after layer, and the logits of a deep network can be so small that LRP's stabiliser (1e-6)
-    absorbs their relevance. So the variances are calibrated on random images (one pass in train mode),
-    and every bias, BatchNorm shift and mean is set to zero: the rules then conserve relevance up to their
-    stabiliser, which makes conservation a check of how the graph is read."""
+    absorbs their relevance. So BatchNorm is calibrated on random images (one pass in train mode) to divide
+    by the root mean square of what it reads (variance plus squared mean) and subtract nothing, and every
+    bias and BatchNorm shift is set to zero: activations keep their scale, and the rules conserve relevance
+    up to their stabiliser, which makes conservation a check of how the graph is read."""
     torch.manual_seed(0)
     model = torchvision.models.get_model(name, weights=None, num_classes=10, **BUILD_OPTIONS.get(name, {}))
     size = max(MIN_PIXELS, *_meta(name).get("min_size", (1, 1)))
@@ -88,7 +90,8 @@ def build(name: str) -> tuple[nn.Module, torch.Tensor]:
         for m in model.modules():
             if isinstance(getattr(m, "bias", None), torch.Tensor):
                 m.bias.zero_()
-        for m in norms:
+        for m in norms:  # divide by the root mean square, subtract nothing: scaled, no bias
+            m.running_var.add_(m.running_mean**2)
             m.running_mean.zero_()
     x = torch.randn(BATCH, 3, size, size, dtype=DTYPE, generator=generator)
     return model.eval(), x
@@ -140,8 +143,7 @@ def score(name: str) -> Row:
 
 def _layers(model: nn.Module, x: torch.Tensor, engine: str):
     """One LRP pass: (rel(x), the logit it starts from, {layer: (rel(a), rel(b))})."""
-    with torch.no_grad():
-        logit = float(model(x).max(1).values.sum())
+    logit = float(plan_logits(model, x).max(1).values.sum())  # where LRP starts: BatchNorm merged
     layers: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     if engine == "fast":
         rel_x = lrp_fast(model, x, layer_hooks=lambda n, a, b: layers.__setitem__(n, (a, b)))
