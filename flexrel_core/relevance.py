@@ -214,6 +214,7 @@ def parameter_relevance(
         raise ValueError(f"unknown engine {engine!r}; expected one of {ENGINES}")
     inputs = check_inputs(model, inputs)
     steps = model_steps(model)
+    _check_all_run(model, steps)
     plan = _fast_plan(model, composite, engine, steps)
     runner = _zennit_runner(model, composite, steps) if plan is None else None
     phi = AGGREGATES[aggregate]
@@ -233,6 +234,18 @@ def parameter_relevance(
         else:
             relevance[name] = linear_weight_relevance(a_sum, b_sum)
     return relevance
+
+
+def _check_all_run(model: nn.Module, steps) -> None:
+    """Every prunable layer runs in the traced (eval-mode) forward; one that never runs has no relevance."""
+    ran = {f"{s.name}.weight" for s in steps if s.module is not None}
+    idle = [name for name in prunable_layers(model) if name not in ran]
+    if idle:
+        raise ValueError(
+            f"the prunable layers {idle[:3]}{' ...' if len(idle) > 3 else ''} of {type(model).__name__} never run in "
+            "eval mode (an auxiliary classifier?), so LRP gives them no relevance; build the model without "
+            "them (torchvision: aux_logits=False)"
+        )
 
 
 def engine_for(model: nn.Module, composite: str | Composite = "epsilon_plus_flat") -> str:

@@ -227,3 +227,10 @@ def test_unknown_calls_are_refused_naming_the_call_and_its_place(name, engine):
     model, match = REFUSED[name]
     with pytest.raises(ValueError, match=match):
         parameter_relevance(model, torch.randn(1, 1, 4, 4), engine=engine)
+
+
+def test_layers_that_never_run_in_eval_mode_are_refused_by_name():
+    """GoogLeNet's auxiliary classifiers run only in training: no relevance reaches them."""
+    model = torchvision.models.googlenet(weights=None, init_weights=False, num_classes=4)
+    with pytest.raises(ValueError, match=r"\['aux1.conv.conv.weight'.*never run in eval mode.*aux_logits=False"):
+        parameter_relevance(model, torch.randn(1, 3, 32, 32))
