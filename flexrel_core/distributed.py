@@ -153,13 +153,18 @@ def check_same(tensors: Mapping[str, torch.Tensor], what: str) -> None:
 
 
 def wrap_ddp(model: nn.Module) -> nn.Module:
-    """``model`` under ``DistributedDataParallel`` on its device. Buffers are not broadcast at each
-    forward: the FlexRel masks, the only buffers that matter while fine-tuning, are checked equal on
-    every rank first (``check_same``) and never change (BatchNorm statistics stay per rank)."""
+    """``model`` under ``DistributedDataParallel`` on its device; DDP gives every rank rank 0's parameters
+    and buffers once, at the start. Buffers are not synchronised at each forward: the FlexRel masks, the
+    only buffers that matter while fine-tuning, are checked equal on every rank first (``check_same``)
+    and never change (BatchNorm statistics stay per rank)."""
+    import inspect
+
     from torch.nn.parallel import DistributedDataParallel
 
     dev = next(model.parameters()).device
     ids = [dev.index if dev.index is not None else torch.cuda.current_device()] if dev.type == "cuda" else None
+    if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters:  # torch >= 2.14
+        return DistributedDataParallel(model, device_ids=ids, forward_sync_buffers=False)
     return DistributedDataParallel(model, device_ids=ids, broadcast_buffers=False)
 
 
