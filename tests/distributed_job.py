@@ -3,7 +3,8 @@
 ``python tests/distributed_job.py ROOT PROFILE OUT`` (or under torchrun): Figure 2's cached stages under
 ``ROOT/profiles/PROFILE`` (``paper.torchrun.precompute``), then, on a seeded model that no run trains,
 its relevance (``pipeline.relevance_for``, cached under ``OUT/cache``), its correct/total counts on every
-split and the weights of a fine-tuning with fixed magnitude masks, saved to ``OUT/result.pt``.
+split (and a seeded linear probe's), and the weights of a fine-tuning with fixed magnitude masks, saved to
+``OUT/result.pt``.
 A rank named by ``FLEXREL_TEST_FAIL_RANK`` raises instead (printing when), while the others wait at a barrier.
 """
 
@@ -32,7 +33,7 @@ def work(root: Path, profile: str, out: Path) -> None:
     from flexrel_core.models import build_model
     from flexrel_core.paper import torchrun
     from flexrel_core.scores import pruning_scores
-    from flexrel_core.training import correct_count, train
+    from flexrel_core.training import correct_count, predict, train
     from flexrel_core.workbook.pipeline import relevance_for
 
     torchrun.precompute(profile, root / "profiles")
@@ -45,9 +46,15 @@ def work(root: Path, profile: str, out: Path) -> None:
     counts = {s: correct_count(model, getattr(data, s), device="cpu") for s in ("train", "val", "inference", "test")}
     prune(model, pruning_scores(model, method="magnitude"), 0.5)
     losses = train(model, data.train, epochs=2, batch_size=8, seed=0, device="cpu", show_progress=False)
+    # the seeded CNN predicts one class everywhere: a seeded linear map of the pixels predicts several
+    torch.manual_seed(1)
+    probe = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, data.num_classes))
+    counts |= {f"probe {s}": correct_count(probe, getattr(data, s), device="cpu") for s in ("train", "test")}
     if distributed.rank() == 0:
         state = {k: v.clone() for k, v in model.state_dict().items()}
-        torch.save({"relevance": rel, "counts": counts, "state": state, "losses": losses}, out / "result.pt")
+        classes = len(set(predict(probe, data.train, device="cpu")[0].tolist()))
+        result = {"relevance": rel, "counts": counts, "state": state, "losses": losses, "classes": classes}
+        torch.save(result, out / "result.pt")
 
 
 if __name__ == "__main__":
