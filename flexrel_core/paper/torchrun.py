@@ -25,6 +25,7 @@ from pathlib import Path
 import nbformat
 
 from .. import distributed
+from ..models import build_model
 from ..workbook.config import PruneConfig, TrainConfig
 from ..workbook.paths import PROFILES_ROOT, REPO_ROOT
 from ..workbook.pipeline import shift_spec
@@ -50,8 +51,14 @@ def fig2_parameters(profile: str, profiles_root: str | Path = PROFILES_ROOT, not
 
 
 def precompute(profile: str, profiles_root: str | Path = PROFILES_ROOT, notebook: str | Path = NOTEBOOK) -> None:
-    """Figure 2's sweep under ``profile`` (``fig2.compute``, its results cached; nothing else written)."""
+    """Figure 2's sweep under ``profile`` (``fig2.compute``, its results cached; nothing else written).
+    ImageNet weights, when the profile starts from them, are fetched first by one process per node
+    while the others wait (torchvision's download cache is per machine)."""
     p = fig2_parameters(profile, profiles_root, notebook)
+    if p.get("pretrained") and p.get("model") == "vgg16" and distributed.active():
+        if int(os.environ.get("LOCAL_RANK", "0")) == 0:  # one download of the ImageNet weights per node
+            build_model("vgg16", num_classes=1000, in_channels=3, batch_norm=bool(p.get("batch_norm")), pretrained=True)
+        distributed.barrier()
     fig2.compute(
         TrainConfig.from_mapping(p),
         PruneConfig.from_mapping(p),
