@@ -175,7 +175,7 @@ def relevance_for(
         # under a process group: this rank's block of the sample, then the sum over ranks (``distributed``)
         part = distributed.shard(sample, distributed.rank(), distributed.world()) if distributed.active() else sample
         dev = select_device(device)
-        if len(part) == 0:  # more ranks than samples: this rank adds nothing to the sum
+        if distributed.active() and len(part) == 0:  # more ranks than samples: this rank adds nothing
             rel = {name: torch.zeros_like(m.weight) for name, m in prunable_layers(model).items()}
             return {k: v.cpu() for k, v in distributed.all_reduce_sum(rel).items()}
         x, y = tensors(part)
