@@ -1,5 +1,7 @@
 # FlexRel reproducibility workbook.
 #   make reproduce [PROFILE=default|quick|paper]   set up, then run every notebook in order
+#        [NPROC=n] [TORCHRUN_ARGS=...]             Figure 2's stages first under torchrun on n processes per node
+#   make sharded PROFILE=... NPROC=n TORCHRUN_ARGS=...  that torchrun step alone (the other nodes of a multi-node run)
 #   make test                                      set up, then ruff + the whole pytest suite
 #   make compare REF=<git ref or folder>           this run's verdicts against another run's, claim by claim
 #                                                  -> results/$(PROFILE)/COMPARISON.md
@@ -36,7 +38,7 @@ export MPLBACKEND := Agg
 NOTEBOOKS := $(foreach n,method fig1 fig2 baselines fig3 fig4 ablations robustness table1 explore,$(if $(wildcard notebooks/$(n).ipynb),$(n)))
 RESULTS := results/$(PROFILE)
 
-.PHONY: setup test test-browser screenshot lint chromium check-profile reproduce compare bench bench-sweep bench-precision bench-paper lab app clean
+.PHONY: setup test test-browser screenshot lint chromium check-profile reproduce sharded compare bench bench-sweep bench-precision bench-paper lab app clean
 
 # The project is installed in the venv in editable mode, so `import flexrel_core` works from any
 # folder and any kernel. One venv may serve several checkouts (CI keeps it outside the clone): when
@@ -103,7 +105,23 @@ reproduce: $(RESULTS)/REPORT.md
 check-profile: setup
 	@$(PY) -m flexrel_core.workbook.profiles $(PROFILE)
 
-$(RESULTS)/.runs/%.done: notebooks/%.ipynb $(LIBRARY) $(wildcard profiles/$(PROFILE)/*.yaml) | check-profile
+# NPROC=n (or TORCHRUN_ARGS for several nodes): before the first notebook, torchrun runs Figure 2's sweep on n
+# processes per node, its heavy stages sharded over them, and rank 0 caches every result
+# (flexrel_core/paper/torchrun.py); the notebooks then run in one process and find it cached. NPROC unset or 1
+# and no TORCHRUN_ARGS: no torchrun step, the notebooks run as they always did. Several nodes, e.g. two:
+#   node 0: make reproduce PROFILE=paper NPROC=4 TORCHRUN_ARGS="--nnodes=2 --node-rank=0 --rdzv-endpoint=node0:29500"
+#   node 1: make sharded   PROFILE=paper NPROC=4 TORCHRUN_ARGS="--nnodes=2 --node-rank=1 --rdzv-endpoint=node0:29500"
+# with the repository's cache/ folder on a file system both nodes share.
+NPROC ?= 1
+TORCHRUN_ARGS ?=
+SHARDED := $(if $(filter-out 1,$(NPROC))$(strip $(TORCHRUN_ARGS)),$(RESULTS)/.runs/torchrun.done)
+sharded: $(RESULTS)/.runs/torchrun.done
+
+$(RESULTS)/.runs/torchrun.done: $(LIBRARY) $(wildcard profiles/$(PROFILE)/*.yaml) | check-profile
+	$(PY) -m torch.distributed.run --nproc-per-node=$(NPROC) $(TORCHRUN_ARGS) -m flexrel_core.paper.torchrun --profile $(PROFILE)
+	@mkdir -p $(@D) && touch $@
+
+$(RESULTS)/.runs/%.done: notebooks/%.ipynb $(LIBRARY) $(wildcard profiles/$(PROFILE)/*.yaml) | check-profile $(SHARDED)
 	@$(PY) -m flexrel_core.workbook.runner $< --profile $(PROFILE)
 	@mkdir -p $(@D) && touch $@
 

@@ -71,13 +71,25 @@ def in_memory(ds: Dataset) -> bool:
 
 
 def loader(
-    ds: Dataset, batch_size: int, *, shuffle: bool = False, generator: torch.Generator | None = None
+    ds: Dataset,
+    batch_size: int | None,
+    *,
+    shuffle: bool = False,
+    generator: torch.Generator | None = None,
+    batch_sampler: Sequence[Sequence[int]] | None = None,
 ) -> torch.utils.data.DataLoader:
     """A ``DataLoader`` over ``ds``; a dataset decoded from files (an image folder, torchvision's
     formats) is read by worker processes (up to 8, one core left to the main process), in-memory
-    tensors by the main process. Workers change no sample and no order: the order comes from
-    ``generator`` in the main process."""
-    workers = 0 if in_memory(ds) else min(8, max((os.cpu_count() or 1) - 1, 0))
+    tensors by the main process; under torchrun the node's cores are shared by its ``LOCAL_WORLD_SIZE``
+    processes. Workers change no sample and no order: the order comes from ``generator`` in the main
+    process, or is given as the batches' indices (``batch_sampler``)."""
+    cores = (os.cpu_count() or 1) // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    workers = 0 if in_memory(ds) else min(8, max(cores - 1, 0))
+    if batch_sampler is not None:
+        return torch.utils.data.DataLoader(
+            ds, batch_sampler=batch_sampler, generator=generator, num_workers=workers, persistent_workers=False,
+            pin_memory=False,
+        )  # fmt: skip
     return torch.utils.data.DataLoader(
         ds, batch_size=batch_size, shuffle=shuffle, generator=generator, num_workers=workers,
         persistent_workers=False, pin_memory=False,

@@ -12,6 +12,12 @@ rules need far less: one forward that keeps each layer's input, then one walk ba
 - flat rule (first layer): ``rel(a) = conv_transpose(rel(b) / stab(conv(1, 1)), 1)``;
 - average pooling, zennit's ``Norm``: ``rel(x) = x * pool^T(rel(y) / stab(y))``; max pooling:
   its gradient; activations, Dropout, Flatten, merged BatchNorm: relevance unchanged (``Pass``);
+  a BatchNorm merged into no layer (DenseNet's pre-activation BatchNorm): relevance unchanged, as zennit's
+  composites pass it (checked in float64 against zennit, ``tests/test_graph_ops.py``);
+- a squeeze-and-excitation gate ``x * g``: the gate held constant, ``rel(x) = rel(x * g)``, none to ``g``
+  (Arras et al. 2017, "Explaining recurrent neural network predictions in sentiment analysis");
+- a route (``view``, ``transpose``, slicing, ``cat``, ``chunk``...): relevance goes back with each element,
+  by autograd's transpose of the call (a concatenation hands each operand its slice);
 - a sum ``y = a + b`` (skip connection), zennit's ``Norm`` on its ``Sum`` layer:
   ``rel(a) = a * rel(y) / stab(y)``, ``rel(b) = b * rel(y) / stab(y)``;
 
@@ -32,6 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .fast_plan import EPSILON, Op, conv_geometry, make_plan
+from .graph_ops import check_gate
 from .lrp_inputs import check_inputs, is_out_of_memory, memory_error, start_relevance
 
 # visit(name, side, rel, key): for every prunable layer, side "b" (the relevance of its output, before its
@@ -84,6 +91,15 @@ def lrp_fast(
     return walk(make_plan(model, composite), model, inputs, targets, visit)
 
 
+def plan_logits(model: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
+    """The logits the fast engine's LRP pass starts from: the model's forward with BatchNorm merged as zennit's
+    canonizers merge it (the merged BatchNorm still divides by sqrt(1 + eps), so these differ from
+    ``model(inputs)`` by that factor per merged BatchNorm)."""
+    plan = make_plan(model)
+    with torch.no_grad():
+        return _forward(plan, check_inputs(model, inputs).detach(), _reads(plan))[1]
+
+
 def walk(plan: list[Op], model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor | None, visit: Visitor):
     """Forward keeping what each rule needs, then the backward walk; returns the input relevance."""
     inputs = check_inputs(model, inputs)
@@ -109,10 +125,14 @@ def walk(plan: list[Op], model: nn.Module, inputs: torch.Tensor, targets: torch.
                     sent, keep = [(_RULES[op.rule](op, keep, held), None)], None
                 elif op.kind == "reshape":
                     sent = [(r.reshape(keep), key)]
-                elif op.kind == "pass":
+                elif op.kind in ("pass", "bn"):
                     sent = [(r, key)]
                 elif op.kind == "sum":
                     sent, keep = [(part, None) for part in _sum_backward(keep, r)], None
+                elif op.kind == "gate":  # the gate held constant: all relevance to the signal, none to the gate
+                    sent, keep = [(r, key), (r.new_zeros(keep), None)], None
+                elif op.kind == "route":
+                    sent, keep = [(part, None) for part in _route_backward(op, keep, r)], None
                 else:
                     sent, keep = [(_BACKWARD[op.kind](op, keep, r), None)], None
                 r = None
@@ -150,11 +170,18 @@ def _forward(plan: list[Op], x: torch.Tensor, readers: dict[int, int]) -> tuple[
     one, or read by several operations, so an operation must not modify it in place."""
     saved: list = [None] * len(plan)
     values, shared, left = {0: x}, {0: True}, dict(readers)
+    metas = {0: x.to("meta")}  # every value's shape, for the sizes a route reads (x.view(x.size(0), -1))
     shape = tuple(x.shape)
     for i, op in enumerate(plan):
         try:
             if op.kind == "sum":
                 out, saved[i], out_shared = _forward_sum(op, [values[s] for s in op.inputs])
+            elif op.kind == "route":
+                out, saved[i], out_shared = _forward_route(op, values, metas)
+            elif op.kind == "gate":
+                x, g = (values[s] for s in op.inputs)
+                check_gate(x, g, op.name)
+                out, saved[i], out_shared = x * g, g.shape, False
             else:
                 s = op.inputs[0]
                 out, saved[i], out_shared = _FORWARD[op.kind](op, values[s], shared[s] or readers[s] > 1)
@@ -167,7 +194,7 @@ def _forward(plan: list[Op], x: torch.Tensor, readers: dict[int, int]) -> tuple[
             left[s] -= 1
             if left[s] == 0:
                 del values[s], shared[s]
-        values[i + 1], shared[i + 1] = out, out_shared
+        values[i + 1], shared[i + 1], metas[i + 1] = out, out_shared, out.to("meta")
     return saved, values[len(plan)]
 
 
@@ -228,15 +255,24 @@ def _forward_reshape(op: Op, x: torch.Tensor, shared: bool):
     return out, x.shape, shared
 
 
-def _forward_relu(op: Op, x: torch.Tensor, shared: bool):
-    out = x.relu() if shared else x.relu_()
-    return out, out > 0, False
-
-
 def _forward_maxpool(op: Op, x: torch.Tensor, shared: bool):
     m = op.module
-    out, indices = F.max_pool2d(x, m.kernel_size, m.stride, m.padding, m.dilation, m.ceil_mode, return_indices=True)
+    if isinstance(m, nn.AdaptiveMaxPool2d):
+        out, indices = F.adaptive_max_pool2d(x, m.output_size, return_indices=True)
+    else:
+        out, indices = F.max_pool2d(x, m.kernel_size, m.stride, m.padding, m.dilation, m.ceil_mode, return_indices=True)
     return out, (indices, x.shape), False
+
+
+def _forward_bn(op: Op, x: torch.Tensor, shared: bool):
+    m = op.module
+    return F.batch_norm(x, m.running_mean, m.running_var, m.weight, m.bias, False, 0.0, m.eps), None, False
+
+
+def _forward_route(op: Op, values: dict, metas: dict):
+    """Run a route on its slots' values (sizes from any slot's shape); keep the shapes its transpose needs."""
+    out = op.fn(lambda s: values[s] if s in op.inputs else metas[s])
+    return out, (metas, {s: metas[s] for s in op.inputs}), True  # shared: it may be a view of its inputs
 
 
 def _forward_avgpool(op: Op, x: torch.Tensor, shared: bool):
@@ -272,8 +308,8 @@ _FORWARD = {
     "linear": _forward_layer,
     "pass": _forward_pass,
     "reshape": _forward_reshape,
-    "relu": _forward_relu,
     "maxpool": _forward_maxpool,
+    "bn": _forward_bn,
     "avgpool": _forward_avgpool,
 }
 
@@ -349,9 +385,15 @@ def _avgpool_backward(op: Op, x: torch.Tensor, rel: torch.Tensor) -> torch.Tenso
     return grad.mul_(x)
 
 
-def _relu_backward(op: Op, positive: torch.Tensor, rel: torch.Tensor) -> torch.Tensor:
-    """Gradient of a ReLU call (zennit has no rule for functions): rel where the output is > 0."""
-    return rel * positive
+def _route_backward(op: Op, keep, rel: torch.Tensor) -> list[torch.Tensor]:
+    """Each element's relevance back to where it came from: the transpose of the route by autograd (a call
+    that only moves or copies elements), one tensor per slot in ``op.inputs``, zeros where nothing came from."""
+    metas, shapes = keep
+    with torch.enable_grad():
+        leaves = {s: rel.new_zeros(m.shape).requires_grad_(True) for s, m in shapes.items()}
+        out = op.fn(lambda s: leaves[s] if s in leaves else metas[s])
+        grads = torch.autograd.grad(out, list(leaves.values()), rel, allow_unused=True)
+    return [torch.zeros_like(leaf) if g is None else g for leaf, g in zip(leaves.values(), grads, strict=True)]
 
 
-_BACKWARD = {"maxpool": _maxpool_backward, "avgpool": _avgpool_backward, "relu": _relu_backward}
+_BACKWARD = {"maxpool": _maxpool_backward, "avgpool": _avgpool_backward}

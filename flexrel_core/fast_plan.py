@@ -13,13 +13,19 @@ else with a message:
   ``SequentialMergeBatchNorm`` does (``w * s``, ``(b - mean) * s + beta`` with ``s = gamma /
   sqrt(var + eps)``); the merged BatchNorm still divides by ``sqrt(1 + eps)`` in the forward and
   passes relevance unchanged (zennit's ``Pass``), and so does the plan.
-- activation modules (``ReLU`` ...): ``Pass``; ``torch.relu``/``F.relu`` calls: their gradient.
-- ``AvgPool2d``/``AdaptiveAvgPool2d``: zennit's ``Norm`` rule; ``MaxPool2d`` and ``F.max_pool2d``: the gradient.
-- ``Flatten``/``torch.flatten``/``view``/``reshape`` keeping the batch dimension (sizes may be read from
-  the tensor, ``x.view(x.size(0), -1)``), ``Dropout`` (eval),
-  ``Identity``: unchanged relevance.
+- any other BatchNorm (reading an activation, a sum or a concatenation: DenseNet's pre-activation
+  BatchNorm): relevance unchanged, which is what zennit 0.5.1's composites give it (measured in float64:
+  ``tests/test_graph_ops.py``), its forward in eval mode.
+- activation modules (``ReLU`` ...): ``Pass``. Function calls with a module twin (``F.relu``, ``F.gelu``,
+  ``F.avg_pool2d``... ``graph_ops.TWINS``) are that module.
+- ``AvgPool2d``/``AdaptiveAvgPool2d``: zennit's ``Norm`` rule; ``MaxPool2d``/``AdaptiveMaxPool2d``: the gradient.
+- ``Flatten``, ``Dropout`` (eval), ``Identity``: unchanged relevance.
+- routes (``view``, ``reshape``, ``transpose``, slicing, ``cat``, ``chunk``... ``graph_ops``; sizes may be
+  read from any tensor, ``x.view(x.size(0), -1)``): relevance goes back with each element (the gradient).
 - a sum of two tensors (skip connection): zennit's ``Sum`` layer with the ``Norm`` rule (what its
   ``ResNetCanonizer`` puts in torchvision's ResNet blocks), ``rel(x_k) = x_k * rel(y) / stab(y)``.
+- a squeeze-and-excitation gate ``x * g`` (``graph_ops.gate_operands``): the gate held constant,
+  ``rel(x) = rel(x * g)`` and no relevance to ``g`` (Arras et al. 2017, signal-take-all).
 
 Each op reads the value slots ``inputs`` (slot 0: the model's input; slot ``k + 1``: the output of op
 ``k``); a merged BatchNorm's output is its layer's slot, and Dropout and Identity, which in eval return
@@ -33,11 +39,10 @@ import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
-from torch import fx, nn
+from torch import nn
 from zennit.types import Activation
 
-from .graph import ShapeQuery, Step, graph_merges, graph_steps
+from .graph import Step, graph_merges, graph_steps
 from .layers import conv_padding
 
 FAST_COMPOSITES = ("epsilon_plus_flat", "epsilon_plus")
@@ -45,16 +50,13 @@ EPSILON = 1e-6  # zennit 0.5.1: Epsilon(epsilon=1e-6) and every other rule's sta
 
 HANDLED = (
     "the fast engine handles chains and residual networks (sums of two tensors) of Conv2d, Linear, BatchNorm "
-    "right after them, activations, MaxPool2d (module or F.max_pool2d), "
-    "AvgPool2d, AdaptiveAvgPool2d, Flatten, Dropout and Identity, with composites "
+    "right after them (any other BatchNorm passes its gradient), activations, max and average pooling, Flatten, "
+    "Dropout, Identity, function calls with a module twin and calls that only move elements (view, cat, chunk, "
+    "slicing), with composites "
     f"{', '.join(map(repr, FAST_COMPOSITES))}; use engine='zennit' for anything else"
 )
 
 _DROPOUT = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.FeatureAlphaDropout)
-_RESHAPE_FUNCTIONS = (torch.flatten, torch.reshape)
-_RESHAPE_METHODS = ("flatten", "view", "reshape")
-_RELU_FUNCTIONS = (torch.relu, F.relu)
-_MAX_POOL_ARGS = ("kernel_size", "stride", "padding", "dilation", "ceil_mode", "return_indices")  # F.max_pool2d's
 
 
 @dataclass
@@ -63,8 +65,9 @@ class Op:
 
     ``kind``: ``"conv"``, ``"linear"`` (prunable; ``name`` is the weight's key ``"<module>.weight"``),
     ``"pass"`` (relevance unchanged; ``fn`` is the forward, None for the identity), ``"reshape"``
-    (``fn`` the forward), ``"relu"`` (gradient of a ReLU call), ``"maxpool"``, ``"avgpool"``, ``"sum"``
-    (of the two slots in ``inputs``; every other kind reads one).
+    (``fn`` the forward), ``"maxpool"``, ``"avgpool"``, ``"bn"`` (an unmerged BatchNorm: relevance unchanged),
+    ``"sum"`` (of the two slots in ``inputs``), ``"route"`` (``fn`` the ``graph_ops.Call``, reading every
+    slot in ``inputs``; every other kind reads one).
     ``rule`` of a prunable layer: ``"flat"``, ``"epsilon"``, ``"zplus"`` (inputs known to be >= 0)
     or ``"zplus_signed"``. ``weight``/``bias`` are the layer's (BatchNorm merged); ``scale`` the
     merged BatchNorm's 1 / sqrt(1 + eps), or None; ``positive`` (W+, b+) for the z+ rules.
@@ -102,14 +105,19 @@ def make_plan(model: nn.Module, composite: object = "epsilon_plus_flat", steps: 
     first = True
     for i, step in enumerate(steps, 1):
         inputs = tuple(slot_of[s] for s in step.inputs)
-        if isinstance(step.module, (nn.BatchNorm1d, nn.BatchNorm2d)):
+        if isinstance(step.module, (nn.BatchNorm1d, nn.BatchNorm2d)) and step.name in merges:
             _merge(model, ops, step, merges, inputs[0])
             slot_of[i] = inputs[0]
             continue
         if isinstance(step.module, _DROPOUT + (nn.Identity,)):  # in eval they return the tensor they read
             slot_of[i] = inputs[0]
             continue
-        op = Op("sum", step.name) if step.is_sum else _op(model, step)
+        if step.is_sum or step.gate:
+            op = Op("gate" if step.gate else "sum", step.name)
+        elif step.route:
+            op = Op("route", step.name, fn=_on_plan_slots(step.function, slot_of))
+        else:
+            op = _op(model, step)
         op.inputs = inputs
         if op.kind in ("conv", "linear"):
             flat = first and composite == "epsilon_plus_flat"
@@ -118,11 +126,14 @@ def make_plan(model: nn.Module, composite: object = "epsilon_plus_flat", steps: 
             op.weight = op.module.weight.detach()
             op.bias = None if op.module.bias is None else op.module.bias.detach()
             first = False
-        is_relu = isinstance(step.module, (nn.ReLU, nn.ReLU6)) or op.kind == "relu"
-        keeps_sign = op.kind in ("reshape", "maxpool", "avgpool", "sum") or (op.kind == "pass" and op.fn is None)
+        is_relu = isinstance(step.module, (nn.ReLU, nn.ReLU6))
+        keeps_sign = op.kind in ("reshape", "maxpool", "avgpool", "sum", "route")
+        keeps_sign = keeps_sign or (op.kind == "pass" and op.fn is None)
         ops.append(op)
         slot_of[i] = len(ops)
         nonnegative[len(ops)] = is_relu or (keeps_sign and all(nonnegative[s] for s in inputs))
+        if op.kind == "gate":  # a sigmoid gate is >= 0: the product has the sign of the signal
+            nonnegative[len(ops)] = nonnegative[inputs[0]]
     for op in ops:  # once BatchNorm is merged: the parts the z+ rule uses (zennit's ClampMod(min=0))
         if op.rule.startswith("zplus"):
             op.positive = (op.weight.clamp(min=0), None if op.bias is None else op.bias.clamp(min=0))
@@ -143,40 +154,32 @@ def _op(model: nn.Module, step: Step) -> Op:
         return Op("pass", step.name, m, fn=m.forward)  # forward, not __call__: the user's hooks stay silent
     if isinstance(m, nn.Flatten):
         return Op("reshape", step.name, m, fn=m.forward)
-    if isinstance(m, nn.MaxPool2d) and not m.return_indices:
+    if isinstance(m, (nn.MaxPool2d, nn.AdaptiveMaxPool2d)) and not m.return_indices:
         return Op("maxpool", step.name, m)
+    if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
+        return _unmerged(model, step)
     if isinstance(m, (nn.AvgPool2d, nn.AdaptiveAvgPool2d)):
         return Op("avgpool", step.name, m)
-    if m is None and not _reads_tensors(step):
-        if step.function in _RESHAPE_FUNCTIONS or step.function in _RESHAPE_METHODS:
-            return Op("reshape", step.name, fn=_call(step))
-        if step.function in _RELU_FUNCTIONS or step.function == "relu":
-            return Op("relu", step.name)
-        if step.function is F.max_pool2d:  # zennit has no rule for it: its gradient, as for nn.MaxPool2d
-            options = dict(zip(_MAX_POOL_ARGS, step.args, strict=False)) | step.kwargs
-            if not options.pop("return_indices", False):
-                return Op("maxpool", step.name, nn.MaxPool2d(**options))
     what = type(m).__name__ if m is not None else f"the call {step.name}"
     raise refuse(model, f"it has no rule for {what} ({step.name})")
 
 
-def _reads_tensors(step: Step) -> bool:
-    """True if a call's arguments hold other tensors (not shape queries on its input)."""
-    found = []
-    fx.node.map_aggregate((step.args, step.kwargs), lambda a: found.append(a) if isinstance(a, fx.Node) else a)
-    return bool(found)
+def _on_plan_slots(call, slot_of: dict[int, int]):
+    """A route's ``graph_ops.Call`` on the graph's slots, evaluated on the plan's (a merged BatchNorm,
+    Dropout or Identity is no op in the plan, so its graph slot is the plan slot of what it reads)."""
 
-
-def _call(step: Step):
-    def run(x):
-        args, kwargs = fx.node.map_aggregate(
-            (step.args, step.kwargs), lambda a: a(x) if isinstance(a, ShapeQuery) else a
-        )
-        if isinstance(step.function, str):
-            return getattr(x, step.function)(*args, **kwargs)
-        return step.function(x, *args, **kwargs)
+    def run(value):
+        return call(lambda slot: value(slot_of[slot]))
 
     return run
+
+
+def _unmerged(model: nn.Module, step: Step) -> Op:
+    """A BatchNorm merged into no layer: computed in eval mode, relevance passed on unchanged (as zennit's
+    composites do)."""
+    if step.module.running_mean is None:
+        raise refuse(model, f"BatchNorm {step.name} has no running statistics")
+    return Op("bn", step.name, step.module)
 
 
 def _merge(model: nn.Module, ops: list[Op], step: Step, merges: dict[str, str], slot: int) -> None:

@@ -1,4 +1,4 @@
-"""Which models FlexRel's relevance can explain: chains of layers and residual networks, read with torch.fx.
+"""Which models FlexRel's relevance can explain: chains, residual and concatenating networks, read with torch.fx.
 
 FlexRel's parameter relevance takes, for every prunable layer, the relevance of its input ``a`` and
 of its output ``b`` from one LRP pass. The rule composites used for that pass (zennit's
@@ -8,10 +8,13 @@ Propagation: An Overview"). A skip connection adds two activations: LRP splits t
 among its operands in proportion to their contributions, ``rel(x_k) = x_k * rel(y) / stab(y)`` for
 ``y = sum_k x_k`` (zennit's ``Sum`` layer with the ``Norm`` rule, as its ``ResNetCanonizer`` uses for
 torchvision's ResNets), and an activation feeding several operations (a layer and the skip) gathers the
-relevance of all of them, as a gradient does. A product of two activations (attention), a concatenation
-or a difference has no rule here, and the relevance would be wrong without a word. So the graph is read
-with ``torch.fx.symbolic_trace`` and accepted only when every operation takes one tensor computed by the
-model, except sums of two tensors; no module with weights runs twice; and every result is used. A
+relevance of all of them, as a gradient does. A concatenation, a slice or a channel shuffle only moves
+elements, so each element's relevance goes back to where it came from, exactly (``graph_ops``, routes).
+A product of two activations (attention) or a difference has no rule here, and the relevance would be
+wrong without a word. So the graph is read with ``torch.fx.symbolic_trace`` (in eval mode) and accepted
+only when every operation is a module call on one tensor, a sum of two tensors, or a function or method
+call on the allow-list of ``graph_ops`` (calls with a module twin, and routes); no module with weights
+runs twice; and every result is used. A
 parameter-free module called at several places (one ``self.relu`` or ``self.pool`` used after every
 layer) is one layer per call, as in the same model written with one module per call.
 """
@@ -28,17 +31,19 @@ from zennit.core import collect_leaves
 from zennit.types import BatchNorm as ZennitBatchNorm
 from zennit.types import Linear as ZennitLinear
 
+from . import graph_ops
+from .graph_ops import label, place
 from .layers import DENSE_TYPES, PRUNABLE_TYPES
 
 SUPPORTED = (
-    "supported are networks of Conv2d, Linear, BatchNorm, activations, pooling, Flatten and Dropout, either "
-    "as a chain (each layer takes the previous layer's output: nn.Sequential, VGG) or with skip connections "
-    "that add two tensors (ResNet: out = out + identity, torch.add); products of activations (attention), "
-    "concatenations and other operations that combine several tensors have no LRP rule in FlexRel's relevance"
+    "supported are networks of Conv2d, Linear, BatchNorm, activations, pooling, Flatten and Dropout (modules, or "
+    "the function and method calls of flexrel_core.graph_ops: F.relu, F.gelu, F.adaptive_avg_pool2d, x.view...), "
+    "as a chain (nn.Sequential, VGG), with skip connections that add two tensors (ResNet: out = out + identity, "
+    "torch.add), and with concatenations, slices and channel shuffles (DenseNet, Inception, ShuffleNet); products "
+    "of activations (attention), differences and calls outside that list have no LRP rule in FlexRel's relevance"
 )
 _SUM_FUNCTIONS = (operator.add, torch.add)
 _PRODUCTS = {"mul", "matmul", "bmm", "einsum", "mm", "baddbmm", "scaled_dot_product_attention", "div", "truediv"}
-_CONCATENATIONS = {"cat", "concat", "concatenate", "stack", "hstack", "vstack"}
 
 
 @dataclass(frozen=True)
@@ -55,6 +60,9 @@ class Step:
     kwargs: dict = field(default_factory=dict)
     inputs: tuple[int, ...] = ()
     is_sum: bool = False
+    twin: bool = False  # the module twin of a function or method call (``graph_ops.TWINS``)
+    route: bool = False  # a call that only moves elements; ``function``: its ``graph_ops.Call`` on the slots
+    gate: bool = False  # x * g with g a squeeze-and-excitation gate of x (``graph_ops.gate_operands``): (x, g)
 
 
 class _Tracer(fx.Tracer):
@@ -74,24 +82,30 @@ def _refuse_chain(model: nn.Module, why: str) -> ValueError:
 
 def trace(model: nn.Module) -> fx.Graph:
     """The model's torch.fx graph, prunable layers and BatchNorm as leaves; ``ValueError`` if it cannot be traced."""
+    was_training = model.training
     try:
+        model.eval()  # branches on self.training and Dropout calls are read as they run in eval mode
         return _Tracer().trace(model)
     except Exception as err:  # fx raises TraceError, TypeError, NotImplementedError... on dynamic code
         raise ValueError(
             f"cannot read the graph of {type(model).__name__}: torch.fx could not trace it "
             f"({type(err).__name__}: {err}); {SUPPORTED}"
         ) from err
+    finally:
+        model.train(was_training)
 
 
 def graph_steps(model: nn.Module) -> list[Step]:
     """The model's operations in execution order with the slots each reads; ``ValueError`` for a graph
     FlexRel's relevance cannot explain.
 
-    Accepted: one input; every operation takes one tensor computed by the model (a module call as its only
-    argument, a function or method call as its first), except sums of two such tensors (``a + b``,
-    ``torch.add(a, b)``, ``a.add(b)``, ``out += identity``); every result is used, the last one is the
-    model's output; no module with parameters or buffers is called twice (a parameter-free one called twice
-    is two steps). Shape queries such as ``x.view(x.size(0), -1)`` are not tensors.
+    Accepted: one input; module calls on one tensor; sums of two tensors (``a + b``, ``torch.add(a, b)``,
+    ``a.add(b)``, ``out += identity``); function and method calls of the allow-list in ``graph_ops``: a
+    call with a module twin becomes a step of that module (``F.gelu`` -> ``nn.GELU``), a call that only
+    moves elements (``view``, ``cat``, ``chunk``, slicing...) a route step reading every tensor it moves.
+    Every result is used, the last one is the model's output; no module with parameters or buffers is
+    called twice (a parameter-free one called twice is two steps). Shape queries such as
+    ``x.view(x.size(0), -1)`` are not tensors. Anything else is refused, naming the call and its place.
     """
     modules = dict(model.named_modules())
     graph = trace(model)
@@ -99,7 +113,7 @@ def graph_steps(model: nn.Module) -> list[Step]:
     inputs = [n for n in graph.nodes if n.op == "placeholder" and n.users]
     if len(inputs) != 1:
         raise _refuse(model, f"its forward uses {len(inputs)} inputs, expected one tensor")
-    slots, steps, output = {inputs[0]: 0}, [], None
+    slots, steps, output, multi = {inputs[0]: 0}, [], None, set()
     for node in graph.nodes:
         if node.op == "placeholder" or node in meta:
             continue
@@ -109,26 +123,55 @@ def graph_steps(model: nn.Module) -> list[Step]:
                 raise _refuse(model, "its output is not a single tensor computed by its layers")
             break
         if node.op == "get_attr":
-            raise _refuse(model, f"it reads the tensor {node.target} directly in its forward")
+            raise _refuse(model, f"it reads the tensor {node.target} directly in its forward ({place(node)})")
         operands = sum_operands(model, node, meta)
-        if operands is not None:
-            step = Step(_label(node), function=node.target, inputs=tuple(slots[n] for n in operands), is_sum=True)
+        gate = graph_ops.gate_operands(node, modules, meta) if operands is None else None
+        if operands is not None or gate is not None:
+            reads, is_gate = tuple(slots[n] for n in operands or gate), gate is not None
+            steps.append(Step(label(node), function=node.target, inputs=reads, is_sum=not is_gate, gate=is_gate))
+        elif graph_ops.is_multi_output(node):
+            multi.add(node)  # a tuple of tensors: the calls reading it are the steps
+            continue
         else:
-            tensors = [n for n in node.all_input_nodes if n not in meta]
-            if len(tensors) != 1 or _label(node) in _CONCATENATIONS:
-                raise _refuse(model, _why_combined(node, tensors))
-            if node.op != "call_module" and node.args[:1] != (tensors[0],):
-                raise _refuse(model, f"{_label(node)} does not take the tensor it transforms as its first argument")
-            step = _step(model, modules, node, meta, slots[tensors[0]])
-        slots[node] = len(steps) + 1
-        steps.append(step)
+            steps.extend(_node_steps(model, modules, node, meta, slots, multi, len(steps)))
+        slots[node] = len(steps)
     unused = [n for n in slots if n is not output and not any(u not in meta for u in n.users)]
+    unused += [n for n in multi if not n.users]
     if unused:
         raise _refuse(model, f"the output of {_names(unused)} feeds nothing (a result computed and never used)")
     if slots.get(output) != len(steps):
         raise _refuse(model, "its output is not the tensor of its last operation")
     _check_shared(model, steps)
     return steps
+
+
+def _node_steps(model, modules, node, meta, slots, multi, done: int) -> list[Step]:
+    """The steps of one module, function or method call (``done`` steps before it)."""
+    tensors = [n for n in node.all_input_nodes if n not in meta]
+    if graph_ops.is_route(node):
+        if node.target is operator.getitem and graph_ops.reads_tensor(node.args[1:], meta):
+            raise _refuse(model, f"{label(node)} ({place(node)}) indexes with a tensor computed by the model")
+        call, reads = graph_ops.as_call(node, slots, meta, multi)
+        if not reads:
+            raise _refuse(model, f"{label(node)} ({place(node)}) does not take a tensor computed by the model")
+        return [Step(label(node), function=call, inputs=reads, route=True)]
+    if len(tensors) != 1 or any(n in multi for n in tensors):
+        raise _refuse(model, _why_combined(node, tensors))
+    if node.op == "call_module":
+        if len(node.args) != 1 or node.kwargs:
+            raise _refuse(model, f"module {node.target} is called with more than one argument")
+        if problem := graph_ops.module_problem(modules[node.target]):
+            raise _refuse(model, f"{type(modules[node.target]).__name__} module {node.target} {problem}")
+        return [Step(node.target, module=modules[node.target], inputs=(slots[tensors[0]],))]
+    if node.args[:1] != (tensors[0],):
+        raise _refuse(model, f"{label(node)} does not take the tensor it transforms as its first argument")
+    twins = graph_ops.twin_modules(node)
+    if twins is None:
+        raise _refuse(model, graph_ops.unknown(node))
+    if isinstance(twins, str):
+        raise _refuse(model, f"{label(node)} ({place(node)}) has a module twin but not here: {twins}")
+    reads = [slots[tensors[0]]] + [done + k for k in range(1, len(twins))]  # each twin reads the one before
+    return [Step(label(node), module=m, inputs=(r,), twin=True) for m, r in zip(twins, reads, strict=True)]
 
 
 def is_chain_steps(steps: list[Step]) -> bool:
@@ -181,22 +224,22 @@ def sum_operands(model: nn.Module, node: fx.Node, meta: set[fx.Node]) -> tuple[f
         why = "adds in place, which torch.fx does not record; write x = x + y"
         raise _refuse(model, f"{operands[0].name}.add_(...) {why}")
     if set(node.kwargs) - {"alpha"} or node.kwargs.get("alpha", 1) != 1:
-        raise _refuse(model, f"{_label(node)} is called with {node.kwargs}: only a plain sum of two tensors has a rule")
+        raise _refuse(model, f"{label(node)} is called with {node.kwargs}: only a plain sum of two tensors has a rule")
     return operands[0], operands[1]
 
 
 def _why_combined(node: fx.Node, tensors: list[fx.Node]) -> str:
-    name = _label(node)
+    name = label(node)
     if not tensors:
         return f"{name} does not take a tensor computed by the model"
     what = "an operation that combines several tensors"
     if name.strip("_") in _PRODUCTS:
         what = "a product of activations (as in attention)"
-    elif name in _CONCATENATIONS:
-        what = "a concatenation"
     elif name in ("sub", "subtract", "rsub"):
         what = "a difference"
-    return f"{name} combines the outputs of {_names(tensors) or 'nothing'}: {what}, which has no LRP rule here"
+    if len(tensors) == 1:
+        return graph_ops.unknown(node)
+    return f"{name} combines the outputs of {_names(tensors)}: {what}, which has no LRP rule here ({place(node)})"
 
 
 _QUERY_METHODS = {"size", "dim", "numel"}
@@ -216,52 +259,8 @@ def shape_queries(graph: fx.Graph) -> set[fx.Node]:
     return meta
 
 
-def _label(node: fx.Node) -> str:
-    """A module's qualified name, a function's or method's name."""
-    return node.target if isinstance(node.target, str) else getattr(node.target, "__name__", node.name)
-
-
 def _names(nodes) -> str:
-    return ", ".join(_label(n) for n in nodes)
-
-
-def _step(model: nn.Module, modules: dict[str, nn.Module], node: fx.Node, meta: set[fx.Node], slot: int) -> Step:
-    if node.op == "call_module":
-        if len(node.args) != 1 or node.kwargs:
-            raise _refuse(model, f"module {node.target} is called with more than one argument")
-        return Step(node.target, module=modules[node.target], inputs=(slot,))
-    source = node.args[0]
-
-    def query(n: fx.Node):
-        return ShapeQuery(n, source) if n in meta and _reads_only(n, source, meta) else n
-
-    args, kwargs = fx.node.map_arg((node.args[1:], dict(node.kwargs)), query)
-    return Step(_label(node), function=node.target, args=tuple(args), kwargs=kwargs, inputs=(slot,))
-
-
-@dataclass(frozen=True)
-class ShapeQuery:
-    """A size computed from the tensor an operation takes (``x.size(0)`` in ``x.view(x.size(0), -1)``,
-    ``x.shape[1] * 2``): ``query(x)`` evaluates it on that tensor."""
-
-    node: fx.Node
-    source: fx.Node
-
-    def __call__(self, x):
-        def value(n: fx.Node):
-            if n is self.source:
-                return x
-            args, kwargs = fx.node.map_arg((n.args, n.kwargs), value)
-            return (
-                getattr(args[0], n.target)(*args[1:], **kwargs) if n.op == "call_method" else n.target(*args, **kwargs)
-            )
-
-        return value(self.node)
-
-
-def _reads_only(node: fx.Node, source: fx.Node, meta: set[fx.Node]) -> bool:
-    """True if the shape query ``node`` reads no tensor but ``source``."""
-    return all(n is source or (n in meta and _reads_only(n, source, meta)) for n in node.all_input_nodes)
+    return ", ".join(label(n) for n in nodes)
 
 
 def reused_modules(steps: list[Step]) -> dict[str, str]:
@@ -303,7 +302,7 @@ def graph_merges(steps: list[Step]) -> dict[str, str]:
     and is the only operation reading it: merged into that layer for LRP (on a chain the same pairs as
     ``batchnorm_merges``, which ``chain_steps`` checks). Any other BatchNorm (one reading an activation or
     a sum, as in pre-activation ResNets, or a layer's output that a skip connection reads too) is not
-    merged: zennit's composites pass relevance through it unchanged, and the fast engine leaves it to zennit."""
+    merged: zennit's composites pass relevance through it unchanged, and so does the fast engine."""
     readers = _readers(steps)
     merges = {}
     for s in steps:

@@ -35,6 +35,7 @@ from typing import Any
 
 import torch
 
+from . import distributed
 from .progress import progress
 
 ENV = "FLEXREL_WORKERS"
@@ -44,7 +45,10 @@ _POOLS: dict[tuple[int, int], cf.ProcessPoolExecutor] = {}
 def cpu_workers(tasks: int, device: str | torch.device = "cpu") -> int:
     """How many worker processes a sweep of ``tasks`` independent pieces gets: ``FLEXREL_WORKERS``
     if set, else one per CPU core; never more than ``tasks``; 1 (the calling process) on a GPU,
-    which one process keeps busy."""
+    which one process keeps busy, and in every rank of a process group (``distributed``), whose
+    stages shard over the ranks instead."""
+    if distributed.active():
+        return 1
     if str(device).startswith("cuda") or (str(device) == "auto" and torch.cuda.is_available()):
         return 1
     wanted = os.environ.get(ENV, "").strip()

@@ -76,8 +76,9 @@ def lrp_backward(
     its *original* input ``a`` (captured by a pre-hook that runs before zennit wraps it) and its
     output ``b``; tensor hooks registered on them then receive rel(a) and rel(b) in the backward.
     A residual network runs as its traced graph with zennit's ``Sum`` layer at every sum of two tensors
-    (``zennit_graph.zennit_model``); graphs with other ways of combining tensors (attention,
-    concatenation) are refused (``graph.graph_steps``), and so are models that call one module at
+    and each functional call's module twin (``zennit_graph.zennit_model``); graphs with other ways of
+    combining tensors (attention, differences) or calls outside ``graph_ops``' allow-list are refused
+    (``graph.graph_steps``), and so are models that call one module at
     several places where its rule needs its stored input (``zennit_reuse_problem``). Works inside
     ``torch.no_grad()``.
     The model comes back as it came: same parameters, mode, ``.grad`` and no hooks left.
@@ -89,9 +90,10 @@ def lrp_backward(
 
 
 def _zennit_runner(model: nn.Module, composite: str | Composite, steps) -> tuple[nn.Module, Composite]:
-    """What zennit runs and with which composite: a chain as it is, a residual network as its graph with
-    zennit's ``Sum`` layers (``zennit_graph.zennit_model``)."""
-    if is_chain_steps(steps):
+    """What zennit runs and with which composite: a chain of modules as it is; any other graph (sums,
+    concatenations, function calls with module twins) as its traced graph with zennit's ``Sum`` layers and
+    the twins (``zennit_graph.zennit_model``)."""
+    if is_chain_steps(steps) and not any(s.twin for s in steps):
         return model, make_composite(composite)
     return zennit_model(model, composite, steps)
 
@@ -198,7 +200,9 @@ def parameter_relevance(
     chains of layers and residual networks, whose sums of two tensors split their relevance among the
     operands (zennit's ``Sum`` layer and ``Norm`` rule); an activation read by several operations (a layer
     and a skip connection) has the relevance they all send back, and that is its rel(a) in the equation.
-    Other graphs (attention, concatenation) are refused saying what was found. A module
+    Concatenations, slices and channel shuffles route each element's relevance back; function calls take
+    their module twin's rule (``graph_ops``). Other graphs (attention, products, calls off the allow-list)
+    are refused saying what was found and where. A module
     without weights called at several places (one ``self.relu`` after every layer) is one layer per
     call; zennit cannot run such a model when the module's rule needs its input (average pooling,
     ``zennit_reuse_problem``), so ``"auto"`` takes the fast engine there and ``"zennit"`` refuses it.
@@ -210,6 +214,7 @@ def parameter_relevance(
         raise ValueError(f"unknown engine {engine!r}; expected one of {ENGINES}")
     inputs = check_inputs(model, inputs)
     steps = model_steps(model)
+    _check_all_run(model, steps)
     plan = _fast_plan(model, composite, engine, steps)
     runner = _zennit_runner(model, composite, steps) if plan is None else None
     phi = AGGREGATES[aggregate]
@@ -229,6 +234,18 @@ def parameter_relevance(
         else:
             relevance[name] = linear_weight_relevance(a_sum, b_sum)
     return relevance
+
+
+def _check_all_run(model: nn.Module, steps) -> None:
+    """Every prunable layer runs in the traced (eval-mode) forward; one that never runs has no relevance."""
+    ran = {f"{s.name}.weight" for s in steps if s.module is not None}
+    idle = [name for name in prunable_layers(model) if name not in ran]
+    if idle:
+        raise ValueError(
+            f"the prunable layers {idle[:3]}{' ...' if len(idle) > 3 else ''} of {type(model).__name__} never run in "
+            "eval mode (an auxiliary classifier?), so LRP gives them no relevance; build the model without "
+            "them (torchvision: aux_logits=False)"
+        )
 
 
 def engine_for(model: nn.Module, composite: str | Composite = "epsilon_plus_flat") -> str:

@@ -17,9 +17,11 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from . import distributed
 from .data import Batches
-from .masks import apply_masks, mask_gradients
+from .masks import MASK_BUFFER, apply_masks, mask_gradients
 from .progress import progress
+from .rank_batches import RankBatches
 
 # Adam and AdamW update every parameter in one fused kernel (CPU and CUDA): the same algorithm, fewer passes.
 OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
@@ -133,29 +135,54 @@ def train(
     own = next((p.dtype for p in model.parameters() if p.is_floating_point()), None)
     model.to(dev, dtype=dtype, memory_format=layout).train()
     opt = OPTIMIZERS[optimizer](model.parameters(), lr=lr, weight_decay=weight_decay)
-    batches = Batches(dataset, batch_size, shuffle=True, generator=generator)
+    sharded = distributed.active()
+    if sharded:  # DDP on every rank's block of the same global batches (``distributed``, ``rank_batches``)
+        distributed.check_same(_masks(model), "the masks fine-tuning holds fixed")  # DDP gives rank 0's weights to all
+        net = distributed.wrap_ddp(model)
+        batches = RankBatches(
+            dataset, batch_size, generator=generator, rank=distributed.rank(), world=distributed.world()
+        )
+    else:
+        net, batches = model, Batches(dataset, batch_size, shuffle=True, generator=generator)
     losses, steps = [], 0
     for epoch in progress(range(1, epochs + 1), desc=desc, leave=False, disable=not show_progress):
         total, count = 0.0, 0
-        for x, y in batches:
+        for batch in batches:
             if max_steps is not None and steps >= max_steps:
                 break
             steps += 1
+            x, y, scale = batch if sharded else (*batch, None)
             x, y = x.to(dev, dtype=dtype, memory_format=layout), y.to(dev)
             opt.zero_grad(set_to_none=True)
             with _out_of_memory_hint("training", batch_size, dev):
-                loss = nn.functional.cross_entropy(model(x), y)
-                loss.backward()
+                if scale is None:
+                    loss = nn.functional.cross_entropy(net(x), y)
+                    loss.backward()
+                else:  # the whole batch's mean loss, once DDP has averaged the ranks' gradients
+                    loss = nn.functional.cross_entropy(net(x), y, reduction="sum")
+                    (loss * scale).backward()
             mask_gradients(model)
             opt.step()
             apply_masks(model)
-            total, count = total + loss.item() * len(y), count + len(y)
+            if scale is None:
+                total, count = total + loss.item() * len(y), count + len(y)
+            elif scale:
+                total, count = total + loss.item(), count + len(y)
+        if sharded:
+            sums = distributed.all_reduce_sum({"total": torch.tensor(total), "count": torch.tensor(count)})
+            total, count = float(sums["total"]), int(sums["count"])
         if count:
             losses.append(total / count)
         if after_epoch is not None:
             after_epoch(epoch, model)
+    del net  # a DDP wrapper's gradient hooks go with it
     model.to(dtype=own if dtype is not None else None, memory_format=torch.contiguous_format).eval()
     return losses
+
+
+def _masks(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Every FlexRel mask of ``model``, by name."""
+    return {n: b for n, b in model.named_buffers() if n.rsplit(".", 1)[-1] == MASK_BUFFER}
 
 
 def _layout(model: nn.Module, device: torch.device) -> torch.memory_format:
@@ -201,8 +228,26 @@ def _inference_copy(model: nn.Module, device: torch.device) -> nn.Module:
 def evaluate(
     model: nn.Module, dataset: Dataset, *, batch_size: int = 512, device: str | torch.device = "auto"
 ) -> float:
-    """Top-1 accuracy of ``model`` on ``dataset``, in [0, 1]."""
+    """Top-1 accuracy of ``model`` on ``dataset``, in [0, 1] (under a process group: from the counts
+    of ``correct_count``, as a float32 quotient like one process's mean of the 0/1 hits)."""
     if len(dataset) == 0:
         raise ValueError("cannot evaluate on an empty dataset")
+    if distributed.active():
+        correct, total = correct_count(model, dataset, batch_size=batch_size, device=device)
+        return float(torch.tensor(float(correct), dtype=torch.float32) / total)
     preds, labels = predict(model, dataset, batch_size=batch_size, device=device)
     return float((preds == labels).float().mean())
+
+
+def correct_count(
+    model: nn.Module, dataset: Dataset, *, batch_size: int = 512, device: str | torch.device = "auto"
+) -> tuple[int, int]:
+    """(correct top-1 predictions, samples) of ``model`` on ``dataset``. Under a process group each rank
+    predicts its block of the samples (``distributed.shard``) and one all-reduce sums the two counts."""
+    part = distributed.shard(dataset, distributed.rank(), distributed.world()) if distributed.active() else dataset
+    correct = 0
+    if len(part):
+        preds, labels = predict(model, part, batch_size=batch_size, device=device)
+        correct = int((preds == labels).sum())
+    sums = distributed.all_reduce_sum({"correct": torch.tensor(correct), "total": torch.tensor(len(part))})
+    return int(sums["correct"]), int(sums["total"])

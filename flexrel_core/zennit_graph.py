@@ -10,6 +10,11 @@ blocks, downsample branches): it rebuilds the torch.fx graph with every sum of t
 ``Sum(stack([a, b], -1))``, around the model's own modules (shared, not copied), registered under flat
 names in the order they run, so that the first-layer rule goes to the first layer that runs. BatchNorm is
 merged by the graph (``graph.graph_merges``, zennit's ``NamedMergeBatchNorm``), not by registration order.
+A function or method call with a module twin (``graph_ops.TWINS``: ``F.gelu``, ``F.adaptive_avg_pool2d``,
+``x.mean([2, 3])``...) is replaced by that module, so the composite gives it the module's rule; calls that
+only move elements (``cat``, ``view``, ``chunk``, slicing) stay as they are: their gradient is exact routing.
+A squeeze-and-excitation gate ``x * g`` becomes ``graph_ops.gated``, whose backward hands all relevance
+to ``x`` and none to ``g`` (the gate held constant, Arras et al. 2017).
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from zennit.composites import COMPOSITES, Composite
 from zennit.layer import Sum
 
 from .graph import Step, graph_merges, shape_queries, sum_operands, trace
+from .graph_ops import gate_operands, gated, twin_modules
 
 
 def stack_operands(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -47,6 +53,8 @@ def zennit_model(model: nn.Module, composite: str | Composite, steps: list[Step]
     root: dict[str, nn.Module] = {}
     flat: dict[str, str] = {}  # qualified name -> flat name
     sums = 0
+    # each gate's signal operand, by position: the nodes themselves may be replaced (by twins) before it
+    gates = {n: n.args.index(pair[0]) for n in graph.nodes if (pair := gate_operands(n, modules, meta)) is not None}
     for node in list(graph.nodes):
         if node.op == "call_module":
             name = flat.setdefault(node.target, f"m{len(flat)}_{node.target.replace('.', '_')}")
@@ -57,6 +65,21 @@ def zennit_model(model: nn.Module, composite: str | Composite, steps: list[Step]
             root[name] = Sum()
             with graph.inserting_before(node):
                 replacement = graph.call_module(name, (graph.call_function(stack_operands, operands),))
+            node.replace_all_uses_with(replacement)
+            graph.erase_node(node)
+        elif node in gates:
+            with graph.inserting_before(node):
+                signal = gates[node]
+                replacement = graph.call_function(gated, (node.args[signal], node.args[1 - signal]))
+            node.replace_all_uses_with(replacement)
+            graph.erase_node(node)
+        elif node not in meta and isinstance(twins := twin_modules(node), list):
+            replacement = node.args[0]
+            with graph.inserting_before(node):
+                for twin in twins:
+                    name = f"f{len(root)}_{node.name}"
+                    root[name] = twin
+                    replacement = graph.call_module(name, (replacement,))
             node.replace_all_uses_with(replacement)
             graph.erase_node(node)
     module = fx.GraphModule(root, graph, class_name=type(model).__name__)

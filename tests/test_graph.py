@@ -170,7 +170,6 @@ class Combined(nn.Module):
 
 REFUSED = {
     "attention": (Attention(), (2, 5, 4), r"matmul combines the outputs of q, transpose: a product of activations"),
-    "concatenation": (Concatenation(), (2, 1, 4, 4), r"cat combines the outputs of a, b: a concatenation"),
     "difference": (Combined("sub"), (2, 4), r"sub combines the outputs of a, b: a difference"),
     "product": (Combined("mul"), (2, 4), r"mul combines the outputs of a, b: a product of activations"),
     "in-place sum": (Combined("add_"), (2, 4), r"a.add_\(...\) adds in place.*write x = x \+ y"),
@@ -188,8 +187,14 @@ def test_graphs_without_an_lrp_rule_are_refused_saying_what_was_found(name, engi
 
 
 def test_lrp_backward_refuses_them_too():
-    with pytest.raises(ValueError, match="a concatenation"):
-        lrp_backward(Concatenation(), torch.randn(1, 1, 4, 4))
+    with pytest.raises(ValueError, match="a product of activations"):
+        lrp_backward(Combined("mul"), torch.randn(1, 4))
+
+
+def test_a_concatenation_is_read_as_a_route_of_both_branches():
+    steps = graph_steps(Concatenation())
+    cat = next(s for s in steps if s.name == "cat")
+    assert cat.route and cat.inputs == (1, 2)
 
 
 class SharedBatchNormInput(nn.Module):
@@ -205,15 +210,17 @@ class SharedBatchNormInput(nn.Module):
 
 
 def test_batchnorm_on_an_output_the_skip_reads_too_is_not_merged():
-    """Merging bn into conv would change what the skip receives: zennit passes relevance through it (its
-    rule for BatchNorm), and the fast engine, which only merges, leaves the model to zennit."""
+    """Merging bn into conv would change what the skip receives: zennit passes relevance through it
+    unchanged, and so does the fast engine."""
     from flexrel_core.relevance import engine_for
 
-    model = SharedBatchNormInput()
+    model = SharedBatchNormInput().double().eval()
     assert graph_merges(graph_steps(model)) == {}
-    assert engine_for(model) == "zennit"
-    with pytest.raises(ValueError, match="BatchNorm bn does not directly follow a Conv2d or Linear"):
-        parameter_relevance(model, torch.randn(2, 2, 4, 4), engine="fast")
+    assert engine_for(model) == "fast"
+    x = torch.randn(2, 2, 4, 4, dtype=torch.float64)
+    fast, zennit = parameter_relevance(model, x, engine="fast"), parameter_relevance(model, x, engine="zennit")
+    for name in zennit:
+        torch.testing.assert_close(fast[name], zennit[name], rtol=1e-10, atol=1e-14)
 
 
 @pytest.mark.parametrize(

@@ -105,8 +105,8 @@ class ResidualMLP(nn.Module):
 
 class PreActivation(nn.Module):
     """A pre-activation block (He et al. 2016, "Identity mappings"): BatchNorm -> ReLU -> conv, the first
-    BatchNorm reading the block's input. zennit passes relevance through it unchanged; the fast engine
-    merges BatchNorm only into the layer before it, so ``engine="auto"`` takes zennit."""
+    BatchNorm reading the block's input. zennit passes relevance through it unchanged, and so does the
+    fast engine, which merges BatchNorm only into the layer before it."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -126,7 +126,7 @@ GALLERY = {  # name: (model, one sample's shape, the engine "auto" takes)
     "hand-written blocks, +=, projection": (HandBlocks, (1, 8, 8), "fast"),
     "shortcut first, torch.add, x.add(x)": (ProjectionFirst, (2, 6, 6), "fast"),
     "residual MLP, three-way sum": (ResidualMLP, (10,), "fast"),
-    "pre-activation block": (PreActivation, (1, 6, 6), "zennit"),
+    "pre-activation block": (PreActivation, (1, 6, 6), "fast"),
 }
 BOTH = [name for name, (_, _, auto) in GALLERY.items() if auto == "fast"]
 

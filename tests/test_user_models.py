@@ -171,6 +171,17 @@ def small_torchvision(factory: Callable[..., nn.Module], features: int) -> nn.Mo
     return model
 
 
+class Product(nn.Module):
+    """Two branches multiplied: no LRP rule, refused by name."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.fc = nn.Linear(4, 4), nn.Linear(4, 4), nn.Linear(4, 2)
+
+    def forward(self, x):
+        return self.fc(self.a(x) * self.b(x))
+
+
 @dataclass(frozen=True)
 class Entry:
     build: Callable[[], nn.Module]
@@ -211,10 +222,13 @@ GALLERY = {
         lambda: torchvision.models.resnet18(weights=None, num_classes=4), (3, 32, 32), "fast"
     ),
     "torchvision SqueezeNet 1.1 (concatenations)": Entry(
-        lambda: torchvision.models.squeezenet1_1(weights=None, num_classes=4),
-        (3, 32, 32),
-        refusal=r"cannot explain SqueezeNet: cat combines the outputs of features.3.expand1x1_activation, "
-        r"features.3.expand3x3_activation: a concatenation.*skip connections that add two tensors",
+        lambda: torchvision.models.squeezenet1_1(weights=None, num_classes=4), (3, 32, 32), "fast"
+    ),
+    "a product of two branches": Entry(
+        lambda: Product(),
+        (4,),
+        refusal=r"cannot explain Product: mul combines the outputs of a, b: a product of activations.*"
+        r"\(node mul, in the model's forward\)",
     ),
 }
 

@@ -11,6 +11,10 @@ inference samples (default 512):
 - ``scoring_zennit`` / ``scoring_fast``: full FlexRel scoring (``pruning_scores``: parameter
   relevance + magnitudes + scores) with ``engine="zennit"`` and ``engine="fast"``.
 
+The ``zoo`` section runs the same cases on torchvision's ResNet-18 and MobileNetV2 (random weights) at 64 px,
+batch 8 (``zoo_benchmarks``): MobileNetV2's ``F.adaptive_avg_pool2d`` is read as its module twin and its
+ReLU6, depthwise convolutions and inverted residuals go through the fast engine, against the same target.
+
 Also: the sparse encoding's size against the information bound per sparsity (``encoding_bench``)
 and the explorer's update time on the default model (``explore.bench``); evaluation on a channels-last
 copy and a slice of Figure 2's sweep in worker processes against one process (``bench_sweep``); the dense
@@ -118,6 +122,25 @@ def scoring_benchmarks(
     return rows
 
 
+ZOO_MODELS = ("resnet18", "mobilenet_v2")
+
+
+def zoo_benchmarks(
+    device: torch.device, repeats: int, size: int = 64, batch: int = 8, models: tuple[str, ...] = ZOO_MODELS
+) -> list[dict]:
+    """``bench_model`` rows for torchvision builders (random weights, seeded, 1000 classes) on ``batch``
+    random images of ``size`` px, named ``"<builder>@<size>px"``."""
+    import torchvision
+
+    rows = []
+    for name in models:
+        torch.manual_seed(0)
+        model = torchvision.models.get_model(name, weights=None)
+        x = torch.randn(batch, 3, size, size)
+        rows.append(bench_model(f"{name}@{size}px", model, x, device, repeats))
+    return rows
+
+
 def encoding_bench(sparsities: tuple[float, ...] = (0.5, 0.7, 0.9, 0.95, 0.99), seed: int = 0) -> list[dict]:
     """Encoded size against the information bound and the dense encoding, per model and sparsity.
 
@@ -183,7 +206,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--vgg-repeats", type=int, default=2)
     parser.add_argument("--device", default="auto")
-    sections = ["scoring", "encoding", "explorer", "sweep", "precision"]
+    parser.add_argument("--zoo-size", type=int, default=64)
+    parser.add_argument("--zoo-batch", type=int, default=8)
+    sections = ["scoring", "zoo", "encoding", "explorer", "sweep", "precision"]
     parser.add_argument("--skip", nargs="*", default=[], choices=sections)
     args = parser.parse_args(argv)
     if "MALLOC_MMAP_THRESHOLD_" not in os.environ:  # see module docstring
@@ -219,6 +244,10 @@ def main(argv: list[str] | None = None) -> int:
             args.samples, args.vgg_size, device, args.repeats, args.vgg_repeats, args.resnet_size
         )
         print(format_table(report["scoring"]))
+    if "zoo" not in args.skip:
+        print(f"torchvision models at {args.zoo_size} px, batch {args.zoo_batch}, on {device}")
+        report["zoo"] = zoo_benchmarks(device, args.repeats, args.zoo_size, args.zoo_batch)
+        print(format_table(report["zoo"]))
     write_json(args.out, report)
     print(f"wrote {args.out}")
     return 0

@@ -9,7 +9,8 @@ parameter relevance (batched) and the plain LRP pass it is built on, scoring, ``
 p = 0.9, ``encode_sparse``/``decode_sparse`` (and ``encoded_size`` with cached mask codes), and
 the federated average of Figure 3. Per-image stages are divided by the image count; below the
 profile's image size their compute part is scaled by the pixel ratio (convolutions dominate VGG16)
-and the output says so. ``reproduce_estimate.stage_counts`` then gives how often each stage runs.
+and the output says so. ``reproduce_estimate.stage_counts`` then gives how often each stage runs, and
+``reproduce_scaling.scaled_estimate`` the time on 1, 2, 4 and 8 GPUs (``make reproduce NPROC=n``).
 
 Times are the best of ``--repeats`` runs after a warm-up (``workbook.measure.timings``): on a
 shared machine the least disturbed run. Targets: ``prune`` of VGG16 at p = 0.9 within 5 s on a
@@ -42,6 +43,7 @@ from ..workbook.measure import timings
 from ..workbook.profiles import read_profile
 from .federated import average
 from .reproduce_estimate import SPLITS, STAGES, estimate, format_estimate, stage_counts
+from .reproduce_scaling import format_scaling, scaled_estimate
 
 PRUNE_TARGET_S = {"cpu": 5.0, "cuda": 0.5}
 RELEVANCE_OVER_LRP = 1.2
@@ -250,6 +252,21 @@ def report(measured: dict, seconds: dict, counts: dict, est: dict, args, device:
     return "\n".join(lines)
 
 
+def several_gpus(profile: dict, counts: dict, seconds: dict, measured: dict, args) -> dict:
+    """``reproduce_scaling.scaled_estimate`` for 1, 2, 4 and 8 GPUs: the model's weights, the profile's
+    training batch (dense and fine-tuning) and relevance samples per call."""
+    common = profile.get("common") or {}
+    available = args.estimate_images * SPLITS["inference"]
+    per_call = min(float(common.get("inference_samples") or available), available)
+    return scaled_estimate(
+        counts,
+        {s: seconds[s] for s in STAGES},
+        weights=measured["weights"],
+        batch_size=int(common.get("batch_size") or 64),
+        samples_per_call=per_call,
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     device = select_device(args.device)
@@ -260,6 +277,8 @@ def main(argv: list[str] | None = None) -> int:
     counts = stage_counts(profile, images=args.estimate_images, classes=args.classes)
     est = estimate(counts, {s: seconds[s] for s in STAGES})
     print(report(measured, seconds, counts, est, args, device))
+    scaling = several_gpus(profile, counts, seconds, measured, args)
+    print(f"\nestimated with NPROC = 1, 2, 4, 8 (Figure 2's sweep sharded):\n{format_scaling(scaling)}")
     checks = targets(measured, seconds, est, args, device)
     result = {"device": str(device), "torch": torch.__version__, "threads": torch.get_num_threads()}
     result |= {
@@ -268,6 +287,7 @@ def main(argv: list[str] | None = None) -> int:
         "seconds_at_profile_size": seconds,
     }
     result |= {"counts": {nb: dict(c) for nb, c in counts.items()}, "estimate": est, "targets": dict(checks)}
+    result["estimate_by_gpus"] = scaling
     write_json(args.out, result)
     print(f"wrote {args.out}")
     return 0

@@ -30,6 +30,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from .. import distributed
+
 log = logging.getLogger(__name__)
 
 
@@ -188,8 +190,15 @@ def cached(path: str | Path, compute: Callable[[], Any], *, config: dict | None 
     ``config`` as ``<path>.json`` beside it) and return it. A corrupt entry is logged and recomputed.
 
     The value returned after computing is the one stored (``storable(compute())``), so a first run
-    and a rerun that loads see the same types."""
+    and a rerun that loads see the same types.
+
+    Under a process group (``distributed.active``) every rank runs ``compute`` (its collectives need
+    them all) or loads: rank 0 decides which and tells the others; rank 0 alone writes, and the
+    others wait at a barrier until the entry is in place (``distributed.rank0_writes``). Every rank
+    reads the same cache folder, so on several nodes it must be on a file system they share."""
     path = Path(path)
+    if distributed.active():
+        return _cached_by_rank0(path, compute, config)
     if path.exists():
         try:
             return load_verified(path)
@@ -199,4 +208,24 @@ def cached(path: str | Path, compute: Callable[[], Any], *, config: dict | None 
     if config is not None:
         write_json(path.with_suffix(path.suffix + ".json"), config)
     save_torch(value, path)
+    return value
+
+
+def _cached_by_rank0(path: Path, compute: Callable[[], Any], config: dict | None) -> Any:
+    """``cached`` on every rank of a process group: loaded by all if rank 0 finds a verified entry,
+    else computed by all and written by rank 0."""
+    value, found = None, False
+    if distributed.rank() == 0 and path.exists():
+        try:
+            value, found = load_verified(path), True
+        except ValueError as err:
+            log.warning("%s; recomputing it", err)
+    if distributed.from_rank0(found):
+        return value if distributed.rank() == 0 else load_verified(path)
+    value = storable(compute())
+    with distributed.rank0_writes() as writer:
+        if writer:
+            if config is not None:
+                write_json(path.with_suffix(path.suffix + ".json"), config)
+            save_torch(value, path)
     return value

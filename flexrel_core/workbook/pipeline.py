@@ -30,7 +30,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .. import distributed
 from ..data import DataSplits, class_counts, data_fingerprint, draw, load_dataset, tensors
+from ..layers import prunable_layers
 from ..masks import load_state
 from ..models import build_model
 from ..parallel import run_tasks
@@ -170,8 +172,13 @@ def relevance_for(
 
     @stage_threads(device)
     def compute() -> dict[str, torch.Tensor]:
-        x, y = tensors(sample)
+        # under a process group: this rank's block of the sample, then the sum over ranks (``distributed``)
+        part = distributed.shard(sample, distributed.rank(), distributed.world()) if distributed.active() else sample
         dev = select_device(device)
+        if distributed.active() and len(part) == 0:  # more ranks than samples: this rank adds nothing
+            rel = {name: torch.zeros_like(m.weight) for name, m in prunable_layers(model).items()}
+            return {k: v.cpu() for k, v in distributed.all_reduce_sum(rel).items()}
+        x, y = tensors(part)
         targets = y.to(dev) if lrp_target == "label" else None
         if dev.type == "cuda":
             torch.cuda.reset_peak_memory_stats(dev)
@@ -179,6 +186,7 @@ def relevance_for(
         rel = parameter_relevance(
             model.to(dev), x.to(dev), targets, composite=composite, aggregate=aggregate, batch_size=batch_size
         )
+        rel = distributed.all_reduce_sum(rel)
         peak = f", peak {torch.cuda.max_memory_allocated(dev) / 2**30:.2f} GiB" if dev.type == "cuda" else ""
         log.info("relevance on %d samples (%s, batches of %s): %.1f s%s", len(x), dev, batch_size,
                  time.perf_counter() - start, peak)  # fmt: skip

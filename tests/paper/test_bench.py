@@ -24,3 +24,16 @@ def test_bench_model_row_on_a_residual_network(monkeypatch):
         assert row[f"{e}_scoring_over_plain_time"] == row[f"scoring_{e}_seconds"] / row["plain_seconds"]
     assert row["meets"].keys() == TARGETS.keys()
     assert "resnet_slim" in format_table([row])
+
+
+def test_zoo_rows_time_torchvision_builders_side_by_side(monkeypatch):
+    """The zoo section's row (``make bench`` runs ResNet-18 and MobileNetV2 at 64 px, batch 8): here
+    MobileNetV2 at 32 px, batch 2, one repeat."""
+    monkeypatch.setattr(bench, "peak_rss_bytes", lambda fn, device: (fn(), 1)[1])
+    with torch_threads(1):
+        (row,) = bench.zoo_benchmarks(torch.device("cpu"), repeats=1, size=32, batch=2, models=("mobilenet_v2",))
+    assert row["model"] == "mobilenet_v2@32px" and row["input"] == [2, 3, 32, 32]
+    assert row["fast_scoring_over_plain_time"] == row["scoring_fast_seconds"] / row["plain_seconds"]
+    assert row["meets"].keys() == TARGETS.keys()
+    assert "mobilenet_v2@32px" in format_table([row])
+    assert bench.ZOO_MODELS == ("resnet18", "mobilenet_v2")

@@ -124,3 +124,31 @@ def test_benchmark_runs_end_to_end_on_a_small_model(tmp_path, capsys):
     assert result["estimate"]["total_s"] > 0
     printed = capsys.readouterr().out
     assert "prune at p = 0.9" in printed and "estimated make reproduce PROFILE=paper" in printed
+    gpus = result["estimate_by_gpus"]  # JSON keys: strings
+    assert set(gpus) == {"1", "2", "4", "8"} and gpus["1"]["total_s"] == pytest.approx(result["estimate"]["total_s"])
+    assert gpus["8"]["total_s"] < gpus["1"]["total_s"] and "speedup" in printed
+
+
+def test_several_gpus_estimate_on_a_fixed_input():
+    """Figure 2's training, evaluation and relevance shard over the ranks; its scoring and pruning are
+    replicated; Figure 3 stays in one process; DDP steps and relevance calls add ring all-reduces."""
+    from flexrel_core.paper.reproduce_scaling import scaled_estimate
+
+    counts = {
+        "fig2": {"train_image": 6400, "evaluate_image": 1000, "relevance_sample": 200, "load_image": 200}
+        | {"scoring": 10, "prune": 10},
+        "fig3": {"train_image": 100, "message": 4},
+    }
+    seconds = {"train_image": 0.01, "evaluate_image": 0.002, "relevance_sample": 0.02, "load_image": 0.001}
+    seconds |= {"scoring": 1.0, "prune": 0.5, "message": 0.25}
+    got = scaled_estimate(
+        counts, seconds, weights=10**6, batch_size=64, samples_per_call=100, bus_bytes_per_s=1e9, latency_s=0.0
+    )
+    assert got[1]["total_s"] == pytest.approx(estimate(counts, seconds)["total_s"])
+    assert got[1]["total_s"] == pytest.approx(87.2)
+    # sharded 70.2 s / n; replicated 15 s; serial 2 s; all-reduces at 1 GB/s:
+    # 100 steps x 2 (n-1)/n x 4 MB and 2 relevance calls x 2 (n-1)/n x 8 MB
+    for n, total in {2: 35.1 + 17 + 0.416, 4: 17.55 + 17 + 0.624, 8: 8.775 + 17 + 0.728}.items():
+        assert got[n]["total_s"] == pytest.approx(total)
+        assert got[n]["speedup"] == pytest.approx(87.2 / total)
+    assert got[1]["all_reduce_s"] == 0.0 and got[8]["serial_s"] == pytest.approx(2.0)
